@@ -1,0 +1,173 @@
+// Implementation of c10d_shim.h. Each entry point catches every exception and returns it as
+// a string, so a failed rendezvous or collective becomes a Rust error, never an abort.
+#include "c10d_shim.h"
+
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+struct mb_store {
+  c10::intrusive_ptr<c10d::TCPStore> store;
+};
+struct mb_pg {
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+struct mb_work {
+  c10::intrusive_ptr<c10d::Work> work;
+};
+
+namespace {
+
+char* dup(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+// Runs `f`, turning any exception into an error string (NULL means success).
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return dup(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return dup(e.what());
+  } catch (...) {
+    return dup("unknown C++ exception in c10d");
+  }
+}
+
+std::vector<at::Tensor> collect(mb_tensor* tensors, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) out.push_back(*static_cast<at::Tensor*>(tensors[i]));
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+void mb_string_free(char* s) { std::free(s); }
+
+const char* mb_torch_version(void) { return TORCH_VERSION; }
+
+int mb_has_nccl(void) {
+#ifdef USE_C10D_NCCL
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+char* mb_store_tcp_new(const char* host, uint16_t port, int is_server, int world_size,
+                       int64_t timeout_ms, mb_store** out) {
+  return guarded([&] {
+    c10d::TCPStoreOptions opts;
+    opts.port = port;
+    opts.isServer = is_server != 0;
+    opts.numWorkers = static_cast<size_t>(world_size);
+    opts.waitWorkers = true;
+    opts.timeout = std::chrono::milliseconds(timeout_ms);
+    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
+    *out = new mb_store{std::move(store)};
+  });
+}
+
+uint16_t mb_store_port(const mb_store* store) { return store->store->getPort(); }
+
+char* mb_store_set(mb_store* store, const char* key, const uint8_t* value, size_t len) {
+  return guarded([&] { store->store->set(key, std::vector<uint8_t>(value, value + len)); });
+}
+
+char* mb_store_get(mb_store* store, const char* key, uint8_t** out, size_t* out_len) {
+  return guarded([&] {
+    std::vector<uint8_t> value = store->store->get(key);
+    auto* buf = static_cast<uint8_t*>(std::malloc(value.empty() ? 1 : value.size()));
+    if (buf == nullptr) throw std::bad_alloc();
+    std::memcpy(buf, value.data(), value.size());
+    *out = buf;
+    *out_len = value.size();
+  });
+}
+
+void mb_store_free(mb_store* store) { delete store; }
+
+char* mb_pg_gloo_new(mb_store* store, int rank, int size, int device_kind,
+                     const char* device_name, int64_t timeout_ms, mb_pg** out) {
+  return guarded([&] {
+    using c10d::ProcessGroupGloo;
+    auto opts = ProcessGroupGloo::Options::create(std::chrono::milliseconds(timeout_ms));
+    switch (device_kind) {
+      case MB_GLOO_HOSTNAME:
+        opts->devices.push_back(ProcessGroupGloo::createDeviceForHostname(device_name));
+        break;
+      case MB_GLOO_INTERFACE:
+        opts->devices.push_back(ProcessGroupGloo::createDeviceForInterface(device_name));
+        break;
+      default:
+        opts->devices.push_back(ProcessGroupGloo::createDefaultDevice());
+    }
+    c10::intrusive_ptr<c10d::Store> base = store->store;
+    auto pg = c10::make_intrusive<ProcessGroupGloo>(base, rank, size, opts);
+    *out = new mb_pg{std::move(pg)};
+  });
+}
+
+char* mb_pg_nccl_new(mb_store* store, int rank, int size, int64_t timeout_ms, mb_pg** out) {
+#ifdef USE_C10D_NCCL
+  return guarded([&] {
+    auto opts = c10d::ProcessGroupNCCL::Options::create();
+    opts->timeout = std::chrono::milliseconds(timeout_ms);
+    c10::intrusive_ptr<c10d::Store> base = store->store;
+    auto pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(base, rank, size, opts);
+    *out = new mb_pg{std::move(pg)};
+  });
+#else
+  (void)store; (void)rank; (void)size; (void)timeout_ms; (void)out;
+  return dup("this build has no NCCL support: rebuild with `--features nccl`");
+#endif
+}
+
+void mb_pg_free(mb_pg* pg) { delete pg; }
+
+char* mb_pg_allreduce_sum(mb_pg* pg, mb_tensor* tensors, size_t n, mb_work** out) {
+  return guarded([&] {
+    auto ts = collect(tensors, n);
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    *out = new mb_work{pg->backend->allreduce(ts, opts)};
+  });
+}
+
+char* mb_pg_broadcast(mb_pg* pg, mb_tensor* tensors, size_t n, int root, mb_work** out) {
+  return guarded([&] {
+    auto ts = collect(tensors, n);
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    *out = new mb_work{pg->backend->broadcast(ts, opts)};
+  });
+}
+
+char* mb_pg_barrier(mb_pg* pg, mb_work** out) {
+  return guarded([&] { *out = new mb_work{pg->backend->barrier(c10d::BarrierOptions())}; });
+}
+
+char* mb_work_wait(mb_work* work) {
+  return guarded([&] { work->work->wait(); });
+}
+
+void mb_work_free(mb_work* work) { delete work; }
+
+}  // extern "C"

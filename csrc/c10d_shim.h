@@ -1,0 +1,49 @@
+// C ABI over PyTorch's c10d: a TCPStore, a process group (Gloo, optionally NCCL) and its
+// collectives. Tensors arrive as `at::Tensor*` (tch's `Tensor::as_mut_ptr()`).
+//
+// Every fallible call returns NULL on success or a heap-allocated error message that the
+// caller releases with mb_string_free; no C++ exception ever crosses this boundary.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mb_store mb_store;
+typedef struct mb_pg mb_pg;
+typedef struct mb_work mb_work;
+typedef void* mb_tensor; /* at::Tensor* */
+
+/* How Gloo picks its network device. */
+enum mb_gloo_device { MB_GLOO_DEFAULT = 0, MB_GLOO_HOSTNAME = 1, MB_GLOO_INTERFACE = 2 };
+
+void mb_string_free(char* s);
+/* The libtorch version the shim was compiled against, e.g. "2.4.0". Static storage. */
+const char* mb_torch_version(void);
+int mb_has_nccl(void);
+
+char* mb_store_tcp_new(const char* host, uint16_t port, int is_server, int world_size,
+                       int64_t timeout_ms, mb_store** out);
+uint16_t mb_store_port(const mb_store* store);
+char* mb_store_set(mb_store* store, const char* key, const uint8_t* value, size_t len);
+/* Waits for the key (store timeout); *out is malloc'd, released with mb_string_free. */
+char* mb_store_get(mb_store* store, const char* key, uint8_t** out, size_t* out_len);
+void mb_store_free(mb_store* store);
+
+char* mb_pg_gloo_new(mb_store* store, int rank, int size, int device_kind,
+                     const char* device_name, int64_t timeout_ms, mb_pg** out);
+char* mb_pg_nccl_new(mb_store* store, int rank, int size, int64_t timeout_ms, mb_pg** out);
+void mb_pg_free(mb_pg* pg);
+
+/* Starts a sum all-reduce in place over `n` tensors; wait on the returned work. */
+char* mb_pg_allreduce_sum(mb_pg* pg, mb_tensor* tensors, size_t n, mb_work** out);
+char* mb_pg_broadcast(mb_pg* pg, mb_tensor* tensors, size_t n, int root, mb_work** out);
+char* mb_pg_barrier(mb_pg* pg, mb_work** out);
+char* mb_work_wait(mb_work* work);
+void mb_work_free(mb_work* work);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,106 @@
+//! The `medbert` command line: a thin layer over the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use medbert::dist::{Backend, DistEnv, ProcessGroup};
+use medbert::{doctor, settings};
+use std::path::PathBuf;
+use std::time::Duration;
+use tch::{Kind, Tensor};
+
+#[derive(Parser)]
+#[command(name = "medbert", version, about = "Fine-tune BERT-family models on MedMCQA")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report libtorch, CUDA, c10d backends and the default model, then run a forward pass.
+    Doctor {
+        /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long, env = settings::MODEL_VAR)]
+        model: Option<PathBuf>,
+    },
+    /// Check collectives across the worker group started by medbert-run (or torchrun):
+    /// all-reduce, broadcast and barrier, verified on every rank.
+    DistCheck {
+        #[arg(long, value_enum, default_value = "gloo")]
+        backend: Backend,
+        /// Elements in the test tensor.
+        #[arg(long, default_value_t = 1 << 20)]
+        numel: i64,
+        /// Rendezvous and collective timeout, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Write each rank's result tensors to DIR/rank<R>.safetensors.
+        #[arg(long)]
+        dump: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(err) = run() {
+        eprintln!("medbert: error: {err:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<()> {
+    settings::load_dotenv()?;
+    match Cli::parse().command {
+        Command::Doctor { model } => {
+            print!("{}", doctor::runtime_report());
+            let dir = model.with_context(|| {
+                format!("no model: pass --model DIR or set {} (scripts/setup.sh writes it to .env)", settings::MODEL_VAR)
+            })?;
+            print!("{}", doctor::forward_report(&dir)?);
+            Ok(())
+        }
+        Command::DistCheck { backend, numel, timeout, dump } => dist_check(backend, numel, Duration::from_secs(timeout), dump),
+    }
+}
+
+/// Rank r all-reduces `arange(n) * (r + 1)` and broadcasts `arange(n) + 1000 r` from rank 0;
+/// every rank checks the exact expected values.
+fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<PathBuf>) -> Result<()> {
+    let env = DistEnv::from_env()?.context("WORLD_SIZE is not set: start this under medbert-run or torchrun")?;
+    let pg = ProcessGroup::init(&env, backend, timeout)?;
+    let (rank, world) = (env.rank as f64, env.world_size as f64);
+    let base = Tensor::arange(numel, (Kind::Float, tch::Device::Cpu));
+
+    let mut summed = &base * (rank + 1.0);
+    let started = std::time::Instant::now();
+    pg.allreduce_sum(&mut [&mut summed])?.wait()?;
+    let allreduce_s = started.elapsed().as_secs_f64();
+    let expected_sum = &base * (world * (world + 1.0) / 2.0);
+
+    let mut broadcast = &base + 1000.0 * rank;
+    pg.broadcast(&mut [&mut broadcast], 0)?.wait()?;
+    pg.barrier()?;
+
+    if let Some(dir) = &dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("rank{}.safetensors", env.rank));
+        Tensor::write_safetensors(&[("allreduce", &summed), ("broadcast", &broadcast)], &path)?;
+    }
+    let allreduce_ok = summed.equal(&expected_sum);
+    let broadcast_ok = broadcast.equal(&base);
+    let gbps = (numel * 4) as f64 / allreduce_s / 1e9;
+    println!(
+        "rank {}/{} backend {}: allreduce {} ({:.3} GB/s), broadcast {}, barrier ok",
+        env.rank,
+        env.world_size,
+        backend.name(),
+        if allreduce_ok { "ok" } else { "WRONG" },
+        gbps,
+        if broadcast_ok { "ok" } else { "WRONG" },
+    );
+    anyhow::ensure!(allreduce_ok && broadcast_ok, "collective results differ from the expected values");
+    Ok(())
+}

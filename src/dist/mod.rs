@@ -1,0 +1,267 @@
+//! Distributed primitives from PyTorch's c10d, through the C++ shim in csrc/: a TCPStore
+//! rendezvous and a process group (Gloo on CPU, NCCL on CUDA) with in-place collectives.
+
+mod env;
+mod ffi;
+
+pub use env::DistEnv;
+
+use crate::error::{Error, Result};
+use std::ffi::{CStr, CString};
+use std::net::{IpAddr, UdpSocket};
+use std::os::raw::c_char;
+use std::ptr;
+use std::time::Duration;
+use tch::Tensor;
+
+/// The collective backends a process group can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    Gloo,
+    Nccl,
+}
+
+impl Backend {
+    /// The backends this binary was compiled with.
+    pub fn compiled() -> Vec<Backend> {
+        let mut out = vec![Backend::Gloo];
+        // SAFETY: a pure function of the shim's compile-time flags.
+        if unsafe { ffi::mb_has_nccl() } != 0 {
+            out.push(Backend::Nccl);
+        }
+        out
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Gloo => "gloo",
+            Backend::Nccl => "nccl",
+        }
+    }
+}
+
+/// The libtorch version whose headers the shim was compiled against.
+pub fn torch_version() -> String {
+    // SAFETY: the shim returns a static NUL-terminated string.
+    unsafe { CStr::from_ptr(ffi::mb_torch_version()) }.to_string_lossy().into_owned()
+}
+
+/// Turns a shim return value (NULL or an owned message) into a Result.
+fn check(err: *mut c_char) -> Result<()> {
+    if err.is_null() {
+        return Ok(());
+    }
+    // SAFETY: non-NULL results are malloc'd NUL-terminated strings owned by us.
+    let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { ffi::mb_string_free(err) };
+    Err(Error::Dist(message))
+}
+
+fn c_string(what: &str, s: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::Dist(format!("{what} contains a NUL byte: {s:?}")))
+}
+
+fn millis(timeout: Duration) -> i64 {
+    i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A c10d TCPStore: rank 0 serves it, every rank connects to it.
+pub struct Store {
+    raw: *mut ffi::MbStore,
+}
+
+// SAFETY: c10d::TCPStore is internally synchronised; the handle is only freed in Drop.
+unsafe impl Send for Store {}
+unsafe impl Sync for Store {}
+
+impl Store {
+    /// Serves (when `is_server`) or joins the store at `host:port`, waiting up to `timeout`
+    /// for all `world_size` members. Port 0 with `is_server` picks a free port.
+    pub fn tcp(host: &str, port: u16, is_server: bool, world_size: usize, timeout: Duration) -> Result<Store> {
+        let host = c_string("store host", host)?;
+        let world = i32::try_from(world_size).map_err(|_| Error::Dist(format!("world size {world_size} too large")))?;
+        let mut raw = ptr::null_mut();
+        // SAFETY: valid C string and out-pointer; the shim writes `raw` only on success.
+        check(unsafe { ffi::mb_store_tcp_new(host.as_ptr(), port, is_server.into(), world, millis(timeout), &mut raw) })?;
+        Ok(Store { raw })
+    }
+
+    pub fn port(&self) -> u16 {
+        // SAFETY: `raw` is a live store.
+        unsafe { ffi::mb_store_port(self.raw) }
+    }
+
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<()> {
+        let key = c_string("store key", key)?;
+        // SAFETY: live store, valid key and buffer.
+        check(unsafe { ffi::mb_store_set(self.raw, key.as_ptr(), value.as_ptr(), value.len()) })
+    }
+
+    /// Blocks until `key` exists (up to the store's timeout) and returns its value.
+    pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        let key = c_string("store key", key)?;
+        let (mut buf, mut len) = (ptr::null_mut(), 0usize);
+        // SAFETY: live store; on success the shim hands us a malloc'd buffer of `len` bytes.
+        check(unsafe { ffi::mb_store_get(self.raw, key.as_ptr(), &mut buf, &mut len) })?;
+        let value = unsafe { std::slice::from_raw_parts(buf, len) }.to_vec();
+        unsafe { ffi::mb_string_free(buf.cast()) };
+        Ok(value)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // SAFETY: created by mb_store_tcp_new, freed once.
+        unsafe { ffi::mb_store_free(self.raw) }
+    }
+}
+
+/// How Gloo chooses the network device it binds to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GlooDevice {
+    /// c10d's default: the address this host's name resolves to.
+    Default,
+    /// The given hostname or IP address.
+    Host(String),
+    /// The given network interface (like GLOO_SOCKET_IFNAME).
+    Interface(String),
+}
+
+impl GlooDevice {
+    /// GLOO_SOCKET_IFNAME when set; otherwise the local address that routes to the master,
+    /// so a multi-homed node binds where its peers can reach it.
+    pub fn for_master(master_addr: &str, master_port: u16) -> GlooDevice {
+        if let Some(ifname) = std::env::var("GLOO_SOCKET_IFNAME").ok().filter(|s| !s.is_empty()) {
+            return GlooDevice::Interface(ifname.split(',').next().unwrap_or_default().to_string());
+        }
+        match local_ip_towards(master_addr, master_port) {
+            Some(ip) => GlooDevice::Host(ip.to_string()),
+            None => GlooDevice::Default,
+        }
+    }
+}
+
+/// The source address the kernel would use to reach `addr` (a UDP connect sends nothing).
+fn local_ip_towards(addr: &str, port: u16) -> Option<IpAddr> {
+    let socket = UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    socket.connect((addr, port)).ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// A c10d process group. Collectives run in place on the given tensors.
+pub struct ProcessGroup {
+    raw: *mut ffi::MbPg,
+    rank: usize,
+    world_size: usize,
+    backend: Backend,
+    // c10d holds its own reference to the store; ours serves `store()` for rendezvous checks.
+    store: Store,
+}
+
+// SAFETY: c10d backends may be driven from any thread; the handle is only freed in Drop.
+unsafe impl Send for ProcessGroup {}
+
+impl ProcessGroup {
+    pub fn gloo(store: Store, rank: usize, world_size: usize, device: &GlooDevice, timeout: Duration) -> Result<Self> {
+        let (kind, name) = match device {
+            GlooDevice::Default => (ffi::GLOO_DEFAULT, String::new()),
+            GlooDevice::Host(h) => (ffi::GLOO_HOSTNAME, h.clone()),
+            GlooDevice::Interface(i) => (ffi::GLOO_INTERFACE, i.clone()),
+        };
+        let name = c_string("gloo device", &name)?;
+        let mut raw = ptr::null_mut();
+        // SAFETY: live store, valid strings and out-pointer.
+        check(unsafe {
+            ffi::mb_pg_gloo_new(store.raw, rank as i32, world_size as i32, kind, name.as_ptr(), millis(timeout), &mut raw)
+        })?;
+        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Gloo, store })
+    }
+
+    pub fn nccl(store: Store, rank: usize, world_size: usize, timeout: Duration) -> Result<Self> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: live store and out-pointer.
+        check(unsafe { ffi::mb_pg_nccl_new(store.raw, rank as i32, world_size as i32, millis(timeout), &mut raw) })?;
+        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Nccl, store })
+    }
+
+    /// Rendezvous through a TCPStore at the master from `env`, then build the group.
+    pub fn init(env: &DistEnv, backend: Backend, timeout: Duration) -> Result<Self> {
+        let store = Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world_size, timeout)?;
+        match backend {
+            Backend::Gloo => {
+                let device = GlooDevice::for_master(&env.master_addr, env.master_port);
+                ProcessGroup::gloo(store, env.rank, env.world_size, &device, timeout)
+            }
+            Backend::Nccl => ProcessGroup::nccl(store, env.rank, env.world_size, timeout),
+        }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts an in-place sum over all ranks; the result is valid after `Work::wait`.
+    pub fn allreduce_sum(&self, tensors: &mut [&mut Tensor]) -> Result<Work> {
+        let mut ptrs: Vec<ffi::MbTensor> = tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
+        let mut raw = ptr::null_mut();
+        // SAFETY: live group; the shim copies the tensor handles (refcounted) before returning.
+        check(unsafe { ffi::mb_pg_allreduce_sum(self.raw, ptrs.as_mut_ptr(), ptrs.len(), &mut raw) })?;
+        Ok(Work { raw })
+    }
+
+    /// Starts an in-place broadcast of `root`'s tensors to every rank.
+    pub fn broadcast(&self, tensors: &mut [&mut Tensor], root: usize) -> Result<Work> {
+        let mut ptrs: Vec<ffi::MbTensor> = tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
+        let mut raw = ptr::null_mut();
+        // SAFETY: as in allreduce_sum.
+        check(unsafe { ffi::mb_pg_broadcast(self.raw, ptrs.as_mut_ptr(), ptrs.len(), root as i32, &mut raw) })?;
+        Ok(Work { raw })
+    }
+
+    /// Blocks until every rank has reached the barrier.
+    pub fn barrier(&self) -> Result<()> {
+        let mut raw = ptr::null_mut();
+        // SAFETY: live group and out-pointer.
+        check(unsafe { ffi::mb_pg_barrier(self.raw, &mut raw) })?;
+        Work { raw }.wait()
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: created by mb_pg_*_new, freed once; `store` is dropped after this body runs.
+        unsafe { ffi::mb_pg_free(self.raw) }
+    }
+}
+
+/// A pending collective.
+pub struct Work {
+    raw: *mut ffi::MbWork,
+}
+
+// SAFETY: c10d::Work is waited on from whichever thread holds it.
+unsafe impl Send for Work {}
+
+impl Work {
+    /// Blocks until the collective finishes; a peer failure or timeout is an error.
+    pub fn wait(self) -> Result<()> {
+        // SAFETY: live work handle; Drop frees it afterwards.
+        check(unsafe { ffi::mb_work_wait(self.raw) })
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        // SAFETY: created by a collective, freed once.
+        unsafe { ffi::mb_work_free(self.raw) }
+    }
+}

@@ -1,0 +1,11 @@
+//! medbert: fine-tune BERT-family models on MedMCQA with libtorch (tch + rust-bert), on one
+//! process or many, with gradients synchronised through PyTorch's own c10d.
+
+pub mod dist;
+pub mod doctor;
+pub mod encode;
+pub mod error;
+pub mod model;
+pub mod settings;
+
+pub use error::{Error, Result};

@@ -1,0 +1,194 @@
+//! rust-bert's `BertForMultipleChoice` built from a Hugging Face model directory.
+//!
+//! Checkpoint names follow transformers: a `BertForMultipleChoice` checkpoint carries
+//! `bert.*` and `classifier.*`; a bare `BertModel` checkpoint (most pretrained models) has
+//! no `bert.` prefix. Both load; a classifier absent from the file is initialised as
+//! transformers does (normal with std `initializer_range`, bias zero).
+
+use crate::error::{Error, Result};
+use rust_bert::bert::{BertConfig, BertForMultipleChoice};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind, Tensor};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+const CLASSIFIER_PREFIX: &str = "classifier.";
+
+/// Reads an HF `config.json` (unchanged) into rust-bert's config.
+pub fn read_config(path: &Path) -> Result<BertConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// One batch of multiple-choice input, each tensor of shape [batch, choices, seq], int64.
+pub struct ChoiceBatch {
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub token_type_ids: Tensor,
+}
+
+impl ChoiceBatch {
+    pub fn to_device(&self, device: Device) -> ChoiceBatch {
+        ChoiceBatch {
+            input_ids: self.input_ids.to_device(device),
+            attention_mask: self.attention_mask.to_device(device),
+            token_type_ids: self.token_type_ids.to_device(device),
+        }
+    }
+}
+
+/// What a weight load did, for a one-time report.
+#[derive(Debug, Default, PartialEq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// Model variables absent from the checkpoint and freshly initialised (the classifier).
+    pub initialised: Vec<String>,
+    /// Checkpoint tensors the model has no place for (e.g. `embeddings.position_ids`).
+    pub unexpected: Vec<String>,
+}
+
+/// The model, its variables and its config, on one device.
+pub struct MultipleChoiceModel {
+    pub vs: nn::VarStore,
+    pub net: BertForMultipleChoice,
+    pub config: BertConfig,
+}
+
+impl MultipleChoiceModel {
+    /// A model with freshly initialised weights (rust-bert's initialisers).
+    pub fn new(config: BertConfig, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let net = BertForMultipleChoice::new(vs.root(), &config);
+        MultipleChoiceModel { vs, net, config }
+    }
+
+    /// Loads `config.json` and `model.safetensors` from an HF model directory.
+    pub fn from_dir(dir: &Path, device: Device) -> Result<(Self, LoadReport)> {
+        let config = read_config(&dir.join(CONFIG_FILE))?;
+        let mut model = MultipleChoiceModel::new(config, device);
+        let report = model.load_safetensors(&dir.join(WEIGHTS_FILE))?;
+        Ok((model, report))
+    }
+
+    /// Copies an HF safetensors checkpoint into the variables.
+    pub fn load_safetensors(&mut self, path: &Path) -> Result<LoadReport> {
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
+        let init_std = f64::from(self.config.initializer_range);
+        copy_into(&self.vs.variables(), tensors, path, init_std)
+    }
+
+    /// Logits of shape [batch, choices]. `train` turns dropout on.
+    pub fn forward(&self, batch: &ChoiceBatch, train: bool) -> Result<Tensor> {
+        let shape = batch.input_ids.size();
+        if shape.len() != 3 {
+            return Err(Error::Input(format!("input_ids must be [batch, choices, seq], got {shape:?}")));
+        }
+        for (name, t) in [("attention_mask", &batch.attention_mask), ("token_type_ids", &batch.token_type_ids)] {
+            if t.size() != shape {
+                return Err(Error::Input(format!("{name} has shape {:?}, input_ids {shape:?}", t.size())));
+            }
+        }
+        let max_positions = self.config.max_position_embeddings;
+        if shape[2] > max_positions {
+            return Err(Error::Input(format!("sequence length {} exceeds the model's {max_positions} positions", shape[2])));
+        }
+        let (want, got) = (self.vs.device(), batch.input_ids.device());
+        if want != got {
+            return Err(Error::Input(format!("batch is on {got:?} but the model is on {want:?}")));
+        }
+        let out = self.net.forward_t(
+            &batch.input_ids,
+            Some(&batch.attention_mask),
+            Some(&batch.token_type_ids),
+            None,
+            train,
+        );
+        Ok(out.logits)
+    }
+}
+
+/// Maps a checkpoint name to the model's: adds the `bert.` prefix of a bare encoder and
+/// renames the legacy LayerNorm `gamma`/`beta` as transformers does.
+fn model_name(name: &str) -> String {
+    let name = match name.strip_suffix(".gamma") {
+        Some(stem) => format!("{stem}.weight"),
+        None => match name.strip_suffix(".beta") {
+            Some(stem) => format!("{stem}.bias"),
+            None => name.to_string(),
+        },
+    };
+    if name.starts_with("bert.") || name.starts_with(CLASSIFIER_PREFIX) {
+        name
+    } else {
+        format!("bert.{name}")
+    }
+}
+
+fn copy_into(
+    variables: &HashMap<String, Tensor>,
+    tensors: Vec<(String, Tensor)>,
+    path: &Path,
+    init_std: f64,
+) -> Result<LoadReport> {
+    let mut by_name: BTreeMap<String, (String, Tensor)> = BTreeMap::new();
+    for (name, tensor) in tensors {
+        by_name.insert(model_name(&name), (name, tensor));
+    }
+    let mut report = LoadReport::default();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    tch::no_grad(|| -> Result<()> {
+        for name in names {
+            let mut var = variables[name].shallow_clone();
+            match by_name.remove(name) {
+                Some((_, src)) => {
+                    if src.size() != var.size() {
+                        return Err(Error::ShapeMismatch {
+                            path: path.to_path_buf(),
+                            name: name.clone(),
+                            expected: var.size(),
+                            found: src.size(),
+                        });
+                    }
+                    var.f_copy_(&src)?;
+                    report.loaded += 1;
+                }
+                None if name.starts_with(CLASSIFIER_PREFIX) => {
+                    if name.ends_with(".bias") {
+                        let _ = var.f_zero_()?;
+                    } else {
+                        var.f_copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * init_std))?;
+                    }
+                    report.initialised.push(name.clone());
+                }
+                None => {
+                    return Err(Error::MissingTensor { path: path.to_path_buf(), name: name.clone(), shape: var.size() })
+                }
+            }
+        }
+        Ok(())
+    })?;
+    report.unexpected = by_name.into_values().map(|(original, _)| original).collect();
+    Ok(report)
+}
+
+/// The directory a model was loaded from, as given or as found in the environment.
+pub fn default_model_dir() -> Option<PathBuf> {
+    std::env::var_os(crate::settings::MODEL_VAR).map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_name;
+
+    #[test]
+    fn checkpoint_names_map_to_rust_bert() {
+        assert_eq!(model_name("encoder.layer.0.output.dense.weight"), "bert.encoder.layer.0.output.dense.weight");
+        assert_eq!(model_name("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
+        assert_eq!(model_name("classifier.weight"), "classifier.weight");
+        assert_eq!(model_name("bert.embeddings.LayerNorm.gamma"), "bert.embeddings.LayerNorm.weight");
+        assert_eq!(model_name("embeddings.LayerNorm.beta"), "bert.embeddings.LayerNorm.bias");
+    }
+}
