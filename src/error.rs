@@ -4,16 +4,28 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{}: invalid model config: {message}", path.display())]
     Config { path: PathBuf, message: String },
 
     #[error("{}: missing tensor `{name}` (expected shape {shape:?})", path.display())]
-    MissingTensor { path: PathBuf, name: String, shape: Vec<i64> },
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        shape: Vec<i64>,
+    },
 
     #[error("{}: tensor `{name}` has shape {found:?}, expected {expected:?}", path.display())]
-    ShapeMismatch { path: PathBuf, name: String, expected: Vec<i64>, found: Vec<i64> },
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
 
     #[error("{}: cannot read weights: {message}", path.display())]
     Weights { path: PathBuf, message: String },
@@ -38,6 +50,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -9,7 +9,11 @@ use std::time::Duration;
 use tch::{Kind, Tensor};
 
 #[derive(Parser)]
-#[command(name = "medbert", version, about = "Fine-tune BERT-family models on MedMCQA")]
+#[command(
+    name = "medbert",
+    version,
+    about = "Fine-tune BERT-family models on MedMCQA"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +46,9 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = run() {
@@ -57,22 +63,40 @@ fn run() -> Result<()> {
         Command::Doctor { model } => {
             print!("{}", doctor::runtime_report());
             let dir = model.with_context(|| {
-                format!("no model: pass --model DIR or set {} (scripts/setup.sh writes it to .env)", settings::MODEL_VAR)
+                format!(
+                    "no model: pass --model DIR or set {} (scripts/setup.sh writes it to .env)",
+                    settings::MODEL_VAR
+                )
             })?;
             print!("{}", doctor::forward_report(&dir)?);
             Ok(())
         }
-        Command::DistCheck { backend, numel, timeout, dump } => dist_check(backend, numel, Duration::from_secs(timeout), dump),
+        Command::DistCheck {
+            backend,
+            numel,
+            timeout,
+            dump,
+        } => dist_check(backend, numel, Duration::from_secs(timeout), dump),
     }
 }
 
 /// Rank r all-reduces `arange(n) * (r + 1)` and broadcasts `arange(n) + 1000 r` from rank 0;
 /// every rank checks the exact expected values.
-fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<PathBuf>) -> Result<()> {
-    let env = DistEnv::from_env()?.context("WORLD_SIZE is not set: start this under medbert-run or torchrun")?;
+fn dist_check(
+    backend: Backend,
+    numel: i64,
+    timeout: Duration,
+    dump: Option<PathBuf>,
+) -> Result<()> {
+    let env = DistEnv::from_env()?
+        .context("WORLD_SIZE is not set: start this under medbert-run or torchrun")?;
     let pg = ProcessGroup::init(&env, backend, timeout)?;
     let (rank, world) = (env.rank as f64, env.world_size as f64);
-    let base = Tensor::arange(numel, (Kind::Float, tch::Device::Cpu));
+    let device = match backend {
+        Backend::Nccl => tch::Device::Cuda(env.local_rank),
+        Backend::Gloo => tch::Device::Cpu,
+    };
+    let base = Tensor::arange(numel, (Kind::Float, device));
 
     let mut summed = &base * (rank + 1.0);
     let started = std::time::Instant::now();
@@ -87,6 +111,10 @@ fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<Path
     if let Some(dir) = &dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("rank{}.safetensors", env.rank));
+        let (summed, broadcast) = (
+            summed.to_device(tch::Device::Cpu),
+            broadcast.to_device(tch::Device::Cpu),
+        );
         Tensor::write_safetensors(&[("allreduce", &summed), ("broadcast", &broadcast)], &path)?;
     }
     let allreduce_ok = summed.equal(&expected_sum);
@@ -101,6 +129,9 @@ fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<Path
         gbps,
         if broadcast_ok { "ok" } else { "WRONG" },
     );
-    anyhow::ensure!(allreduce_ok && broadcast_ok, "collective results differ from the expected values");
+    anyhow::ensure!(
+        allreduce_ok && broadcast_ok,
+        "collective results differ from the expected values"
+    );
     Ok(())
 }

