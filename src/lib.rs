@@ -5,6 +5,7 @@ pub mod dist;
 pub mod doctor;
 pub mod encode;
 pub mod error;
+pub mod launch;
 pub mod model;
 pub mod settings;
 

@@ -1,1 +1,201 @@
-fn main() {}
+//! `medbert-run`: start one worker per device, like torchrun.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use medbert::launch::{self, GroupSpec, Outcome, Supervision};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Start a group of workers with torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE,
+/// LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_*).
+///
+/// With only training flags it runs `medbert train FLAGS` in every worker; anything after
+/// `--` is run instead, e.g. `medbert-run --standalone --nproc-per-node 2 -- medbert dist-check`.
+/// The group is all-or-nothing: when a worker fails, the others get SIGTERM, then SIGKILL
+/// after --term-timeout, and the first failing rank is reported. SIGINT and SIGTERM sent to
+/// the launcher are forwarded to the workers.
+#[derive(Parser, Debug)]
+#[command(name = "medbert-run", version, verbatim_doc_comment)]
+struct Args {
+    /// Workers on this node: a number, `gpu` (one per CUDA device), `cpu` (one per core) or
+    /// `auto` (gpu when CUDA is available, else cpu).
+    #[arg(long, alias = "nproc_per_node", default_value = "1")]
+    nproc_per_node: String,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's rank, 0..nnodes.
+    #[arg(long, alias = "node_rank", default_value_t = 0)]
+    node_rank: usize,
+    /// Address of the node that hosts rank 0 (the rendezvous store).
+    #[arg(long, alias = "master_addr", default_value = "127.0.0.1")]
+    master_addr: String,
+    /// Port of the rendezvous store on the master node.
+    #[arg(long, alias = "master_port", default_value_t = 29500)]
+    master_port: u16,
+    /// Single-node job on 127.0.0.1 with a free port (ignores --master-addr/--master-port).
+    #[arg(long)]
+    standalone: bool,
+    /// Restart the whole group up to this many times after a failure.
+    #[arg(long, alias = "max_restarts", default_value_t = 0)]
+    max_restarts: usize,
+    /// Seconds between checks of the workers' state.
+    #[arg(long, alias = "monitor_interval", default_value_t = 0.1)]
+    monitor_interval: f64,
+    /// Seconds between SIGTERM and SIGKILL when stopping the group.
+    #[arg(long, default_value_t = 5.0)]
+    term_timeout: f64,
+    /// Also write each worker's output to DIR/attempt<K>_rank<R>.log.
+    #[arg(long, alias = "log_dir")]
+    log_dir: Option<PathBuf>,
+    /// Job id given to workers as TORCHELASTIC_RUN_ID.
+    #[arg(long, alias = "rdzv_id", default_value = "none")]
+    run_id: String,
+    /// Training flags for `medbert train`.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "TRAIN_FLAGS"
+    )]
+    train_flags: Vec<String>,
+}
+
+fn main() {
+    match run() {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("medbert-run: error: {err:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn run() -> Result<i32> {
+    let argv: Vec<String> = std::env::args().collect();
+    let split = argv.iter().position(|a| a == "--");
+    let (ours, command) = match split {
+        Some(i) => (&argv[..i], argv[i + 1..].to_vec()),
+        None => (&argv[..], Vec::new()),
+    };
+    let args = Args::parse_from(ours);
+    let program = match (command.is_empty(), args.train_flags.is_empty()) {
+        (false, false) => bail!("give training flags or a command after `--`, not both"),
+        (false, true) => command,
+        (true, _) => {
+            let medbert = std::env::current_exe()?.with_file_name("medbert");
+            [medbert.to_string_lossy().into_owned(), "train".to_string()]
+                .into_iter()
+                .chain(args.train_flags)
+                .collect()
+        }
+    };
+
+    let nproc = nproc_per_node(&args.nproc_per_node)?;
+    if args.nnodes == 0 || args.node_rank >= args.nnodes {
+        bail!(
+            "--node-rank {} must be below --nnodes {}",
+            args.node_rank,
+            args.nnodes
+        );
+    }
+    let (master_addr, master_port) = if args.standalone {
+        if args.nnodes != 1 {
+            bail!(
+                "--standalone is for a single node; use --master-addr with --nnodes {}",
+                args.nnodes
+            );
+        }
+        ("127.0.0.1".to_string(), launch::free_port()?)
+    } else {
+        (args.master_addr, args.master_port)
+    };
+    let spec = GroupSpec {
+        nnodes: args.nnodes,
+        node_rank: args.node_rank,
+        nproc_per_node: nproc,
+        master_addr,
+        master_port,
+        max_restarts: args.max_restarts,
+        run_id: args.run_id,
+    };
+    let omp = match std::env::var_os("OMP_NUM_THREADS") {
+        Some(_) => None,
+        None => Some(launch::omp_threads_per_worker(cores(), nproc)),
+    };
+    let sup = Supervision {
+        monitor_interval: Duration::from_secs_f64(args.monitor_interval.max(0.001)),
+        term_timeout: Duration::from_secs_f64(args.term_timeout.max(0.0)),
+        log_dir: args.log_dir,
+    };
+
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
+            .context("installing signal handlers")?;
+    }
+
+    eprintln!(
+        "medbert-run: {} worker(s) on node {}/{} (world size {}), master {}:{}",
+        nproc,
+        spec.node_rank,
+        spec.nnodes,
+        spec.world_size(),
+        spec.master_addr,
+        spec.master_port
+    );
+    for attempt in 0..=spec.max_restarts {
+        let workers = spec.workers(attempt, omp);
+        match launch::run_attempt(&program, &workers, attempt, &sup, &signal)? {
+            Outcome::Succeeded => return Ok(0),
+            Outcome::Interrupted(sig) => {
+                eprintln!("medbert-run: got signal {sig}; stopped the workers");
+                return Ok(128 + sig);
+            }
+            Outcome::Failed { rank, exit } => {
+                eprintln!(
+                    "medbert-run: rank {rank} failed first ({exit}); stopped the other workers"
+                );
+                if attempt < spec.max_restarts {
+                    eprintln!(
+                        "medbert-run: restarting the group ({}/{})",
+                        attempt + 1,
+                        spec.max_restarts
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "medbert-run: error: the worker group failed after {} restart(s)",
+        spec.max_restarts
+    );
+    Ok(1)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn nproc_per_node(value: &str) -> Result<usize> {
+    let gpus = || usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
+    let n = match value {
+        "gpu" => match gpus() {
+            0 => bail!("--nproc-per-node gpu: no CUDA device is visible"),
+            n => n,
+        },
+        "cpu" => cores(),
+        "auto" => match gpus() {
+            0 => cores(),
+            n => n,
+        },
+        n => n.parse().with_context(|| {
+            format!("--nproc-per-node {n:?}: expected a number, gpu, cpu or auto")
+        })?,
+    };
+    if n == 0 {
+        bail!("--nproc-per-node must be at least 1");
+    }
+    Ok(n)
+}

@@ -1,0 +1,361 @@
+//! The worker-group launcher behind `medbert-run`, with torchrun's contract: one process per
+//! local slot, the same environment variables, all-or-nothing supervision and restarts.
+//!
+//! Deciding (which workers, with which variables) is apart from doing (spawning, watching,
+//! tearing down), so the first is tested without processes.
+
+use crate::error::{Error, Result};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The shape of the job across nodes and where its rendezvous lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub nnodes: usize,
+    pub node_rank: usize,
+    pub nproc_per_node: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    pub max_restarts: usize,
+    pub run_id: String,
+}
+
+/// One worker to start: its ranks and the variables it gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSpec {
+    pub rank: usize,
+    pub local_rank: usize,
+    pub env: Vec<(String, String)>,
+}
+
+impl GroupSpec {
+    pub fn world_size(&self) -> usize {
+        self.nnodes * self.nproc_per_node
+    }
+
+    /// The workers of this node for the given attempt (0 = first start). `omp_threads` is
+    /// set as OMP_NUM_THREADS when the caller did not set it.
+    pub fn workers(&self, restart_count: usize, omp_threads: Option<usize>) -> Vec<WorkerSpec> {
+        (0..self.nproc_per_node)
+            .map(|local_rank| {
+                let rank = self.node_rank * self.nproc_per_node + local_rank;
+                let mut env: Vec<(String, String)> = [
+                    ("RANK", rank.to_string()),
+                    ("LOCAL_RANK", local_rank.to_string()),
+                    ("WORLD_SIZE", self.world_size().to_string()),
+                    ("LOCAL_WORLD_SIZE", self.nproc_per_node.to_string()),
+                    ("GROUP_RANK", self.node_rank.to_string()),
+                    ("GROUP_WORLD_SIZE", self.nnodes.to_string()),
+                    ("ROLE_RANK", rank.to_string()),
+                    ("ROLE_WORLD_SIZE", self.world_size().to_string()),
+                    ("ROLE_NAME", "default".to_string()),
+                    ("MASTER_ADDR", self.master_addr.clone()),
+                    ("MASTER_PORT", self.master_port.to_string()),
+                    ("TORCHELASTIC_RESTART_COUNT", restart_count.to_string()),
+                    ("TORCHELASTIC_MAX_RESTARTS", self.max_restarts.to_string()),
+                    ("TORCHELASTIC_RUN_ID", self.run_id.clone()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                if let Some(n) = omp_threads {
+                    env.push(("OMP_NUM_THREADS".to_string(), n.to_string()));
+                }
+                WorkerSpec {
+                    rank,
+                    local_rank,
+                    env,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Threads per worker when OMP_NUM_THREADS is unset: the node's cores split evenly.
+pub fn omp_threads_per_worker(cores: usize, nproc_per_node: usize) -> usize {
+    (cores / nproc_per_node.max(1)).max(1)
+}
+
+/// How a worker ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<ExitStatus> for Exit {
+    fn from(status: ExitStatus) -> Self {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(sig)) => Exit::Signal(sig),
+            (None, None) => Exit::Code(-1),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+/// The end of one attempt of the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every worker exited with code 0.
+    Succeeded,
+    /// The first worker (by time, then rank) to fail, and how.
+    Failed { rank: usize, exit: Exit },
+    /// The launcher got this signal; the workers were stopped.
+    Interrupted(i32),
+}
+
+/// How the supervisor watches and stops the group.
+#[derive(Clone, Debug)]
+pub struct Supervision {
+    pub monitor_interval: Duration,
+    /// Time between SIGTERM and SIGKILL when tearing the group down.
+    pub term_timeout: Duration,
+    /// Directory for per-rank log files (`attempt<K>_rank<R>.log`), beside the prefixed output.
+    pub log_dir: Option<PathBuf>,
+}
+
+/// Starts every worker, watches them, and on the first failure or an incoming signal
+/// (`signal` holds its number once set) stops the rest: SIGTERM, then SIGKILL after the
+/// deadline. Each output line is prefixed with `[rank<R>]:`.
+pub fn run_attempt(
+    program: &[String],
+    workers: &[WorkerSpec],
+    attempt: usize,
+    sup: &Supervision,
+    signal: &AtomicUsize,
+) -> Result<Outcome> {
+    let (exe, args) = program
+        .split_first()
+        .ok_or_else(|| Error::Input("no command to run".into()))?;
+    if let Some(dir) = &sup.log_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut running: Vec<(usize, Child)> = Vec::new();
+    let mut pumps: Vec<JoinHandle<()>> = Vec::new();
+    for w in workers {
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .envs(w.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                stop_all(&mut running, sup.term_timeout);
+                return Err(Error::Input(format!(
+                    "cannot start {exe:?} for rank {}: {e}",
+                    w.rank
+                )));
+            }
+        };
+        let log = match &sup.log_dir {
+            Some(dir) => {
+                let path = dir.join(format!("attempt{attempt}_rank{}.log", w.rank));
+                Some(Arc::new(Mutex::new(
+                    File::create(&path).map_err(|e| Error::io(&path, e))?,
+                )))
+            }
+            None => None,
+        };
+        let prefix = format!("[rank{}]:", w.rank);
+        if let Some(out) = child.stdout.take() {
+            pumps.push(pump(out, prefix.clone(), false, log.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(pump(err, prefix, true, log));
+        }
+        running.push((w.rank, child));
+    }
+
+    let outcome = loop {
+        let sig = signal.load(Ordering::SeqCst);
+        if sig != 0 {
+            stop_all(&mut running, sup.term_timeout);
+            break Outcome::Interrupted(sig as i32);
+        }
+        let mut failed = None;
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait() {
+                Ok(Some(status)) => {
+                    let (rank, _) = running.remove(i);
+                    if !status.success() && failed.is_none() {
+                        failed = Some(Outcome::Failed {
+                            rank,
+                            exit: status.into(),
+                        });
+                    }
+                }
+                Ok(None) => i += 1,
+                Err(e) => {
+                    return Err(Error::Input(format!(
+                        "waiting for rank {}: {e}",
+                        running[i].0
+                    )))
+                }
+            }
+        }
+        if let Some(outcome) = failed {
+            stop_all(&mut running, sup.term_timeout);
+            break outcome;
+        }
+        if running.is_empty() {
+            break Outcome::Succeeded;
+        }
+        std::thread::sleep(sup.monitor_interval);
+    };
+    for p in pumps {
+        let _ = p.join();
+    }
+    Ok(outcome)
+}
+
+/// SIGTERM to every live worker, then SIGKILL to those still alive after `deadline`.
+fn stop_all(running: &mut Vec<(usize, Child)>, deadline: Duration) {
+    for (_, child) in running.iter() {
+        // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let until = Instant::now() + deadline;
+    while !running.is_empty() && Instant::now() < until {
+        running.retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (_, child) in running.iter_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    running.clear();
+}
+
+/// Copies a worker's stream line by line to ours (and its log file), prefixed with its rank.
+fn pump(
+    stream: impl Read + Send + 'static,
+    prefix: String,
+    is_err: bool,
+    log: Option<Arc<Mutex<File>>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            if is_err {
+                let _ = writeln!(std::io::stderr().lock(), "{prefix} {text}");
+            } else {
+                let _ = writeln!(std::io::stdout().lock(), "{prefix} {text}");
+            }
+            if let Some(log) = &log {
+                if let Ok(mut f) = log.lock() {
+                    let _ = writeln!(f, "{text}");
+                }
+            }
+            line.clear();
+        }
+    })
+}
+
+/// A free TCP port on this host (for `--standalone`).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind(("0.0.0.0", 0))
+        .map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?;
+    Ok(listener
+        .local_addr()
+        .map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?
+        .port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GroupSpec {
+        GroupSpec {
+            nnodes: 2,
+            node_rank: 1,
+            nproc_per_node: 3,
+            master_addr: "10.1.0.1".into(),
+            master_port: 29400,
+            max_restarts: 2,
+            run_id: "job".into(),
+        }
+    }
+
+    fn var<'a>(w: &'a WorkerSpec, name: &str) -> &'a str {
+        &w.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("{name} not set"))
+            .1
+    }
+
+    #[test]
+    fn second_node_workers_get_global_ranks_and_torchrun_variables() {
+        let workers = spec().workers(1, Some(2));
+        assert_eq!(
+            workers.iter().map(|w| w.rank).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        let w = &workers[2];
+        assert_eq!(
+            [
+                var(w, "RANK"),
+                var(w, "LOCAL_RANK"),
+                var(w, "WORLD_SIZE"),
+                var(w, "LOCAL_WORLD_SIZE"),
+                var(w, "GROUP_RANK"),
+                var(w, "MASTER_ADDR"),
+                var(w, "MASTER_PORT"),
+                var(w, "TORCHELASTIC_RESTART_COUNT"),
+                var(w, "TORCHELASTIC_MAX_RESTARTS"),
+                var(w, "OMP_NUM_THREADS"),
+            ],
+            ["5", "2", "6", "3", "1", "10.1.0.1", "29400", "1", "2", "2"]
+        );
+    }
+
+    #[test]
+    fn omp_threads_are_left_alone_when_the_user_set_them() {
+        assert!(spec().workers(0, None)[0]
+            .env
+            .iter()
+            .all(|(k, _)| k != "OMP_NUM_THREADS"));
+    }
+
+    #[test]
+    fn cores_split_evenly_and_never_below_one() {
+        assert_eq!(omp_threads_per_worker(8, 2), 4);
+        assert_eq!(omp_threads_per_worker(2, 3), 1);
+        assert_eq!(omp_threads_per_worker(7, 2), 3);
+    }
+}
