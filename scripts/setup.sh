@@ -7,7 +7,7 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 with_nccl=0
 [ "${1:-}" = --nccl ] && with_nccl=1
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
 
 step "Gloo headers (Debian's libgloo-dev)"
 if [ -n "${GLOO_INCLUDE_DIR:-}" ] || [ -f /usr/include/gloo/config.h ]; then
@@ -61,3 +61,4 @@ if [ $with_nccl = 1 ]; then
 fi
 step "cargo build --release"
 cargo build --release
+printf '\n==> [%ss] set-up done\n' "$SECONDS"
