@@ -5,13 +5,11 @@ use std::path::{Path, PathBuf};
 use std::{env, fs};
 
 fn main() {
-    let lib = PathBuf::from(env::var("DEP_TCH_LIBTORCH_LIB").expect(
-        "torch-sys did not report DEP_TCH_LIBTORCH_LIB; is torch-sys a direct dependency?",
-    ));
-    let root = lib
-        .parent()
-        .expect("libtorch lib dir has a parent")
-        .to_path_buf();
+    let lib = PathBuf::from(
+        env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys did not report DEP_TCH_LIBTORCH_LIB; is torch-sys a direct dependency?"),
+    );
+    let root = lib.parent().expect("libtorch lib dir has a parent").to_path_buf();
     let abi = cxx11_abi(&lib.join("libc10.so"));
 
     let mut build = cc::Build::new();
@@ -53,32 +51,21 @@ fn main() {
 
 /// "1" when libc10 exports its assert helper with `std::__cxx11::string`, "0" for the old ABI.
 fn cxx11_abi(libc10: &Path) -> &'static str {
-    let bytes = fs::read(libc10).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {} to detect the C++ ABI: {e}",
-            libc10.display()
-        )
-    });
+    let bytes =
+        fs::read(libc10).unwrap_or_else(|e| panic!("cannot read {} to detect the C++ ABI: {e}", libc10.display()));
     let needle = b"torchInternalAssertFail";
     let mut seen = false;
     for start in 0..bytes.len().saturating_sub(needle.len()) {
         if &bytes[start..start + needle.len()] != needle {
             continue;
         }
-        let end = bytes[start..]
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(bytes.len(), |n| start + n);
+        let end = bytes[start..].iter().position(|&b| b == 0).map_or(bytes.len(), |n| start + n);
         if bytes[start..end].windows(7).any(|w| w == b"__cxx11") {
             return "1";
         }
         seen = true;
     }
-    assert!(
-        seen,
-        "no torchInternalAssertFail symbol in {}: is this libtorch?",
-        libc10.display()
-    );
+    assert!(seen, "no torchInternalAssertFail symbol in {}: is this libtorch?", libc10.display());
     "0"
 }
 
@@ -87,10 +74,7 @@ fn cuda_include_dirs(torch_root: &Path) -> Vec<PathBuf> {
     if let Some(home) = env::var_os("CUDA_HOME") {
         return vec![PathBuf::from(home).join("include")];
     }
-    let nvidia = torch_root
-        .parent()
-        .map(|p| p.join("nvidia"))
-        .unwrap_or_default();
+    let nvidia = torch_root.parent().map(|p| p.join("nvidia")).unwrap_or_default();
     let mut dirs: Vec<PathBuf> = fs::read_dir(&nvidia)
         .unwrap_or_else(|e| {
             panic!("feature `nccl` needs CUDA headers: set CUDA_HOME or pip-install nvidia-cuda-nvcc-cu12 and nvidia-cuda-cccl-cu12 ({}: {e})", nvidia.display())

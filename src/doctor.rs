@@ -17,21 +17,12 @@ pub const SAMPLE_OPTIONS: [&str; 4] = ["Vitamin A", "Vitamin B12", "Vitamin C", 
 pub fn runtime_report() -> String {
     let mut out = String::new();
     let cuda = if tch::Cuda::is_available() {
-        format!(
-            "available, {} device(s), cuDNN {}",
-            tch::Cuda::device_count(),
-            tch::Cuda::cudnn_is_available()
-        )
+        format!("available, {} device(s), cuDNN {}", tch::Cuda::device_count(), tch::Cuda::cudnn_is_available())
     } else {
         "not available (CPU only)".to_string()
     };
     let backends: Vec<&str> = Backend::compiled().into_iter().map(Backend::name).collect();
-    let _ = writeln!(
-        out,
-        "libtorch:       {} ({})",
-        dist::torch_version(),
-        env!("MEDBERT_LIBTORCH_LIB")
-    );
+    let _ = writeln!(out, "libtorch:       {} ({})", dist::torch_version(), env!("MEDBERT_LIBTORCH_LIB"));
     let _ = writeln!(out, "CUDA:           {cuda}");
     let _ = writeln!(out, "c10d backends:  {}", backends.join(", "));
     let _ = writeln!(out, "CPU threads:    {}", tch::get_num_threads());
@@ -75,9 +66,6 @@ pub fn forward_report(dir: &Path) -> Result<String> {
     for (option, p) in SAMPLE_OPTIONS.iter().zip(&probs) {
         let _ = writeln!(out, "                  {option:<12} p = {p:.4}");
     }
-    let _ = writeln!(
-        out,
-        "                (the classifier is untrained until `medbert train`)"
-    );
+    let _ = writeln!(out, "                (the classifier is untrained until `medbert train`)");
     Ok(out)
 }

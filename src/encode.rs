@@ -3,20 +3,34 @@
 
 use crate::error::{Error, Result};
 use crate::model::ChoiceBatch;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::Tensor;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const VOCAB_FILE: &str = "vocab.txt";
 
-/// Loads `tokenizer.json` from a model directory, truncating longest-first at `max_length`.
+/// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
+pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
+    [TOKENIZER_FILE, VOCAB_FILE].iter().map(|f| model_dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+        Error::Tokenizer {
+            path: model_dir.to_path_buf(),
+            message: format!("neither {TOKENIZER_FILE} nor {VOCAB_FILE} found"),
+        }
+    })
+}
+
+/// Loads a model directory's tokenizer, truncating longest-first at `max_length`.
+/// tokenizer.json is used as it is; a bare vocab.txt becomes the standard BERT WordPiece
+/// pipeline, lower-casing unless tokenizer_config.json says `"do_lower_case": false`.
 pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> {
-    let path = model_dir.join(TOKENIZER_FILE);
-    let err = |message: String| Error::Tokenizer {
-        path: path.clone(),
-        message,
+    let path = tokenizer_source(model_dir)?;
+    let err = |message: String| Error::Tokenizer { path: path.clone(), message };
+    let mut tokenizer = if path.ends_with(TOKENIZER_FILE) {
+        Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?
+    } else {
+        wordpiece_tokenizer(&path, lower_case(model_dir)).map_err(err)?
     };
-    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?;
     tokenizer.with_padding(None);
     tokenizer
         .with_truncation(Some(TruncationParams {
@@ -28,19 +42,39 @@ pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> 
     Ok(tokenizer)
 }
 
+fn lower_case(model_dir: &Path) -> bool {
+    std::fs::read_to_string(model_dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v.get("do_lower_case").and_then(serde_json::Value::as_bool))
+        .unwrap_or(true)
+}
+
+fn wordpiece_tokenizer(vocab: &Path, lowercase: bool) -> std::result::Result<Tokenizer, String> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::bert::BertProcessing;
+    use tokenizers::Model;
+    let model =
+        WordPiece::from_file(&vocab.to_string_lossy()).unk_token("[UNK]".into()).build().map_err(|e| e.to_string())?;
+    let id = |token: &str| model.token_to_id(token).ok_or_else(|| format!("{token} is not in the vocabulary"));
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    Ok(tokenizer)
+}
+
 /// Encodes questions (each with its options) into one batch padded to its longest sequence.
-pub fn encode_questions(
-    tokenizer: &Tokenizer,
-    questions: &[(&str, &[&str])],
-) -> Result<ChoiceBatch> {
+pub fn encode_questions(tokenizer: &Tokenizer, questions: &[(&str, &[&str])]) -> Result<ChoiceBatch> {
     let choices = questions.first().map_or(0, |(_, opts)| opts.len());
     let mut rows = Vec::new();
     for (question, options) in questions {
         if options.len() != choices {
-            return Err(Error::Input(format!(
-                "every question needs {choices} options, one has {}",
-                options.len()
-            )));
+            return Err(Error::Input(format!("every question needs {choices} options, one has {}", options.len())));
         }
         for option in *options {
             let enc = tokenizer
@@ -53,23 +87,9 @@ pub fn encode_questions(
     let (mut ids, mut mask, mut types) = (Vec::new(), Vec::new(), Vec::new());
     for (row_ids, row_types) in &rows {
         let pad = seq - row_ids.len();
-        ids.extend(
-            row_ids
-                .iter()
-                .map(|&x| i64::from(x))
-                .chain(std::iter::repeat(0).take(pad)),
-        );
-        mask.extend(
-            std::iter::repeat(1i64)
-                .take(row_ids.len())
-                .chain(std::iter::repeat(0).take(pad)),
-        );
-        types.extend(
-            row_types
-                .iter()
-                .map(|&x| i64::from(x))
-                .chain(std::iter::repeat(0).take(pad)),
-        );
+        ids.extend(row_ids.iter().map(|&x| i64::from(x)).chain(std::iter::repeat(0).take(pad)));
+        mask.extend(std::iter::repeat(1i64).take(row_ids.len()).chain(std::iter::repeat(0).take(pad)));
+        types.extend(row_types.iter().map(|&x| i64::from(x)).chain(std::iter::repeat(0).take(pad)));
     }
     let shape = [questions.len() as i64, choices as i64, seq as i64];
     Ok(ChoiceBatch {

@@ -68,11 +68,7 @@ impl GroupSpec {
                 if let Some(n) = omp_threads {
                     env.push(("OMP_NUM_THREADS".to_string(), n.to_string()));
                 }
-                WorkerSpec {
-                    rank,
-                    local_rank,
-                    env,
-                }
+                WorkerSpec { rank, local_rank, env }
             })
             .collect()
     }
@@ -153,9 +149,7 @@ pub fn run_attempt(
     sup: &Supervision,
     signal: &AtomicUsize,
 ) -> Result<Outcome> {
-    let (exe, args) = program
-        .split_first()
-        .ok_or_else(|| Error::Input("no command to run".into()))?;
+    let (exe, args) = program.split_first().ok_or_else(|| Error::Input("no command to run".into()))?;
     if let Some(dir) = &sup.log_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -163,26 +157,18 @@ pub fn run_attempt(
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
     for w in workers {
         let mut cmd = Command::new(exe);
-        cmd.args(args)
-            .envs(w.env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).envs(w.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
                 stop_all(&mut running, sup.term_timeout);
-                return Err(Error::Input(format!(
-                    "cannot start {exe:?} for rank {}: {e}",
-                    w.rank
-                )));
+                return Err(Error::Input(format!("cannot start {exe:?} for rank {}: {e}", w.rank)));
             }
         };
         let log = match &sup.log_dir {
             Some(dir) => {
                 let path = dir.join(format!("attempt{attempt}_rank{}.log", w.rank));
-                Some(Arc::new(Mutex::new(
-                    File::create(&path).map_err(|e| Error::io(&path, e))?,
-                )))
+                Some(Arc::new(Mutex::new(File::create(&path).map_err(|e| Error::io(&path, e))?)))
             }
             None => None,
         };
@@ -209,19 +195,11 @@ pub fn run_attempt(
                 Ok(Some(status)) => {
                     let (rank, _) = running.remove(i);
                     if !status.success() && failed.is_none() {
-                        failed = Some(Outcome::Failed {
-                            rank,
-                            exit: status.into(),
-                        });
+                        failed = Some(Outcome::Failed { rank, exit: status.into() });
                     }
                 }
                 Ok(None) => i += 1,
-                Err(e) => {
-                    return Err(Error::Input(format!(
-                        "waiting for rank {}: {e}",
-                        running[i].0
-                    )))
-                }
+                Err(e) => return Err(Error::Input(format!("waiting for rank {}: {e}", running[i].0))),
             }
         }
         if let Some(outcome) = failed {
@@ -287,12 +265,8 @@ fn pump(
 
 /// A free TCP port on this host (for `--standalone`).
 pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("0.0.0.0", 0))
-        .map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?
-        .port())
+    let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?;
+    Ok(listener.local_addr().map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?.port())
 }
 
 #[cfg(test)]
@@ -312,20 +286,13 @@ mod tests {
     }
 
     fn var<'a>(w: &'a WorkerSpec, name: &str) -> &'a str {
-        &w.env
-            .iter()
-            .find(|(k, _)| k == name)
-            .unwrap_or_else(|| panic!("{name} not set"))
-            .1
+        &w.env.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{name} not set")).1
     }
 
     #[test]
     fn second_node_workers_get_global_ranks_and_torchrun_variables() {
         let workers = spec().workers(1, Some(2));
-        assert_eq!(
-            workers.iter().map(|w| w.rank).collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
+        assert_eq!(workers.iter().map(|w| w.rank).collect::<Vec<_>>(), [3, 4, 5]);
         let w = &workers[2];
         assert_eq!(
             [
@@ -346,10 +313,7 @@ mod tests {
 
     #[test]
     fn omp_threads_are_left_alone_when_the_user_set_them() {
-        assert!(spec().workers(0, None)[0]
-            .env
-            .iter()
-            .all(|(k, _)| k != "OMP_NUM_THREADS"));
+        assert!(spec().workers(0, None)[0].env.iter().all(|(k, _)| k != "OMP_NUM_THREADS"));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! medbert: fine-tune BERT-family models on MedMCQA with libtorch (tch + rust-bert), on one
 //! process or many, with gradients synchronised through PyTorch's own c10d.
 
+pub mod data;
 pub mod dist;
 pub mod doctor;
 pub mod encode;
 pub mod error;
 pub mod launch;
 pub mod model;
+pub mod prep;
 pub mod settings;
 
 pub use error::{Error, Result};

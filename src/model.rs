@@ -18,10 +18,7 @@ const CLASSIFIER_PREFIX: &str = "classifier.";
 /// Reads an HF `config.json` (unchanged) into rust-bert's config.
 pub fn read_config(path: &Path) -> Result<BertConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// One batch of multiple-choice input, each tensor of shape [batch, choices, seq], int64.
@@ -76,10 +73,8 @@ impl MultipleChoiceModel {
 
     /// Copies an HF safetensors checkpoint into the variables.
     pub fn load_safetensors(&mut self, path: &Path) -> Result<LoadReport> {
-        let tensors = Tensor::read_safetensors(path).map_err(|e| Error::Weights {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let tensors = Tensor::read_safetensors(path)
+            .map_err(|e| Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
         let init_std = f64::from(self.config.initializer_range);
         copy_into(&self.vs.variables(), tensors, path, init_std)
     }
@@ -88,19 +83,11 @@ impl MultipleChoiceModel {
     pub fn forward(&self, batch: &ChoiceBatch, train: bool) -> Result<Tensor> {
         let shape = batch.input_ids.size();
         if shape.len() != 3 {
-            return Err(Error::Input(format!(
-                "input_ids must be [batch, choices, seq], got {shape:?}"
-            )));
+            return Err(Error::Input(format!("input_ids must be [batch, choices, seq], got {shape:?}")));
         }
-        for (name, t) in [
-            ("attention_mask", &batch.attention_mask),
-            ("token_type_ids", &batch.token_type_ids),
-        ] {
+        for (name, t) in [("attention_mask", &batch.attention_mask), ("token_type_ids", &batch.token_type_ids)] {
             if t.size() != shape {
-                return Err(Error::Input(format!(
-                    "{name} has shape {:?}, input_ids {shape:?}",
-                    t.size()
-                )));
+                return Err(Error::Input(format!("{name} has shape {:?}, input_ids {shape:?}", t.size())));
             }
         }
         let max_positions = self.config.max_position_embeddings;
@@ -112,17 +99,10 @@ impl MultipleChoiceModel {
         }
         let (want, got) = (self.vs.device(), batch.input_ids.device());
         if want != got {
-            return Err(Error::Input(format!(
-                "batch is on {got:?} but the model is on {want:?}"
-            )));
+            return Err(Error::Input(format!("batch is on {got:?} but the model is on {want:?}")));
         }
-        let out = self.net.forward_t(
-            &batch.input_ids,
-            Some(&batch.attention_mask),
-            Some(&batch.token_type_ids),
-            None,
-            train,
-        );
+        let out =
+            self.net.forward_t(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.token_type_ids), None, train);
         Ok(out.logits)
     }
 }
@@ -177,9 +157,7 @@ fn copy_into(
                     if name.ends_with(".bias") {
                         let _ = var.f_zero_()?;
                     } else {
-                        var.f_copy_(
-                            &(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * init_std),
-                        )?;
+                        var.f_copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * init_std))?;
                     }
                     report.initialised.push(name.clone());
                 }
@@ -194,10 +172,7 @@ fn copy_into(
         }
         Ok(())
     })?;
-    report.unexpected = by_name
-        .into_values()
-        .map(|(original, _)| original)
-        .collect();
+    report.unexpected = by_name.into_values().map(|(original, _)| original).collect();
     Ok(report)
 }
 
@@ -212,22 +187,10 @@ mod tests {
 
     #[test]
     fn checkpoint_names_map_to_rust_bert() {
-        assert_eq!(
-            model_name("encoder.layer.0.output.dense.weight"),
-            "bert.encoder.layer.0.output.dense.weight"
-        );
-        assert_eq!(
-            model_name("bert.pooler.dense.bias"),
-            "bert.pooler.dense.bias"
-        );
+        assert_eq!(model_name("encoder.layer.0.output.dense.weight"), "bert.encoder.layer.0.output.dense.weight");
+        assert_eq!(model_name("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
         assert_eq!(model_name("classifier.weight"), "classifier.weight");
-        assert_eq!(
-            model_name("bert.embeddings.LayerNorm.gamma"),
-            "bert.embeddings.LayerNorm.weight"
-        );
-        assert_eq!(
-            model_name("embeddings.LayerNorm.beta"),
-            "bert.embeddings.LayerNorm.bias"
-        );
+        assert_eq!(model_name("bert.embeddings.LayerNorm.gamma"), "bert.embeddings.LayerNorm.weight");
+        assert_eq!(model_name("embeddings.LayerNorm.beta"), "bert.embeddings.LayerNorm.bias");
     }
 }

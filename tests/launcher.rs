@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 fn launcher(args: &[&str], worker: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_medbert-run"));
-    cmd.args(args)
-        .arg("--")
-        .args(worker)
-        .env_remove("OMP_NUM_THREADS");
+    cmd.args(args).arg("--").args(worker).env_remove("OMP_NUM_THREADS");
     cmd
 }
 
@@ -20,68 +17,40 @@ fn sh(script: &str) -> [&str; 3] {
 }
 
 fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
 fn workers_get_torchrun_variables_and_prefixed_output() {
     let script = "echo $RANK $LOCAL_RANK $WORLD_SIZE $LOCAL_WORLD_SIZE $GROUP_RANK $MASTER_ADDR $MASTER_PORT \
                   $OMP_NUM_THREADS $TORCHELASTIC_RESTART_COUNT $TORCHELASTIC_MAX_RESTARTS";
-    let out = launcher(
-        &["--nproc-per-node", "2", "--master-port", "29123"],
-        &sh(script),
-    )
-    .output()
-    .unwrap();
+    let out = launcher(&["--nproc-per-node", "2", "--master-port", "29123"], &sh(script)).output().unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let cores = std::thread::available_parallelism().unwrap().get();
     let omp = (cores / 2).max(1);
     for rank in 0..2 {
         let want = format!("[rank{rank}]: {rank} {rank} 2 2 0 127.0.0.1 29123 {omp} 0 0");
-        assert!(
-            stdout.lines().any(|l| l == want),
-            "missing {want:?} in:\n{stdout}"
-        );
+        assert!(stdout.lines().any(|l| l == want), "missing {want:?} in:\n{stdout}");
     }
 }
 
 #[test]
 fn user_omp_num_threads_is_kept() {
-    let mut cmd = launcher(
-        &["--standalone", "--nproc-per-node", "2"],
-        &sh("echo threads=$OMP_NUM_THREADS"),
-    );
+    let mut cmd = launcher(&["--standalone", "--nproc-per-node", "2"], &sh("echo threads=$OMP_NUM_THREADS"));
     let out = cmd.env("OMP_NUM_THREADS", "7").output().unwrap();
-    assert_eq!(
-        text(&out).0.matches("threads=7").count(),
-        2,
-        "{:?}",
-        text(&out)
-    );
+    assert_eq!(text(&out).0.matches("threads=7").count(), 2, "{:?}", text(&out));
 }
 
 #[test]
 fn a_failing_worker_takes_the_group_down_and_is_named() {
     let script = "if [ $RANK = 1 ]; then sleep 0.3; exit 3; fi; exec sleep 60";
     let started = Instant::now();
-    let out = launcher(&["--standalone", "--nproc-per-node", "3"], &sh(script))
-        .output()
-        .unwrap();
+    let out = launcher(&["--standalone", "--nproc-per-node", "3"], &sh(script)).output().unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("rank 1 failed first (exit code 3)"),
-        "{stderr}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "teardown took {:?}",
-        started.elapsed()
-    );
+    assert!(stderr.contains("rank 1 failed first (exit code 3)"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "teardown took {:?}", started.elapsed());
 }
 
 #[test]
@@ -93,72 +62,31 @@ fn a_worker_ignoring_sigterm_is_killed_after_the_deadline() {
         pid_file.display()
     );
     let started = Instant::now();
-    let out = launcher(
-        &[
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "--term-timeout",
-            "1",
-        ],
-        &sh(&script),
-    )
-    .output()
-    .unwrap();
+    let out =
+        launcher(&["--standalone", "--nproc-per-node", "2", "--term-timeout", "1"], &sh(&script)).output().unwrap();
     let took = started.elapsed();
-    assert!(
-        text(&out).1.contains("rank 0 failed first (exit code 4)"),
-        "{:?}",
-        text(&out)
-    );
-    assert!(
-        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
-        "took {took:?}"
-    );
+    assert!(text(&out).1.contains("rank 0 failed first (exit code 4)"), "{:?}", text(&out));
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(8), "took {took:?}");
     let pid = std::fs::read_to_string(&pid_file).unwrap();
-    assert!(
-        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
-        "worker {pid} survived"
-    );
+    assert!(!std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "worker {pid} survived");
 }
 
 #[test]
 fn max_restarts_reruns_the_group_with_the_restart_count() {
     let script = "if [ $TORCHELASTIC_RESTART_COUNT = 0 ] && [ $RANK = 1 ]; then exit 5; fi; \
                   echo done attempt=$TORCHELASTIC_RESTART_COUNT";
-    let out = launcher(
-        &[
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "--max-restarts",
-            "1",
-        ],
-        &sh(script),
-    )
-    .output()
-    .unwrap();
+    let out =
+        launcher(&["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"], &sh(script)).output().unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("rank 1 failed first (exit code 5)")
-            && stderr.contains("restarting the group (1/1)"),
+        stderr.contains("rank 1 failed first (exit code 5)") && stderr.contains("restarting the group (1/1)"),
         "{stderr}"
     );
     assert_eq!(stdout.matches("done attempt=1").count(), 2, "{stdout}");
 
-    let out = launcher(
-        &[
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "--max-restarts",
-            "1",
-        ],
-        &sh("exit 6"),
-    )
-    .output()
-    .unwrap();
+    let out =
+        launcher(&["--standalone", "--nproc-per-node", "2", "--max-restarts", "1"], &sh("exit 6")).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out).1.contains("failed after 1 restart(s)"));
 }
@@ -184,50 +112,30 @@ fn sigterm_to_the_launcher_is_forwarded_to_the_workers() {
     assert_eq!(status.code(), Some(128 + libc::SIGTERM));
     for rank in 0..2 {
         let pid = std::fs::read_to_string(dir.path().join(rank.to_string())).unwrap();
-        assert!(
-            !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(),
-            "rank {rank} survived"
-        );
+        assert!(!std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "rank {rank} survived");
     }
 }
 
 #[test]
 fn launches_the_c10d_check_across_two_workers() {
-    let out = launcher(
-        &["--standalone", "--nproc-per-node", "2"],
-        &[common::medbert_bin(), "dist-check", "--numel", "4096"],
-    )
-    .output()
-    .unwrap();
+    let out =
+        launcher(&["--standalone", "--nproc-per-node", "2"], &[common::medbert_bin(), "dist-check", "--numel", "4096"])
+            .output()
+            .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     for rank in 0..2 {
-        assert!(
-            stdout.contains(&format!(
-                "[rank{rank}]: rank {rank}/2 backend gloo: allreduce ok"
-            )),
-            "{stdout}"
-        );
+        assert!(stdout.contains(&format!("[rank{rank}]: rank {rank}/2 backend gloo: allreduce ok")), "{stdout}");
     }
 }
 
 #[test]
 fn bad_usage_is_a_clear_error() {
-    let out = launcher(&["--nproc-per-node", "zero"], &["true"])
-        .output()
-        .unwrap();
+    let out = launcher(&["--nproc-per-node", "zero"], &["true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out).1.contains("--nproc-per-node \"zero\""),
-        "{:?}",
-        text(&out)
-    );
-    let out = launcher(&["--nnodes", "2", "--node-rank", "2"], &["true"])
-        .output()
-        .unwrap();
+    assert!(text(&out).1.contains("--nproc-per-node \"zero\""), "{:?}", text(&out));
+    let out = launcher(&["--nnodes", "2", "--node-rank", "2"], &["true"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = launcher(&["--standalone", "--nnodes", "2"], &["true"])
-        .output()
-        .unwrap();
+    let out = launcher(&["--standalone", "--nnodes", "2"], &["true"]).output().unwrap();
     assert!(text(&out).1.contains("--standalone is for a single node"));
 }

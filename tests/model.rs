@@ -42,8 +42,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 #[test]
 fn pretrained_encoder_with_reference_classifier_matches_transformers() {
     let (_, r) = &reference();
-    let (model, report) =
-        MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
+    let (model, report) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
     assert_eq!(report.loaded, 103);
     assert_eq!(report.initialised, ["classifier.bias", "classifier.weight"]);
     assert_eq!(report.unexpected, ["embeddings.position_ids"]);
@@ -65,10 +64,7 @@ fn transformers_multiple_choice_checkpoint_loads_whole() {
     let (out, r) = &reference();
     let dir = out.join("mc_model");
     let (model, report) = MultipleChoiceModel::from_dir(&dir, Device::Cpu).unwrap();
-    assert!(
-        report.initialised.is_empty(),
-        "classifier comes from the checkpoint: {report:?}"
-    );
+    assert!(report.initialised.is_empty(), "classifier comes from the checkpoint: {report:?}");
     assert_eq!(report.loaded, 105);
     let diff = max_abs_diff(&logits(&model, r), &r["logits"]);
     assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
@@ -79,27 +75,14 @@ fn our_tokenization_matches_the_hf_tokenizer() {
     let (_, r) = &reference();
     let tokenizer = medbert::encode::load_tokenizer(&common::default_model(), 128).unwrap();
     let questions: [(&str, &[&str]); 3] = [
-        (
-            "Which vitamin deficiency causes scurvy?",
-            &["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"],
-        ),
+        ("Which vitamin deficiency causes scurvy?", &["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"]),
         (
             "Drug of choice for absence seizures in children is",
-            &[
-                "Ethosuximide",
-                "Phenytoin",
-                "Carbamazepine",
-                "Phenobarbitone",
-            ],
+            &["Ethosuximide", "Phenytoin", "Carbamazepine", "Phenobarbitone"],
         ),
         (
             "Most common site of carcinoma of the oesophagus in India:",
-            &[
-                "Upper third",
-                "Middle third",
-                "Lower third",
-                "Gastro-oesophageal junction",
-            ],
+            &["Upper third", "Middle third", "Lower third", "Gastro-oesophageal junction"],
         ),
     ];
     let batch = medbert::encode::encode_questions(&tokenizer, &questions).unwrap();
@@ -108,10 +91,7 @@ fn our_tokenization_matches_the_hf_tokenizer() {
         ("attention_mask", &batch.attention_mask),
         ("token_type_ids", &batch.token_type_ids),
     ] {
-        assert!(
-            ours.equal(&r[name]),
-            "{name} differs from the HF tokenizer's"
-        );
+        assert!(ours.equal(&r[name]), "{name} differs from the HF tokenizer's");
     }
 }
 
@@ -136,9 +116,7 @@ fn load_err(dir: &Path) -> Error {
 
 #[test]
 fn missing_tensor_is_named_with_its_shape() {
-    let dir = edited_checkpoint("missing", |t| {
-        t.retain(|(n, _)| n != "encoder.layer.2.attention.self.key.weight")
-    });
+    let dir = edited_checkpoint("missing", |t| t.retain(|(n, _)| n != "encoder.layer.2.attention.self.key.weight"));
     let err = load_err(&dir);
     assert!(
         matches!(&err, Error::MissingTensor { name, shape, .. }
@@ -146,15 +124,8 @@ fn missing_tensor_is_named_with_its_shape() {
         "{err:?}"
     );
     let text = err.to_string();
-    assert!(
-        text.contains("bert.encoder.layer.2.attention.self.key.weight")
-            && text.contains("[384, 384]"),
-        "{text}"
-    );
-    assert!(
-        text.contains(&dir.join(WEIGHTS_FILE).display().to_string()),
-        "{text}"
-    );
+    assert!(text.contains("bert.encoder.layer.2.attention.self.key.weight") && text.contains("[384, 384]"), "{text}");
+    assert!(text.contains(&dir.join(WEIGHTS_FILE).display().to_string()), "{text}");
 }
 
 #[test]
@@ -167,10 +138,7 @@ fn wrong_shape_is_named() {
         }
     });
     let text = load_err(&dir).to_string();
-    assert!(
-        text.contains("bert.pooler.dense.bias") && text.contains("[7]") && text.contains("[384]"),
-        "{text}"
-    );
+    assert!(text.contains("bert.pooler.dense.bias") && text.contains("[7]") && text.contains("[384]"), "{text}");
 }
 
 #[test]
@@ -184,17 +152,10 @@ fn unreadable_files_are_errors_naming_them() {
     let text = load_err(&dir).to_string();
     assert!(text.contains("invalid model config"), "{text}");
 
-    std::fs::copy(
-        common::default_model().join(CONFIG_FILE),
-        dir.join(CONFIG_FILE),
-    )
-    .unwrap();
+    std::fs::copy(common::default_model().join(CONFIG_FILE), dir.join(CONFIG_FILE)).unwrap();
     std::fs::write(dir.join(WEIGHTS_FILE), b"not safetensors").unwrap();
     let text = load_err(&dir).to_string();
-    assert!(
-        text.contains(WEIGHTS_FILE) && text.contains("cannot read weights"),
-        "{text}"
-    );
+    assert!(text.contains(WEIGHTS_FILE) && text.contains("cannot read weights"), "{text}");
 }
 
 #[test]
@@ -213,9 +174,5 @@ fn forward_rejects_mismatched_input() {
         attention_mask: ids.view([8, 8]),
         token_type_ids: ids.view([8, 8]),
     };
-    assert!(model
-        .forward(&flat, false)
-        .unwrap_err()
-        .to_string()
-        .contains("[batch, choices, seq]"));
+    assert!(model.forward(&flat, false).unwrap_err().to_string().contains("[batch, choices, seq]"));
 }

@@ -54,11 +54,7 @@ struct Args {
     #[arg(long, alias = "rdzv_id", default_value = "none")]
     run_id: String,
     /// Training flags for `medbert train`.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "TRAIN_FLAGS"
-    )]
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "TRAIN_FLAGS")]
     train_flags: Vec<String>,
 }
 
@@ -85,27 +81,17 @@ fn run() -> Result<i32> {
         (false, true) => command,
         (true, _) => {
             let medbert = std::env::current_exe()?.with_file_name("medbert");
-            [medbert.to_string_lossy().into_owned(), "train".to_string()]
-                .into_iter()
-                .chain(args.train_flags)
-                .collect()
+            [medbert.to_string_lossy().into_owned(), "train".to_string()].into_iter().chain(args.train_flags).collect()
         }
     };
 
     let nproc = nproc_per_node(&args.nproc_per_node)?;
     if args.nnodes == 0 || args.node_rank >= args.nnodes {
-        bail!(
-            "--node-rank {} must be below --nnodes {}",
-            args.node_rank,
-            args.nnodes
-        );
+        bail!("--node-rank {} must be below --nnodes {}", args.node_rank, args.nnodes);
     }
     let (master_addr, master_port) = if args.standalone {
         if args.nnodes != 1 {
-            bail!(
-                "--standalone is for a single node; use --master-addr with --nnodes {}",
-                args.nnodes
-            );
+            bail!("--standalone is for a single node; use --master-addr with --nnodes {}", args.nnodes);
         }
         ("127.0.0.1".to_string(), launch::free_port()?)
     } else {
@@ -154,23 +140,14 @@ fn run() -> Result<i32> {
                 return Ok(128 + sig);
             }
             Outcome::Failed { rank, exit } => {
-                eprintln!(
-                    "medbert-run: rank {rank} failed first ({exit}); stopped the other workers"
-                );
+                eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers");
                 if attempt < spec.max_restarts {
-                    eprintln!(
-                        "medbert-run: restarting the group ({}/{})",
-                        attempt + 1,
-                        spec.max_restarts
-                    );
+                    eprintln!("medbert-run: restarting the group ({}/{})", attempt + 1, spec.max_restarts);
                 }
             }
         }
     }
-    eprintln!(
-        "medbert-run: error: the worker group failed after {} restart(s)",
-        spec.max_restarts
-    );
+    eprintln!("medbert-run: error: the worker group failed after {} restart(s)", spec.max_restarts);
     Ok(1)
 }
 
@@ -190,9 +167,7 @@ fn nproc_per_node(value: &str) -> Result<usize> {
             0 => cores(),
             n => n,
         },
-        n => n.parse().with_context(|| {
-            format!("--nproc-per-node {n:?}: expected a number, gpu, cpu or auto")
-        })?,
+        n => n.parse().with_context(|| format!("--nproc-per-node {n:?}: expected a number, gpu, cpu or auto"))?,
     };
     if n == 0 {
         bail!("--nproc-per-node must be at least 1");

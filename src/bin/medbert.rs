@@ -2,18 +2,16 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use medbert::data::Format;
 use medbert::dist::{Backend, DistEnv, ProcessGroup};
+use medbert::prep::{self, PrepOptions};
 use medbert::{doctor, settings};
 use std::path::PathBuf;
 use std::time::Duration;
 use tch::{Kind, Tensor};
 
 #[derive(Parser)]
-#[command(
-    name = "medbert",
-    version,
-    about = "Fine-tune BERT-family models on MedMCQA"
-)]
+#[command(name = "medbert", version, about = "Fine-tune BERT-family models on MedMCQA")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,6 +24,38 @@ enum Command {
         /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
         #[arg(long, env = settings::MODEL_VAR)]
         model: Option<PathBuf>,
+    },
+    /// Validate MedMCQA files and encode them into a cache that training memory-maps.
+    ///
+    /// Reads the official JSON Lines release (cop 1-based), the hub's parquet files (cop
+    /// 0-based) and CSV (cop 1-based). Same inputs, tokenizer and options again: a cache hit
+    /// that does no work.
+    Prep {
+        /// A MedMCQA file (.json/.jsonl, .parquet, .csv); repeat for several.
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// The cache directory to create (replaced atomically when the inputs changed).
+        #[arg(long)]
+        output: PathBuf,
+        /// Model directory whose tokenizer encodes the text (tokenizer.json or vocab.txt).
+        #[arg(long, env = settings::MODEL_VAR)]
+        model: PathBuf,
+        /// Layout of every input; default: from each file's extension.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Convention of `cop` for every input (0: 0..3, 1: 1..4); default: by format.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
+        cop_base: Option<u8>,
+        /// Longest sequence in tokens; longer ones are truncated longest-first.
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+        /// Encode `[CLS] question [SEP] option [SEP]` instead of `[CLS] question option [SEP]`.
+        #[arg(long)]
+        pair: bool,
+        /// Use a field as context: `[CLS] exp [SEP] question option [SEP]`. Warning: `exp`
+        /// often states the answer.
+        #[arg(long, value_enum)]
+        context: Option<ContextField>,
     },
     /// Check collectives across the worker group started by medbert-run (or torchrun):
     /// all-reduce, broadcast and barrier, verified on every rank.
@@ -44,11 +74,14 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ContextField {
+    Exp,
+}
+
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = run() {
@@ -71,25 +104,35 @@ fn run() -> Result<()> {
             print!("{}", doctor::forward_report(&dir)?);
             Ok(())
         }
-        Command::DistCheck {
-            backend,
-            numel,
-            timeout,
-            dump,
-        } => dist_check(backend, numel, Duration::from_secs(timeout), dump),
+        Command::Prep { inputs, output, model, format, cop_base, max_length, pair, context } => {
+            let started = std::time::Instant::now();
+            let opts = PrepOptions {
+                inputs,
+                output,
+                model_dir: model,
+                format,
+                cop_base,
+                max_length,
+                pair,
+                context_exp: matches!(context, Some(ContextField::Exp)),
+                progress: true,
+            };
+            let report = prep::run(&opts)?;
+            print!("{}", prep::summary_table(&report.manifest));
+            let what = if report.cache_hit { "cache hit, nothing to do" } else { "written" };
+            println!("{} ({what}, {:.1}s)", opts.output.display(), started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Command::DistCheck { backend, numel, timeout, dump } => {
+            dist_check(backend, numel, Duration::from_secs(timeout), dump)
+        }
     }
 }
 
 /// Rank r all-reduces `arange(n) * (r + 1)` and broadcasts `arange(n) + 1000 r` from rank 0;
 /// every rank checks the exact expected values.
-fn dist_check(
-    backend: Backend,
-    numel: i64,
-    timeout: Duration,
-    dump: Option<PathBuf>,
-) -> Result<()> {
-    let env = DistEnv::from_env()?
-        .context("WORLD_SIZE is not set: start this under medbert-run or torchrun")?;
+fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<PathBuf>) -> Result<()> {
+    let env = DistEnv::from_env()?.context("WORLD_SIZE is not set: start this under medbert-run or torchrun")?;
     let pg = ProcessGroup::init(&env, backend, timeout)?;
     let (rank, world) = (env.rank as f64, env.world_size as f64);
     let device = match backend {
@@ -111,10 +154,7 @@ fn dist_check(
     if let Some(dir) = &dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("rank{}.safetensors", env.rank));
-        let (summed, broadcast) = (
-            summed.to_device(tch::Device::Cpu),
-            broadcast.to_device(tch::Device::Cpu),
-        );
+        let (summed, broadcast) = (summed.to_device(tch::Device::Cpu), broadcast.to_device(tch::Device::Cpu));
         Tensor::write_safetensors(&[("allreduce", &summed), ("broadcast", &broadcast)], &path)?;
     }
     let allreduce_ok = summed.equal(&expected_sum);
@@ -129,9 +169,6 @@ fn dist_check(
         gbps,
         if broadcast_ok { "ok" } else { "WRONG" },
     );
-    anyhow::ensure!(
-        allreduce_ok && broadcast_ok,
-        "collective results differ from the expected values"
-    );
+    anyhow::ensure!(allreduce_ok && broadcast_ok, "collective results differ from the expected values");
     Ok(())
 }

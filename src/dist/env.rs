@@ -31,42 +31,25 @@ impl DistEnv {
         let world_size = num("WORLD_SIZE")?;
         let rank = num("RANK")?;
         if world_size == 0 {
-            return Err(Error::Env {
-                name: "WORLD_SIZE",
-                message: "must be at least 1".into(),
-            });
+            return Err(Error::Env { name: "WORLD_SIZE", message: "must be at least 1".into() });
         }
         if rank >= world_size {
-            return Err(Error::Env {
-                name: "RANK",
-                message: format!("{rank} is not below WORLD_SIZE {world_size}"),
-            });
+            return Err(Error::Env { name: "RANK", message: format!("{rank} is not below WORLD_SIZE {world_size}") });
         }
         let local_rank = get("LOCAL_RANK").map_or(Ok(rank), |v| parse("LOCAL_RANK", Some(v)))?;
-        let local_world_size = get("LOCAL_WORLD_SIZE")
-            .map_or(Ok(world_size), |v| parse("LOCAL_WORLD_SIZE", Some(v)))?;
+        let local_world_size =
+            get("LOCAL_WORLD_SIZE").map_or(Ok(world_size), |v| parse("LOCAL_WORLD_SIZE", Some(v)))?;
         if local_rank >= local_world_size {
             return Err(Error::Env {
                 name: "LOCAL_RANK",
                 message: format!("{local_rank} is not below LOCAL_WORLD_SIZE {local_world_size}"),
             });
         }
-        let master_addr =
-            get("MASTER_ADDR")
-                .filter(|s| !s.trim().is_empty())
-                .ok_or(Error::Env {
-                    name: "MASTER_ADDR",
-                    message: "not set (the launcher sets it)".into(),
-                })?;
+        let master_addr = get("MASTER_ADDR")
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(Error::Env { name: "MASTER_ADDR", message: "not set (the launcher sets it)".into() })?;
         let master_port = parse("MASTER_PORT", get("MASTER_PORT"))?;
-        Ok(Some(DistEnv {
-            rank,
-            world_size,
-            local_rank,
-            local_world_size,
-            master_addr,
-            master_port,
-        }))
+        Ok(Some(DistEnv { rank, world_size, local_rank, local_world_size, master_addr, master_port }))
     }
 
     pub fn is_main(&self) -> bool {
@@ -78,14 +61,8 @@ fn parse<T: FromStr>(name: &'static str, value: Option<String>) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
-    let value = value.ok_or(Error::Env {
-        name,
-        message: "not set (the launcher sets it)".into(),
-    })?;
-    value.trim().parse().map_err(|e| Error::Env {
-        name,
-        message: format!("{value:?} is not valid: {e}"),
-    })
+    let value = value.ok_or(Error::Env { name, message: "not set (the launcher sets it)".into() })?;
+    value.trim().parse().map_err(|e| Error::Env { name, message: format!("{value:?} is not valid: {e}") })
 }
 
 #[cfg(test)]
@@ -94,10 +71,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn lookup(pairs: &[(&str, &str)]) -> Result<Option<DistEnv>> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         DistEnv::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -118,19 +92,8 @@ mod tests {
     #[test]
     fn full_environment_parses() {
         let env = lookup(&FULL).unwrap().unwrap();
-        assert_eq!(
-            (
-                env.rank,
-                env.world_size,
-                env.local_rank,
-                env.local_world_size
-            ),
-            (3, 4, 1, 2)
-        );
-        assert_eq!(
-            (env.master_addr.as_str(), env.master_port),
-            ("10.0.0.1", 29500)
-        );
+        assert_eq!((env.rank, env.world_size, env.local_rank, env.local_world_size), (3, 4, 1, 2));
+        assert_eq!((env.master_addr.as_str(), env.master_port), ("10.0.0.1", 29500));
         assert!(!env.is_main());
     }
 
@@ -144,8 +107,7 @@ mod tests {
             ("LOCAL_RANK", Some("2")),
         ];
         for (name, value) in cases {
-            let mut pairs: Vec<(&str, &str)> =
-                FULL.iter().copied().filter(|(k, _)| *k != name).collect();
+            let mut pairs: Vec<(&str, &str)> = FULL.iter().copied().filter(|(k, _)| *k != name).collect();
             if let Some(v) = value {
                 pairs.push((name, v));
             }

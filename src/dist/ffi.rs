@@ -35,18 +35,9 @@ extern "C" {
         out: *mut *mut MbStore,
     ) -> *mut c_char;
     pub fn mb_store_port(store: *const MbStore) -> u16;
-    pub fn mb_store_set(
-        store: *mut MbStore,
-        key: *const c_char,
-        value: *const u8,
-        len: usize,
-    ) -> *mut c_char;
-    pub fn mb_store_get(
-        store: *mut MbStore,
-        key: *const c_char,
-        out: *mut *mut u8,
-        out_len: *mut usize,
-    ) -> *mut c_char;
+    pub fn mb_store_set(store: *mut MbStore, key: *const c_char, value: *const u8, len: usize) -> *mut c_char;
+    pub fn mb_store_get(store: *mut MbStore, key: *const c_char, out: *mut *mut u8, out_len: *mut usize)
+        -> *mut c_char;
     pub fn mb_store_free(store: *mut MbStore);
 
     pub fn mb_pg_gloo_new(
@@ -67,12 +58,7 @@ extern "C" {
     ) -> *mut c_char;
     pub fn mb_pg_free(pg: *mut MbPg);
 
-    pub fn mb_pg_allreduce_sum(
-        pg: *mut MbPg,
-        tensors: *mut MbTensor,
-        n: usize,
-        out: *mut *mut MbWork,
-    ) -> *mut c_char;
+    pub fn mb_pg_allreduce_sum(pg: *mut MbPg, tensors: *mut MbTensor, n: usize, out: *mut *mut MbWork) -> *mut c_char;
     pub fn mb_pg_broadcast(
         pg: *mut MbPg,
         tensors: *mut MbTensor,

@@ -43,9 +43,7 @@ impl Backend {
 /// The libtorch version whose headers the shim was compiled against.
 pub fn torch_version() -> String {
     // SAFETY: the shim returns a static NUL-terminated string.
-    unsafe { CStr::from_ptr(ffi::mb_torch_version()) }
-        .to_string_lossy()
-        .into_owned()
+    unsafe { CStr::from_ptr(ffi::mb_torch_version()) }.to_string_lossy().into_owned()
 }
 
 /// Turns a shim return value (NULL or an owned message) into a Result.
@@ -54,9 +52,7 @@ fn check(err: *mut c_char) -> Result<()> {
         return Ok(());
     }
     // SAFETY: non-NULL results are malloc'd NUL-terminated strings owned by us.
-    let message = unsafe { CStr::from_ptr(err) }
-        .to_string_lossy()
-        .into_owned();
+    let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
     unsafe { ffi::mb_string_free(err) };
     Err(Error::Dist(message))
 }
@@ -81,27 +77,13 @@ unsafe impl Sync for Store {}
 impl Store {
     /// Serves (when `is_server`) or joins the store at `host:port`, waiting up to `timeout`
     /// for all `world_size` members. Port 0 with `is_server` picks a free port.
-    pub fn tcp(
-        host: &str,
-        port: u16,
-        is_server: bool,
-        world_size: usize,
-        timeout: Duration,
-    ) -> Result<Store> {
+    pub fn tcp(host: &str, port: u16, is_server: bool, world_size: usize, timeout: Duration) -> Result<Store> {
         let host = c_string("store host", host)?;
-        let world = i32::try_from(world_size)
-            .map_err(|_| Error::Dist(format!("world size {world_size} too large")))?;
+        let world = i32::try_from(world_size).map_err(|_| Error::Dist(format!("world size {world_size} too large")))?;
         let mut raw = ptr::null_mut();
         // SAFETY: valid C string and out-pointer; the shim writes `raw` only on success.
         check(unsafe {
-            ffi::mb_store_tcp_new(
-                host.as_ptr(),
-                port,
-                is_server.into(),
-                world,
-                millis(timeout),
-                &mut raw,
-            )
+            ffi::mb_store_tcp_new(host.as_ptr(), port, is_server.into(), world, millis(timeout), &mut raw)
         })?;
         Ok(Store { raw })
     }
@@ -151,10 +133,7 @@ impl GlooDevice {
     /// GLOO_SOCKET_IFNAME when set; otherwise the local address that routes to the master,
     /// so a multi-homed node binds where its peers can reach it.
     pub fn for_master(master_addr: &str, master_port: u16) -> GlooDevice {
-        if let Some(ifname) = std::env::var("GLOO_SOCKET_IFNAME")
-            .ok()
-            .filter(|s| !s.is_empty())
-        {
+        if let Some(ifname) = std::env::var("GLOO_SOCKET_IFNAME").ok().filter(|s| !s.is_empty()) {
             return GlooDevice::Interface(ifname.split(',').next().unwrap_or_default().to_string());
         }
         match local_ip_towards(master_addr, master_port) {
@@ -185,13 +164,7 @@ pub struct ProcessGroup {
 unsafe impl Send for ProcessGroup {}
 
 impl ProcessGroup {
-    pub fn gloo(
-        store: Store,
-        rank: usize,
-        world_size: usize,
-        device: &GlooDevice,
-        timeout: Duration,
-    ) -> Result<Self> {
+    pub fn gloo(store: Store, rank: usize, world_size: usize, device: &GlooDevice, timeout: Duration) -> Result<Self> {
         let (kind, name) = match device {
             GlooDevice::Default => (ffi::GLOO_DEFAULT, String::new()),
             GlooDevice::Host(h) => (ffi::GLOO_HOSTNAME, h.clone()),
@@ -211,45 +184,19 @@ impl ProcessGroup {
                 &mut raw,
             )
         })?;
-        Ok(ProcessGroup {
-            raw,
-            rank,
-            world_size,
-            backend: Backend::Gloo,
-            store,
-        })
+        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Gloo, store })
     }
 
     pub fn nccl(store: Store, rank: usize, world_size: usize, timeout: Duration) -> Result<Self> {
         let mut raw = ptr::null_mut();
         // SAFETY: live store and out-pointer.
-        check(unsafe {
-            ffi::mb_pg_nccl_new(
-                store.raw,
-                rank as i32,
-                world_size as i32,
-                millis(timeout),
-                &mut raw,
-            )
-        })?;
-        Ok(ProcessGroup {
-            raw,
-            rank,
-            world_size,
-            backend: Backend::Nccl,
-            store,
-        })
+        check(unsafe { ffi::mb_pg_nccl_new(store.raw, rank as i32, world_size as i32, millis(timeout), &mut raw) })?;
+        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Nccl, store })
     }
 
     /// Rendezvous through a TCPStore at the master from `env`, then build the group.
     pub fn init(env: &DistEnv, backend: Backend, timeout: Duration) -> Result<Self> {
-        let store = Store::tcp(
-            &env.master_addr,
-            env.master_port,
-            env.rank == 0,
-            env.world_size,
-            timeout,
-        )?;
+        let store = Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world_size, timeout)?;
         match backend {
             Backend::Gloo => {
                 let device = GlooDevice::for_master(&env.master_addr, env.master_port);
@@ -277,9 +224,7 @@ impl ProcessGroup {
         let mut ptrs: Vec<ffi::MbTensor> = tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
         let mut raw = ptr::null_mut();
         // SAFETY: live group; the shim copies the tensor handles (refcounted) before returning.
-        check(unsafe {
-            ffi::mb_pg_allreduce_sum(self.raw, ptrs.as_mut_ptr(), ptrs.len(), &mut raw)
-        })?;
+        check(unsafe { ffi::mb_pg_allreduce_sum(self.raw, ptrs.as_mut_ptr(), ptrs.len(), &mut raw) })?;
         Ok(Work { raw })
     }
 
@@ -288,15 +233,7 @@ impl ProcessGroup {
         let mut ptrs: Vec<ffi::MbTensor> = tensors.iter_mut().map(|t| t.as_mut_ptr()).collect();
         let mut raw = ptr::null_mut();
         // SAFETY: as in allreduce_sum.
-        check(unsafe {
-            ffi::mb_pg_broadcast(
-                self.raw,
-                ptrs.as_mut_ptr(),
-                ptrs.len(),
-                root as i32,
-                &mut raw,
-            )
-        })?;
+        check(unsafe { ffi::mb_pg_broadcast(self.raw, ptrs.as_mut_ptr(), ptrs.len(), root as i32, &mut raw) })?;
         Ok(Work { raw })
     }
 

@@ -1,0 +1,248 @@
+//! `medbert prep` on the real MedMCQA dev split and on broken files.
+
+mod common;
+
+use medbert::prep::cache::{PreparedCache, CHOICES};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn prep(inputs: &[&Path], output: &Path, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(common::medbert_bin());
+    cmd.arg("prep").arg("--output").arg(output).arg("--model").arg(common::default_model());
+    for input in inputs {
+        cmd.arg("--input").arg(input);
+    }
+    cmd.args(extra).output().expect("run medbert prep")
+}
+
+fn assert_ok(out: &Output) {
+    assert!(out.status.success(), "prep failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh directory for one test.
+fn workdir(name: &str) -> PathBuf {
+    let dir = common::scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn dev_json_and_parquet_encode_to_identical_caches() {
+    let Some(data) = common::medmcqa_dir("dev_json_and_parquet_encode_to_identical_caches") else { return };
+    let dir = workdir("json_vs_parquet");
+    let (a, b) = (dir.join("from_json"), dir.join("from_parquet"));
+    assert_ok(&prep(&[&data.join("dev.json")], &a, &[]));
+    assert_ok(&prep(&[&data.join("validation-00000-of-00001.parquet")], &b, &[]));
+    let (a, b) = (PreparedCache::open(&a).unwrap(), PreparedCache::open(&b).unwrap());
+    assert_eq!(a.len(), 4183);
+    assert!(a.to_arrays().unwrap() == b.to_arrays().unwrap(), "the two conventions encode differently");
+    let counts = &a.manifest.inputs[0].counts;
+    assert_eq!(counts.answers, [1348, 1085, 925, 825], "answer distribution from the dataset README");
+    assert_eq!(counts.duplicate_options, 21);
+    assert_eq!(counts.labelled, 4183);
+    assert_eq!(a.manifest.inputs[0].cop_base, 1);
+    assert_eq!(b.manifest.inputs[0].cop_base, 0);
+    assert_eq!(a.id(0).unwrap(), "45258d3d-b974-44dd-a161-c3fccbdadd88");
+}
+
+#[test]
+fn token_ids_match_the_python_tokenizer() {
+    let Some(data) = common::medmcqa_dir("token_ids_match_the_python_tokenizer") else { return };
+    let dir = workdir("python_ids");
+    let cache_dir = dir.join("cache");
+    assert_ok(&prep(&[&data.join("dev.json")], &cache_dir, &["--max-length", "64"]));
+    let reference = dir.join("reference.json");
+    let dev = data.join("dev.json");
+    common::run_reference(
+        "tokenize_sample.py",
+        &[&common::default_model(), &dev, Path::new("41"), Path::new("64"), &reference],
+    );
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&reference).unwrap()).unwrap();
+    let cache = PreparedCache::open(&cache_dir).unwrap();
+    let (ids, offsets) = (cache.input_ids().unwrap(), cache.offsets().unwrap());
+    let index = reference["index"].as_array().unwrap();
+    assert!(index.len() > 100, "sample too small");
+    for (k, q) in index.iter().enumerate() {
+        let q = q.as_u64().unwrap() as usize;
+        for c in 0..CHOICES {
+            let s = q * CHOICES + c;
+            let ours: Vec<i64> = ids[offsets[s] as usize..offsets[s + 1] as usize].iter().map(|&t| t.into()).collect();
+            let theirs: Vec<i64> =
+                reference["ids"][k][c].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(ours, theirs, "question {q}, option {c}");
+        }
+    }
+}
+
+const GOOD: &str = r#"{"id": "q1", "question": "Which vitamin deficiency causes scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D", "cop": 3}
+{"id": "q2", "question": "Drug of choice for absence seizures", "opa": "Ethosuximide", "opb": "Phenytoin", "opc": "Valproate", "opd": "Valproate", "cop": 1, "choice_type": "multi", "subject_name": "Pharmacology"}
+"#;
+
+#[test]
+fn same_inputs_hit_the_cache_and_changed_options_rebuild_it() {
+    let dir = workdir("cache_hit");
+    let input = dir.join("train.json");
+    std::fs::write(&input, GOOD).unwrap();
+    let cache = dir.join("cache");
+    let first = prep(&[&input], &cache, &[]);
+    assert_ok(&first);
+    assert!(stdout(&first).contains("written"));
+    let tokens = cache.join("tokens.safetensors");
+    let modified = std::fs::metadata(&tokens).unwrap().modified().unwrap();
+
+    let again = prep(&[&input], &cache, &[]);
+    assert_ok(&again);
+    assert!(stdout(&again).contains("cache hit"), "{}", stdout(&again));
+    assert_eq!(std::fs::metadata(&tokens).unwrap().modified().unwrap(), modified, "a hit rewrote the cache");
+
+    let changed = prep(&[&input], &cache, &["--max-length", "16", "--pair"]);
+    assert_ok(&changed);
+    assert!(stdout(&changed).contains("written"));
+    let c = PreparedCache::open(&cache).unwrap();
+    assert_eq!(c.manifest.encoding.max_length, 16);
+    assert!(c.manifest.encoding.pair);
+    assert!(c.token_type_ids().unwrap().contains(&1), "--pair gives the option segment type 1");
+    assert_eq!(c.labels().unwrap(), [2, 0]);
+    assert_eq!(c.manifest.subjects, ["Pharmacology"]);
+    assert_eq!(c.subjects().unwrap(), [-1, 0]);
+    let counts = &c.manifest.inputs[0].counts;
+    assert_eq!((counts.multi, counts.duplicate_options), (1, 1));
+    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "temporary directories left behind: {leftovers:?}");
+}
+
+#[test]
+fn csv_and_unlabelled_test_files_are_read() {
+    let dir = workdir("csv");
+    let json = dir.join("a.json");
+    std::fs::write(&json, GOOD).unwrap();
+    let csv = dir.join("a.csv");
+    std::fs::write(
+        &csv,
+        "id,question,opa,opb,opc,opd,cop,choice_type,subject_name\n\
+         q1,Which vitamin deficiency causes scurvy?,A,B12,C,D,3,,\n\
+         q2,Drug of choice for absence seizures,Ethosuximide,Phenytoin,Valproate,Valproate,1,multi,Pharmacology\n",
+    )
+    .unwrap();
+    assert_ok(&prep(&[&json], &dir.join("from_json"), &[]));
+    assert_ok(&prep(&[&csv], &dir.join("from_csv"), &[]));
+    let (a, b) =
+        (PreparedCache::open(&dir.join("from_json")).unwrap(), PreparedCache::open(&dir.join("from_csv")).unwrap());
+    assert!(a.to_arrays().unwrap() == b.to_arrays().unwrap());
+
+    let test = dir.join("test.json");
+    std::fs::write(&test, GOOD.replace(", \"cop\": 3", "").replace(", \"cop\": 1", "")).unwrap();
+    assert_ok(&prep(&[&test], &dir.join("unlabelled"), &[]));
+    assert_eq!(PreparedCache::open(&dir.join("unlabelled")).unwrap().labels().unwrap(), [-1, -1]);
+}
+
+/// Writes `content` as `name`, runs prep on it and returns (exit code, stderr); asserts
+/// that no cache appeared.
+fn broken(name: &str, content: &[u8]) -> (Option<i32>, String) {
+    let dir = workdir(&format!("broken_{}", name.replace('.', "_")));
+    let input = dir.join(name);
+    std::fs::write(&input, content).unwrap();
+    let out = prep(&[&input], &dir.join("cache"), &[]);
+    assert!(!dir.join("cache").exists(), "{name}: a failed prep left a cache");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "{name}: temporary files left behind");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{name}: panic: {stderr}");
+    (out.status.code(), stderr)
+}
+
+fn line(id: &str, cop: &str) -> String {
+    format!(r#"{{"id": "{id}", "question": "Q {id}?", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": {cop}}}"#)
+}
+
+#[test]
+fn each_broken_input_fails_with_file_line_and_field() {
+    let ok = line("q1", "1");
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        ("truncated.json", format!("{ok}\n{}", &line("q2", "2")[..40]), &["truncated.json:line 2", "malformed JSON"]),
+        (
+            "cop_range.json",
+            format!("{ok}\n{}\n", line("q2", "5")),
+            &["cop_range.json:line 2", "field `cop`", "5 is outside 1..=4"],
+        ),
+        ("cop_zero.json", format!("{ok}\n{}\n", line("q2", "0")), &[":line 2", "field `cop`", "0 is outside 1..=4"]),
+        (
+            "missing_opt.json",
+            format!("{ok}\n{}\n", line("q2", "1").replace(r#""opc": "c", "#, "")),
+            &[":line 2", "field `opc`", "missing"],
+        ),
+        (
+            "empty_opt.json",
+            format!("{ok}\n{}\n", line("q2", "1").replace(r#""opd": "d""#, r#""opd": " \t ""#)),
+            &[":line 2", "field `opd`", "empty"],
+        ),
+        (
+            "cop_type.json",
+            format!("{ok}\n{}\n", line("q2", "\"two\"")),
+            &[":line 2", "field `cop`", "expected an integer"],
+        ),
+        (
+            "question_type.json",
+            format!("{}\n", ok.replace(r#""Q q1?""#, "[1, 2]")),
+            &[":line 1", "field `question`", "expected a string"],
+        ),
+        ("empty.json", String::new(), &["empty.json", "no questions"]),
+        (
+            "dup.json",
+            format!("{ok}\n{}\n{}\n", line("q2", "2"), line("q1", "3")),
+            &["dup.json:line 3", "field `id`", "duplicate id \"q1\"", "line 1"],
+        ),
+        ("no_cop.json", format!("{ok}\n{}\n", line("q2", "null")), &[":line 2", "field `cop`", "missing"]),
+        ("array.json", "[1, 2]\n".to_string(), &[":line 1", "expected a JSON object"]),
+        (
+            "bad.csv",
+            "id,question,opa,opb,opc,opd,cop\nq1,Q?,a,b,c,d,x\n".to_string(),
+            &["bad.csv:row 1", "field `cop`", "\"x\""],
+        ),
+        (
+            "nocol.csv",
+            "id,question,opa,opb,opd,cop\nq1,Q?,a,b,d,1\n".to_string(),
+            &["nocol.csv: field `opc`", "column missing"],
+        ),
+        ("notes.txt", ok.clone(), &["notes.txt", "unknown format"]),
+    ];
+    for (name, content, expected) in cases {
+        let (code, stderr) = broken(name, content.as_bytes());
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert_eq!(stderr.trim().lines().filter(|l| l.starts_with("medbert: error")).count(), 1, "{name}: {stderr}");
+        for e in expected {
+            assert!(stderr.contains(e), "{name}: expected {e:?} in: {stderr}");
+        }
+    }
+    let mut bytes = format!("{ok}\n").into_bytes();
+    bytes.extend_from_slice(b"{\"id\": \"q2\", \"question\": \"caf\xe9\"}\n");
+    let (code, stderr) = broken("latin1.json", &bytes);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("latin1.json:line 2") && stderr.contains("invalid UTF-8"), "{stderr}");
+}
+
+#[test]
+fn huge_and_unicode_heavy_questions_encode() {
+    let dir = workdir("unusual");
+    let input = dir.join("odd.json");
+    let huge = "the patient presents with fever ".repeat(3200);
+    let unicode = "Ｃａｒｄｉａｃ\u{00a0}output ≥ 5 L/min — which ﬁnding? 患者 🫀 α-β\u{200b}";
+    let rows = [
+        line("q1", "1").replace("Q q1?", &huge),
+        line("q2", "2").replace("Q q2?", unicode),
+        line("q3", "3").replace(r#""opa": "a""#, "\"opa\": \"line\\nbreak\\tand\\u0007bell\""),
+    ];
+    std::fs::write(&input, rows.join("\n")).unwrap();
+    assert!(huge.len() > 100_000);
+    let out = prep(&[&input], &dir.join("cache"), &["--max-length", "32"]);
+    assert_ok(&out);
+    let c = PreparedCache::open(&dir.join("cache")).unwrap();
+    let offsets = c.offsets().unwrap();
+    assert_eq!(offsets[1] - offsets[0], 32, "the huge question is truncated to --max-length");
+    assert_eq!(c.manifest.lengths.truncated, 4);
+    assert!(stdout(&out).contains("truncated 4 of 12"), "{}", stdout(&out));
+}
