@@ -246,3 +246,39 @@ fn huge_and_unicode_heavy_questions_encode() {
     assert_eq!(c.manifest.lengths.truncated, 4);
     assert!(stdout(&out).contains("truncated 4 of 12"), "{}", stdout(&out));
 }
+
+/// Every sequence of the real dev split, as the cache holds it, equals the tokenizer's own
+/// `encode` of the joined text (the cache tokenizes each question once and cuts it).
+#[test]
+fn cache_equals_the_tokenizers_own_encode_for_every_sequence() {
+    let Some(data) = common::medmcqa_dir("cache_equals_the_tokenizers_own_encode_for_every_sequence") else { return };
+    let dev = data.join("dev.json");
+    let dir = workdir("library_equivalence");
+    let tokenizer = medbert::encode::load_tokenizer(&common::default_model(), 48).unwrap();
+    let raw = medbert::data::read_file(&dev, medbert::data::Format::Jsonl).unwrap();
+    let (questions, _) = medbert::data::validate(&dev, raw, 1, &mut medbert::data::IdRegistry::default()).unwrap();
+    for (layout, flags) in [("joined", &[][..]), ("pair", &["--pair"][..])] {
+        let out = dir.join(layout);
+        let mut args = vec!["--max-length", "48"];
+        args.extend_from_slice(flags);
+        assert_ok(&prep(&[&dev], &out, &args));
+        let cache = PreparedCache::open(&out).unwrap();
+        let (ids, types, offsets) =
+            (cache.input_ids().unwrap(), cache.token_type_ids().unwrap(), cache.offsets().unwrap());
+        for (qi, q) in questions.iter().enumerate() {
+            for (c, option) in q.options.iter().enumerate() {
+                let enc = if layout == "pair" {
+                    tokenizer.encode((q.question.as_str(), option.as_str()), true).unwrap()
+                } else {
+                    tokenizer.encode(format!("{} {option}", q.question), true).unwrap()
+                };
+                let s = qi * CHOICES + c;
+                let range = offsets[s] as usize..offsets[s + 1] as usize;
+                let want: Vec<i32> = enc.get_ids().iter().map(|&t| t as i32).collect();
+                let want_types: Vec<u8> = enc.get_type_ids().iter().map(|&t| t as u8).collect();
+                assert_eq!(ids[range.clone()], want[..], "{layout}: question {qi} option {c}");
+                assert_eq!(types[range], want_types[..], "{layout}: question {qi} option {c} type ids");
+            }
+        }
+    }
+}

@@ -5,6 +5,7 @@
 //! write atomically).
 
 pub mod cache;
+mod tokenize;
 
 use crate::data::{self, FileCounts, Format, IdRegistry, Question};
 use crate::encode;
@@ -12,7 +13,8 @@ use crate::error::{Error, Result};
 use cache::{Arrays, EncodeSettings, InputInfo, LengthStats, Manifest, CACHE_VERSION, CHOICES};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use tokenizers::{EncodeInput, Tokenizer};
+use tokenize::{Encoder, Layout};
+use tokenizers::Tokenizer;
 
 /// Everything `prep` needs to know.
 #[derive(Clone, Debug)]
@@ -118,7 +120,9 @@ pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
     }
 
     let tokenizer = encode::load_tokenizer(&opts.model_dir, opts.max_length)?;
+    let started = std::time::Instant::now();
     let (arrays, subjects, lengths) = encode_all(&tokenizer, &questions, opts)?;
+    tracing::info!(sequences = lengths.sequences, secs = started.elapsed().as_secs_f64(), "encoded");
     let manifest = Manifest {
         version: CACHE_VERSION,
         fingerprint,
@@ -129,22 +133,10 @@ pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
         subjects,
         lengths,
     };
+    let started = std::time::Instant::now();
     cache::write(&opts.output, &manifest, &arrays)?;
+    tracing::info!(cache = %opts.output.display(), secs = started.elapsed().as_secs_f64(), "written");
     Ok(PrepReport { manifest, cache_hit: false })
-}
-
-/// The four model inputs of a question in the configured layout.
-fn inputs_of<'a>(q: &'a Question, opts: &PrepOptions) -> [EncodeInput<'a>; CHOICES] {
-    std::array::from_fn(|c| {
-        let option = &q.options[c];
-        if opts.pair {
-            (q.question.as_str(), option.as_str()).into()
-        } else if opts.context_exp {
-            (q.exp.clone().unwrap_or_default(), format!("{} {option}", q.question)).into()
-        } else {
-            format!("{} {option}", q.question).into()
-        }
-    })
 }
 
 const CHUNK: usize = 2048;
@@ -154,6 +146,7 @@ fn encode_all(
     questions: &[Question],
     opts: &PrepOptions,
 ) -> Result<(Arrays, Vec<String>, LengthStats)> {
+    let encoder = Encoder::new(tokenizer, Layout::from_options(opts))?;
     let subjects: Vec<String> = {
         let set: std::collections::BTreeSet<&String> = questions.iter().filter_map(|q| q.subject.as_ref()).collect();
         set.into_iter().cloned().collect()
@@ -177,15 +170,13 @@ fn encode_all(
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     for chunk in questions.chunks(CHUNK) {
-        let batch: Vec<EncodeInput> = chunk.iter().flat_map(|q| inputs_of(q, opts)).collect();
-        let encodings =
-            tokenizer.encode_batch_fast(batch, true).map_err(|e| Error::Input(format!("tokenizer: {e}")))?;
+        let encodings = encoder.encode(chunk)?;
         for enc in &encodings {
-            a.input_ids.extend(enc.get_ids().iter().map(|&t| t as i32));
-            a.token_type_ids.extend(enc.get_type_ids().iter().map(|&t| t as u8));
+            a.input_ids.extend_from_slice(&enc.ids);
+            a.token_type_ids.extend_from_slice(&enc.type_ids);
             a.offsets.push(a.input_ids.len() as i64);
-            lengths.push(enc.get_ids().len() as u32);
-            truncated += usize::from(!enc.get_overflowing().is_empty());
+            lengths.push(enc.ids.len() as u32);
+            truncated += usize::from(enc.truncated);
         }
         for q in chunk {
             a.labels.push(q.label.map_or(-1, i64::from));
