@@ -9,16 +9,19 @@ with_nccl=0
 [ "${1:-}" = --nccl ] && with_nccl=1
 step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
 
-step "Gloo headers (Debian's libgloo-dev)"
-if [ -n "${GLOO_INCLUDE_DIR:-}" ] || [ -f /usr/include/gloo/config.h ]; then
+step "Debian packages: libgloo-dev (Gloo headers), wordnet-base (for prep --lemmatize)"
+missing=()
+[ -n "${GLOO_INCLUDE_DIR:-}" ] || [ -f /usr/include/gloo/config.h ] || missing+=(libgloo-dev)
+[ -f /usr/share/wordnet/index.noun ] || missing+=(wordnet-base)
+if [ ${#missing[@]} -eq 0 ]; then
   echo "present"
 elif [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev >/dev/null
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgloo-dev >/dev/null
+  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  echo "medbert needs Gloo's C++ headers: run 'sudo apt-get install libgloo-dev'," >&2
-  echo "or set GLOO_INCLUDE_DIR to a directory holding gloo/ headers." >&2
+  echo "medbert needs Debian packages: run 'sudo apt-get install ${missing[*]}'" >&2
+  echo "(or set GLOO_INCLUDE_DIR to a directory holding Gloo's gloo/ headers)." >&2
   exit 1
 fi
 

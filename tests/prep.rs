@@ -282,3 +282,21 @@ fn cache_equals_the_tokenizers_own_encode_for_every_sequence() {
         }
     }
 }
+
+#[test]
+fn lemmatize_encodes_the_wordnet_lemmas() {
+    let dir = workdir("lemmatize");
+    let row = |q: &str, a: &str| {
+        format!(r#"{{"id": "q1", "question": "{q}", "opa": "{a}", "opb": "b", "opc": "c", "opd": "d", "cop": 1}}"#)
+    };
+    let (inflected, lemmas) = (dir.join("inflected.json"), dir.join("lemmas.json"));
+    std::fs::write(&inflected, row("Kidneys were enlarged with lesions", "Tubules")).unwrap();
+    std::fs::write(&lemmas, row("kidney be enlarge with lesion", "tubule")).unwrap();
+    assert_ok(&prep(&[&inflected], &dir.join("a"), &["--lemmatize"]));
+    assert_ok(&prep(&[&lemmas], &dir.join("b"), &[]));
+    let (a, b) = (PreparedCache::open(&dir.join("a")).unwrap(), PreparedCache::open(&dir.join("b")).unwrap());
+    assert!(a.manifest.encoding.lemmatize && !b.manifest.encoding.lemmatize);
+    assert_eq!(a.input_ids().unwrap(), b.input_ids().unwrap());
+    assert_ok(&prep(&[&inflected], &dir.join("c"), &[]));
+    assert_ne!(PreparedCache::open(&dir.join("c")).unwrap().input_ids().unwrap(), a.input_ids().unwrap());
+}

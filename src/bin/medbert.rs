@@ -56,6 +56,12 @@ enum Command {
         /// often states the answer.
         #[arg(long, value_enum)]
         context: Option<ContextField>,
+        /// Replace words by their WordNet lemmas (off by default; usually harmful to BERT).
+        #[arg(long)]
+        lemmatize: bool,
+        /// WordNet dictionary for --lemmatize (Debian's wordnet-base).
+        #[arg(long, env = "MEDBERT_WORDNET_DIR", default_value = medbert::data::DEFAULT_WORDNET_DIR)]
+        wordnet_dir: PathBuf,
     },
     /// Check collectives across the worker group started by medbert-run (or torchrun):
     /// all-reduce, broadcast and barrier, verified on every rank.
@@ -104,7 +110,18 @@ fn run() -> Result<()> {
             print!("{}", doctor::forward_report(&dir)?);
             Ok(())
         }
-        Command::Prep { inputs, output, model, format, cop_base, max_length, pair, context } => {
+        Command::Prep {
+            inputs,
+            output,
+            model,
+            format,
+            cop_base,
+            max_length,
+            pair,
+            context,
+            lemmatize,
+            wordnet_dir,
+        } => {
             let started = std::time::Instant::now();
             let opts = PrepOptions {
                 inputs,
@@ -115,6 +132,7 @@ fn run() -> Result<()> {
                 max_length,
                 pair,
                 context_exp: matches!(context, Some(ContextField::Exp)),
+                lemmatize: lemmatize.then_some(wordnet_dir),
                 progress: true,
             };
             let report = prep::run(&opts)?;

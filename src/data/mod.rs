@@ -2,10 +2,12 @@
 //! cleaning their text. Every error names the file, the line or row, and the field.
 
 mod clean;
+mod lemmatize;
 mod read;
 mod validate;
 
 pub use clean::clean_text;
+pub use lemmatize::{Lemmatizer, DEFAULT_WORDNET_DIR};
 pub use read::{read_file, Format};
 pub use validate::{validate, FileCounts, IdRegistry, Question};
 

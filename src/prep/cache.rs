@@ -35,6 +35,9 @@ pub struct EncodeSettings {
     pub pair: bool,
     /// `exp` as the first segment: `[CLS] exp [SEP] question option [SEP]`.
     pub context_exp: bool,
+    /// Text lemmatised with WordNet before encoding.
+    #[serde(default)]
+    pub lemmatize: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ use crate::data::{self, FileCounts, Format, IdRegistry, Question};
 use crate::encode;
 use crate::error::{Error, Result};
 use cache::{Arrays, EncodeSettings, InputInfo, LengthStats, Manifest, CACHE_VERSION, CHOICES};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tokenize::{Encoder, Layout};
@@ -29,6 +30,8 @@ pub struct PrepOptions {
     pub max_length: usize,
     pub pair: bool,
     pub context_exp: bool,
+    /// Lemmatise the text with WordNet from this dictionary directory (off when None).
+    pub lemmatize: Option<PathBuf>,
     /// Show a progress bar (the caller decides; off for non-main ranks and tests).
     pub progress: bool,
 }
@@ -63,8 +66,8 @@ fn fingerprint(inputs: &[PlannedInput], settings: &EncodeSettings) -> String {
         h.update(format!("input {} {:?} {}\n", i.sha256, i.format, i.cop_base));
     }
     h.update(format!(
-        "tokenizer {} max_length {} pair {} context_exp {}\n",
-        settings.tokenizer_sha256, settings.max_length, settings.pair, settings.context_exp
+        "tokenizer {} max_length {} pair {} context_exp {} lemmatize {}\n",
+        settings.tokenizer_sha256, settings.max_length, settings.pair, settings.context_exp, settings.lemmatize
     ));
     format!("{:x}", h.finalize())
 }
@@ -95,6 +98,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
         max_length: opts.max_length,
         pair: opts.pair,
         context_exp: opts.context_exp,
+        lemmatize: opts.lemmatize.is_some(),
     };
     let fingerprint = fingerprint(&planned, &settings);
     if let Ok(existing) = cache::read_manifest(&opts.output) {
@@ -119,6 +123,17 @@ pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
         inputs.push(InputInfo { path: p.path, format: p.format, cop_base: p.cop_base, sha256: p.sha256, counts });
     }
 
+    if let Some(dir) = &opts.lemmatize {
+        tracing::warn!("--lemmatize: WordNet lemmas usually hurt BERT, whose word pieces already share stems");
+        let lemmatizer = data::Lemmatizer::load(dir)?;
+        questions.par_iter_mut().for_each(|q| {
+            q.question = lemmatizer.lemmatize(&q.question);
+            for o in &mut q.options {
+                *o = lemmatizer.lemmatize(o);
+            }
+            q.exp = q.exp.as_deref().map(|e| lemmatizer.lemmatize(e));
+        });
+    }
     let tokenizer = encode::load_tokenizer(&opts.model_dir, opts.max_length)?;
     let started = std::time::Instant::now();
     let (arrays, subjects, lengths) = encode_all(&tokenizer, &questions, opts)?;
