@@ -1,10 +1,10 @@
 //! Turning one question and its options into model input with an HF tokenizer, in the
 //! MedMCQA paper's format: each option becomes `[CLS] question option [SEP]`.
 
+use crate::batch::{pad, Tokens};
 use crate::error::{Error, Result};
 use crate::model::ChoiceBatch;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -71,7 +71,7 @@ fn wordpiece_tokenizer(vocab: &Path, lowercase: bool) -> std::result::Result<Tok
 /// Encodes questions (each with its options) into one batch padded to its longest sequence.
 pub fn encode_questions(tokenizer: &Tokenizer, questions: &[(&str, &[&str])]) -> Result<ChoiceBatch> {
     let choices = questions.first().map_or(0, |(_, opts)| opts.len());
-    let mut rows = Vec::new();
+    let (mut input_ids, mut token_type_ids, mut offsets) = (Vec::new(), Vec::new(), vec![0i64]);
     for (question, options) in questions {
         if options.len() != choices {
             return Err(Error::Input(format!("every question needs {choices} options, one has {}", options.len())));
@@ -80,21 +80,12 @@ pub fn encode_questions(tokenizer: &Tokenizer, questions: &[(&str, &[&str])]) ->
             let enc = tokenizer
                 .encode(format!("{question} {option}"), true)
                 .map_err(|e| Error::Input(format!("tokenizer: {e}")))?;
-            rows.push((enc.get_ids().to_vec(), enc.get_type_ids().to_vec()));
+            input_ids.extend(enc.get_ids().iter().map(|&t| t as i32));
+            token_type_ids.extend(enc.get_type_ids().iter().map(|&t| t as u8));
+            offsets.push(input_ids.len() as i64);
         }
     }
-    let seq = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
-    let (mut ids, mut mask, mut types) = (Vec::new(), Vec::new(), Vec::new());
-    for (row_ids, row_types) in &rows {
-        let pad = seq - row_ids.len();
-        ids.extend(row_ids.iter().map(|&x| i64::from(x)).chain(std::iter::repeat(0).take(pad)));
-        mask.extend(std::iter::repeat(1i64).take(row_ids.len()).chain(std::iter::repeat(0).take(pad)));
-        types.extend(row_types.iter().map(|&x| i64::from(x)).chain(std::iter::repeat(0).take(pad)));
-    }
-    let shape = [questions.len() as i64, choices as i64, seq as i64];
-    Ok(ChoiceBatch {
-        input_ids: Tensor::from_slice(&ids).view(shape),
-        attention_mask: Tensor::from_slice(&mask).view(shape),
-        token_type_ids: Tensor::from_slice(&types).view(shape),
-    })
+    let tokens = Tokens { input_ids: &input_ids, token_type_ids: &token_type_ids, offsets: &offsets };
+    let all: Vec<usize> = (0..questions.len()).collect();
+    Ok(pad(&tokens, &all, choices, tch::Device::Cpu))
 }

@@ -1,6 +1,8 @@
 //! medbert: fine-tune BERT-family models on MedMCQA with libtorch (tch + rust-bert), on one
 //! process or many, with gradients synchronised through PyTorch's own c10d.
 
+pub mod atomic;
+pub mod batch;
 pub mod data;
 pub mod dist;
 pub mod doctor;
@@ -10,5 +12,6 @@ pub mod launch;
 pub mod model;
 pub mod prep;
 pub mod settings;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -7,7 +7,6 @@ use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -81,13 +80,9 @@ fn view<'a>(dtype: Dtype, len: usize, bytes: &'a [u8]) -> Result<TensorView<'a>>
     TensorView::new(dtype, vec![len], bytes).map_err(|e| Error::Input(format!("building cache tensor: {e:?}")))
 }
 
-/// Writes the cache into `dest` atomically: a temporary sibling is filled, synced and renamed;
-/// a previous cache at `dest` is replaced only after the new one is complete.
+/// Writes the cache into `dest` atomically (see `crate::atomic`).
 pub fn write(dest: &Path, manifest: &Manifest, arrays: &Arrays) -> Result<()> {
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = tempfile::Builder::new().prefix(".medbert-prep-").tempdir_in(parent).map_err(|e| Error::io(parent, e))?;
-
+    let staged = crate::atomic::StagedDir::new(dest)?;
     let a = arrays;
     let tensors: BTreeMap<&str, TensorView> = [
         ("input_ids", view(Dtype::I32, a.input_ids.len(), bytemuck::cast_slice(&a.input_ids))?),
@@ -102,32 +97,10 @@ pub fn write(dest: &Path, manifest: &Manifest, arrays: &Arrays) -> Result<()> {
     .collect();
     let bytes =
         safetensors::serialize(&tensors, &None).map_err(|e| Error::Input(format!("serialising cache: {e:?}")))?;
-    write_synced(&tmp.path().join(TOKENS_FILE), &bytes)?;
+    staged.write(TOKENS_FILE, &bytes)?;
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Input(e.to_string()))?;
-    write_synced(&tmp.path().join(MANIFEST_FILE), &json)?;
-
-    let staged = tmp.keep();
-    let old = parent.join(format!(".medbert-prep-old-{}", std::process::id()));
-    let replaced = dest.exists();
-    if replaced {
-        std::fs::rename(dest, &old).map_err(|e| Error::io(dest, e))?;
-    }
-    if let Err(e) = std::fs::rename(&staged, dest) {
-        if replaced {
-            let _ = std::fs::rename(&old, dest);
-        }
-        let _ = std::fs::remove_dir_all(&staged);
-        return Err(Error::io(dest, e));
-    }
-    if replaced {
-        std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-    }
-    std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| Error::io(parent, e))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
+    staged.write(MANIFEST_FILE, &json)?;
+    staged.publish()
 }
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {

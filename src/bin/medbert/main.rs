@@ -1,5 +1,7 @@
 //! The `medbert` command line: a thin layer over the library.
 
+mod train;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use medbert::data::Format;
@@ -63,6 +65,12 @@ enum Command {
         #[arg(long, env = "MEDBERT_WORDNET_DIR", default_value = medbert::data::DEFAULT_WORDNET_DIR)]
         wordnet_dir: PathBuf,
     },
+    /// Fine-tune on MedMCQA (flags as the HF Trainer's TrainingArguments).
+    Train(train::TrainCli),
+    /// Loss and accuracy of a model or checkpoint on labelled questions.
+    Eval(train::EvalCli),
+    /// Write a CSV of predictions: id, option (1-4), and the four probabilities.
+    Predict(train::PredictCli),
     /// Check collectives across the worker group started by medbert-run (or torchrun):
     /// all-reduce, broadcast and barrier, verified on every rank.
     DistCheck {
@@ -141,6 +149,9 @@ fn run() -> Result<()> {
             println!("{} ({what}, {:.1}s)", opts.output.display(), started.elapsed().as_secs_f64());
             Ok(())
         }
+        Command::Train(cli) => train::run_train(cli),
+        Command::Eval(cli) => train::run_eval(cli),
+        Command::Predict(cli) => train::run_predict(cli),
         Command::DistCheck { backend, numel, timeout, dump } => {
             dist_check(backend, numel, Duration::from_secs(timeout), dump)
         }

@@ -1,0 +1,186 @@
+//! Which questions each step sees, and how they become padded tensors.
+//!
+//! The order follows PyTorch's DistributedSampler: one permutation per epoch from
+//! `seed + epoch`, identical on every rank; padded (by repeating from the start) or cut to a
+//! multiple of the world size; rank `r` takes positions `r, r + world, ...`. With
+//! `group_by_length` the permutation is arranged as the HF Trainer's LengthGroupedSampler
+//! does: shuffled, cut into mega-batches of 50 batches, each sorted longest first, and the
+//! mega-batch holding the longest question moved to the front (memory errors show at once).
+
+use crate::error::{Error, Result};
+use crate::model::ChoiceBatch;
+use crate::prep::cache::{PreparedCache, CHOICES};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tch::{Device, Tensor};
+
+/// One position in a rank's shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub index: usize,
+    /// A repeat added to make the shards equal; evaluation must not count it.
+    pub padding: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    pub len: usize,
+    pub world_size: usize,
+    pub rank: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    pub drop_last: bool,
+    /// Arrange by these per-question lengths in mega-batches of 50 x `batch_size`.
+    pub group_by_length: Option<(Vec<u32>, usize)>,
+}
+
+impl Sampler {
+    /// Samples per rank per epoch.
+    pub fn num_samples(&self) -> usize {
+        if self.drop_last {
+            self.len / self.world_size
+        } else {
+            self.len.div_ceil(self.world_size)
+        }
+    }
+
+    /// The global order of an epoch, before sharding.
+    fn order(&self, epoch: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.len).collect();
+        if !self.shuffle {
+            return order;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(epoch));
+        order.shuffle(&mut rng);
+        if let Some((lengths, batch_size)) = &self.group_by_length {
+            let mega = (50 * batch_size).max(1);
+            let mut chunks: Vec<Vec<usize>> = order
+                .chunks(mega)
+                .map(|c| {
+                    let mut c = c.to_vec();
+                    c.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+                    c
+                })
+                .collect();
+            let longest = chunks.iter().enumerate().max_by_key(|(_, c)| c.first().map(|&i| lengths[i])).map(|(k, _)| k);
+            if let Some(k) = longest {
+                chunks.swap(0, k);
+            }
+            order = chunks.concat();
+        }
+        order
+    }
+
+    /// This rank's samples for `epoch`, in order.
+    pub fn shard(&self, epoch: u64) -> Vec<Sample> {
+        let total = self.num_samples() * self.world_size;
+        let order = self.order(epoch);
+        let padded: Vec<Sample> = order
+            .iter()
+            .map(|&index| Sample { index, padding: false })
+            .chain(order.iter().cycle().map(|&index| Sample { index, padding: true }))
+            .take(if order.is_empty() { 0 } else { total })
+            .collect();
+        padded.into_iter().skip(self.rank).step_by(self.world_size).collect()
+    }
+}
+
+/// Per-question padded length (the longest of its sequences), for `group_by_length`.
+pub fn question_lengths(cache: &PreparedCache) -> Result<Vec<u32>> {
+    let offsets = cache.offsets()?;
+    Ok((0..cache.len())
+        .map(|q| {
+            (0..CHOICES).map(|c| (offsets[q * CHOICES + c + 1] - offsets[q * CHOICES + c]) as u32).max().unwrap_or(0)
+        })
+        .collect())
+}
+
+/// Unpadded token arrays: sequence `s` is `input_ids[offsets[s]..offsets[s + 1]]`.
+pub struct Tokens<'a> {
+    pub input_ids: &'a [i32],
+    pub token_type_ids: &'a [u8],
+    pub offsets: &'a [i64],
+}
+
+/// Questions `questions` (each `choices` consecutive sequences) as one batch of shape
+/// [questions, choices, longest], padded with 0 and masked.
+pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, device: Device) -> ChoiceBatch {
+    let span = |s: usize| tokens.offsets[s] as usize..tokens.offsets[s + 1] as usize;
+    let sequences = || questions.iter().flat_map(move |&q| (0..choices).map(move |c| q * choices + c));
+    let seq = sequences().map(|s| span(s).len()).max().unwrap_or(0);
+    let size = questions.len() * choices * seq;
+    let (mut input_ids, mut mask, mut type_ids) = (vec![0i64; size], vec![0i64; size], vec![0i64; size]);
+    for (row, s) in sequences().enumerate() {
+        for (k, t) in span(s).enumerate() {
+            input_ids[row * seq + k] = i64::from(tokens.input_ids[t]);
+            type_ids[row * seq + k] = i64::from(tokens.token_type_ids[t]);
+            mask[row * seq + k] = 1;
+        }
+    }
+    let shape = [questions.len() as i64, choices as i64, seq as i64];
+    let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+    ChoiceBatch { input_ids: tensor(&input_ids), attention_mask: tensor(&mask), token_type_ids: tensor(&type_ids) }
+}
+
+/// Cached questions `indices` as one padded batch with their labels (-1 where unlabelled).
+pub fn collate(cache: &PreparedCache, indices: &[usize], device: Device) -> Result<(ChoiceBatch, Tensor)> {
+    if let Some(&bad) = indices.iter().find(|&&q| q >= cache.len()) {
+        return Err(Error::Input(format!("question {bad} is beyond the cache's {} questions", cache.len())));
+    }
+    let tokens =
+        Tokens { input_ids: cache.input_ids()?, token_type_ids: cache.token_type_ids()?, offsets: cache.offsets()? };
+    let labels = cache.labels()?;
+    let labels: Vec<i64> = indices.iter().map(|&q| labels[q]).collect();
+    Ok((pad(&tokens, indices, CHOICES, device), Tensor::from_slice(&labels).to_device(device)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(len: usize, world: usize, rank: usize, drop_last: bool) -> Sampler {
+        Sampler { len, world_size: world, rank, shuffle: true, seed: 42, drop_last, group_by_length: None }
+    }
+
+    #[test]
+    fn shards_are_disjoint_cover_everything_and_pad_like_torch() {
+        for world in 1..=4 {
+            let shards: Vec<Vec<Sample>> = (0..world).map(|r| sampler(10, world, r, false).shard(3)).collect();
+            let n = 10usize.div_ceil(world);
+            assert!(shards.iter().all(|s| s.len() == n), "world {world}: unequal shards");
+            let mut real: Vec<usize> = shards.iter().flatten().filter(|s| !s.padding).map(|s| s.index).collect();
+            real.sort();
+            assert_eq!(real, (0..10).collect::<Vec<_>>(), "world {world}");
+            assert_eq!(shards.iter().flatten().filter(|s| s.padding).count(), n * world - 10);
+        }
+    }
+
+    #[test]
+    fn drop_last_cuts_to_a_multiple_of_the_world() {
+        let shards: Vec<Vec<Sample>> = (0..3).map(|r| sampler(10, 3, r, true).shard(0)).collect();
+        assert!(shards.iter().all(|s| s.len() == 3 && s.iter().all(|x| !x.padding)));
+    }
+
+    #[test]
+    fn the_order_depends_on_seed_and_epoch_only() {
+        let a = sampler(100, 2, 1, false);
+        assert_eq!(a.shard(5), a.clone().shard(5));
+        assert_ne!(a.shard(5), a.shard(6));
+        let unshuffled = Sampler { shuffle: false, ..sampler(5, 2, 1, false) };
+        assert_eq!(unshuffled.shard(9).iter().map(|s| s.index).collect::<Vec<_>>(), [1, 3, 0]);
+    }
+
+    #[test]
+    fn group_by_length_sorts_mega_batches_and_leads_with_the_longest() {
+        let lengths: Vec<u32> = (0..1000).map(|i| (i * 7919 % 997) as u32).collect();
+        let s = Sampler { group_by_length: Some((lengths.clone(), 2)), ..sampler(1000, 1, 0, false) };
+        let order: Vec<usize> = s.shard(0).iter().map(|x| x.index).collect();
+        assert_eq!(lengths[order[0]], *lengths.iter().max().unwrap());
+        for mega in order.chunks(100) {
+            assert!(mega.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]), "a mega-batch is not sorted");
+        }
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,175 @@
+//! AdamW, linear warm-up and decay, and gradient clipping, as torch and the HF Trainer do
+//! them. The optimizer is written here (a few tensor operations) because tch's wrapper
+//! cannot save or restore its moments, and an exact `--resume` needs them.
+
+use crate::error::Result;
+use tch::{nn::VarStore, Tensor};
+
+/// torch.optim.AdamW's update with the HF Trainer's parameter groups: no weight decay on
+/// biases and LayerNorm weights.
+pub struct AdamW {
+    params: Vec<Param>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Optimizer steps taken so far.
+    pub step: i64,
+}
+
+struct Param {
+    name: String,
+    var: Tensor,
+    decay: bool,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// The HF Trainer's rule: biases and LayerNorm parameters take no weight decay.
+pub fn takes_weight_decay(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+}
+
+impl AdamW {
+    pub fn new(vs: &VarStore, weight_decay: f64, (beta1, beta2): (f64, f64), eps: f64) -> AdamW {
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let params = named
+            .into_iter()
+            .map(|(name, var)| Param {
+                decay: takes_weight_decay(&name),
+                exp_avg: var.zeros_like(),
+                exp_avg_sq: var.zeros_like(),
+                name,
+                var,
+            })
+            .collect();
+        AdamW { params, beta1, beta2, eps, weight_decay, step: 0 }
+    }
+
+    /// The trainable variables, in the optimizer's (name) order.
+    pub fn variables(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.params.iter().map(|p| (p.name.as_str(), &p.var))
+    }
+
+    /// One update at learning rate `lr` from the accumulated gradients.
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        self.step += 1;
+        let bias1 = 1.0 - self.beta1.powi(self.step as i32);
+        let bias2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
+        let step_size = lr / bias1;
+        tch::no_grad(|| -> Result<()> {
+            for p in &mut self.params {
+                let grad = p.var.grad();
+                if !grad.defined() {
+                    continue;
+                }
+                if p.decay && self.weight_decay != 0.0 {
+                    let _ = p.var.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
+                }
+                let _ = p.exp_avg.f_lerp_(&grad, 1.0 - self.beta1)?;
+                let _ = p.exp_avg_sq.f_mul_scalar_(self.beta2)?;
+                let _ = p.exp_avg_sq.f_add_(&(&grad * &grad * (1.0 - self.beta2)))?;
+                let denom = p.exp_avg_sq.sqrt() / bias2_sqrt + self.eps;
+                let _ = p.var.f_sub_(&(&p.exp_avg * step_size / denom))?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.var.zero_grad();
+        }
+    }
+
+    /// The moments, named `exp_avg.<param>` and `exp_avg_sq.<param>`.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .flat_map(|p| {
+                [
+                    (format!("exp_avg.{}", p.name), p.exp_avg.shallow_clone()),
+                    (format!("exp_avg_sq.{}", p.name), p.exp_avg_sq.shallow_clone()),
+                ]
+            })
+            .collect()
+    }
+
+    /// Restores moments saved by `state` and the step count.
+    pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>, step: i64) -> Result<()> {
+        for p in &mut self.params {
+            for (key, dst) in
+                [(format!("exp_avg.{}", p.name), &mut p.exp_avg), (format!("exp_avg_sq.{}", p.name), &mut p.exp_avg_sq)]
+            {
+                let src = state.get(&key).ok_or_else(|| crate::Error::Input(format!("optimizer state lacks {key}")))?;
+                tch::no_grad(|| dst.f_copy_(src))?;
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `max_norm`, as
+/// torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping.
+pub fn clip_grad_norm<'a>(vars: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Result<f64> {
+    let grads: Vec<Tensor> = vars.map(|v| v.grad()).filter(|g| g.defined()).collect();
+    if grads.is_empty() {
+        return Ok(0.0);
+    }
+    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
+    let coef = max_norm / (total + 1e-6);
+    if coef < 1.0 {
+        tch::no_grad(|| -> Result<()> {
+            for g in &grads {
+                let _ = g.shallow_clone().f_mul_scalar_(coef)?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(total)
+}
+
+/// The HF Trainer's default schedule: linear warm-up from 0, then linear decay to 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearSchedule {
+    pub base_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+}
+
+impl LinearSchedule {
+    /// The learning rate for optimizer step `step` (0-based).
+    pub fn lr(&self, step: usize) -> f64 {
+        let factor = if step < self.warmup_steps {
+            step as f64 / self.warmup_steps.max(1) as f64
+        } else {
+            (self.total_steps.saturating_sub(step)) as f64
+                / (self.total_steps.saturating_sub(self.warmup_steps)).max(1) as f64
+        };
+        self.base_lr * factor.max(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_matches_transformers_linear_schedule() {
+        let s = LinearSchedule { base_lr: 1.0, warmup_steps: 4, total_steps: 12 };
+        let got: Vec<f64> = (0..13).map(|k| s.lr(k)).collect();
+        let want = [0.0, 0.25, 0.5, 0.75, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn weight_decay_groups_follow_the_hf_trainer() {
+        assert!(takes_weight_decay("bert.encoder.layer.0.attention.self.query.weight"));
+        assert!(takes_weight_decay("classifier.weight"));
+        assert!(!takes_weight_decay("classifier.bias"));
+        assert!(!takes_weight_decay("bert.embeddings.LayerNorm.weight"));
+    }
+}

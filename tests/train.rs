@@ -1,0 +1,254 @@
+//! Training steps against torch + transformers in the venv.
+
+mod common;
+
+use medbert::model::{read_config, ChoiceBatch, MultipleChoiceModel, CONFIG_FILE, WEIGHTS_FILE};
+use medbert::train::batch_loss;
+use medbert::train::optim::{clip_grad_norm, AdamW};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Device, Tensor};
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+/// MiniLM without dropout, from the pretrained weights and the reference's classifier.
+fn reference_model(model_dir: &Path, start: &HashMap<String, Tensor>) -> MultipleChoiceModel {
+    let mut config = read_config(&model_dir.join(CONFIG_FILE)).unwrap();
+    config.hidden_dropout_prob = 0.0;
+    config.attention_probs_dropout_prob = 0.0;
+    let mut model = MultipleChoiceModel::new(config, Device::Cpu);
+    model.load_safetensors(&model_dir.join(WEIGHTS_FILE)).unwrap();
+    let vars = model.vs.variables();
+    tch::no_grad(|| {
+        for name in ["classifier.weight", "classifier.bias"] {
+            vars[name].shallow_clone().copy_(&start[name]);
+        }
+    });
+    model
+}
+
+/// The largest |ours - theirs| over the optimizer's variables, and where.
+fn worst_param(opt: &AdamW, end: &HashMap<String, Tensor>, prefix: &str) -> (f64, String) {
+    let mut worst = (0.0, String::new());
+    for (name, var) in opt.variables() {
+        let d = max_abs_diff(var, &end[&format!("{prefix}{name}")]);
+        if d > worst.0 {
+            worst = (d, name.to_string());
+        }
+    }
+    worst
+}
+
+const LR: f64 = 5e-5;
+const EPS: f64 = 1e-6;
+
+#[test]
+fn an_adamw_step_matches_torch() {
+    let out = common::scratch_dir().join("adamw");
+    std::fs::create_dir_all(&out).unwrap();
+    let model_dir = common::default_model();
+    common::run_reference("adamw_steps.py", &[&model_dir, &out]);
+    let read =
+        |f: &str| -> HashMap<String, Tensor> { Tensor::read_safetensors(out.join(f)).unwrap().into_iter().collect() };
+    let (start, end) = (read("start.safetensors"), read("end.safetensors"));
+    let batch = ChoiceBatch {
+        input_ids: start["input_ids"].shallow_clone(),
+        attention_mask: start["attention_mask"].shallow_clone(),
+        token_type_ids: start["token_type_ids"].shallow_clone(),
+    };
+
+    // Forward and backward: logits, loss, clipped gradients.
+    let model = reference_model(&model_dir, &start);
+    let mut opt = AdamW::new(&model.vs, 0.01, (0.9, 0.999), EPS);
+    assert_eq!(opt.variables().count(), 105);
+    let (loss, logits) = batch_loss(&model, &batch, &start["labels"], true).unwrap();
+    let d = max_abs_diff(&logits, &end["logits"]);
+    assert!(d < 1e-5, "logits differ by {d:e}");
+    let d = (loss.double_value(&[]) - end["loss"].double_value(&[0])).abs();
+    assert!(d < 1e-5, "loss differs by {d:e}");
+    opt.zero_grad();
+    loss.backward();
+    let norm = clip_grad_norm(opt.variables().map(|(_, v)| v), 1.0).unwrap();
+    let want = end["grad_norm.0"].double_value(&[0]);
+    assert!((norm - want).abs() < 1e-5 * want.max(1.0), "grad norm {norm} vs {want}");
+    let grad_diff =
+        opt.variables().map(|(n, v)| max_abs_diff(&v.grad(), &end[&format!("grad.{n}")])).fold(0.0, f64::max);
+    assert!(grad_diff < 1e-5, "gradients differ by {grad_diff:e}");
+
+    // The whole step.
+    opt.step(LR).unwrap();
+    let (d, name) = worst_param(&opt, &end, "param.");
+    assert!(d < 1e-5, "after the step {name} differs by {d:e}");
+
+    // The optimizer alone, fed torch's own gradients: the update rule, not autograd noise.
+    let model = reference_model(&model_dir, &start);
+    let mut opt = AdamW::new(&model.vs, 0.01, (0.9, 0.999), EPS);
+    let surrogate = opt
+        .variables()
+        .map(|(n, v)| (v * &end[&format!("grad.{n}")]).sum(tch::Kind::Float))
+        .fold(Tensor::zeros([], (tch::Kind::Float, Device::Cpu)), |acc, t| acc + t);
+    surrogate.backward();
+    opt.step(LR).unwrap();
+    let (d, name) = worst_param(&opt, &end, "param.");
+    assert!(d < 1e-7, "with torch's gradients {name} differs by {d:e}");
+}
+
+/// A task a model can only solve by reading: the answer is the option naming the word the
+/// question asks for, at a random position.
+fn synthetic_task(path: &std::path::Path, n: usize, seed: u64) {
+    const WORDS: [&str; 24] = [
+        "liver",
+        "kidney",
+        "heart",
+        "lung",
+        "brain",
+        "spleen",
+        "femur",
+        "tibia",
+        "retina",
+        "cochlea",
+        "thyroid",
+        "pancreas",
+        "aorta",
+        "trachea",
+        "bladder",
+        "uterus",
+        "prostate",
+        "cornea",
+        "pituitary",
+        "adrenal",
+        "colon",
+        "stomach",
+        "tongue",
+        "skin",
+    ];
+    let mut state = seed;
+    let mut next = |m: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % m
+    };
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let mut picks: Vec<&str> = Vec::new();
+        while picks.len() < 4 {
+            let w = WORDS[next(WORDS.len())];
+            if !picks.contains(&w) {
+                picks.push(w);
+            }
+        }
+        let answer = next(4);
+        let q = format!("Which option names the {}?", picks[answer]);
+        lines.push(
+            serde_json::json!({"id": format!("s{seed}-{i}"), "question": q, "opa": picks[0], "opb": picks[1],
+                "opc": picks[2], "opd": picks[3], "cop": answer + 1})
+            .to_string(),
+        );
+    }
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+#[test]
+fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
+    let dir = common::scratch_dir().join("learn");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
+    synthetic_task(&train, 256, 1);
+    synthetic_task(&valid, 96, 2);
+    let out = std::process::Command::new(common::medbert_bin())
+        .args([
+            "train",
+            "--num-train-epochs",
+            "4",
+            "--learning-rate",
+            "1e-4",
+            "--per-device-train-batch-size",
+            "16",
+            "--warmup-ratio",
+            "0.1",
+            "--logging-steps",
+            "5",
+            "--device",
+            "cpu",
+        ])
+        .arg("--model")
+        .arg(common::default_model())
+        .arg("--train-file")
+        .arg(&train)
+        .arg("--validation-file")
+        .arg(&valid)
+        .arg("--output-dir")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let accuracy =
+        summary["final_eval"]["correct"].as_f64().unwrap() / summary["final_eval"]["questions"].as_f64().unwrap();
+    assert!(accuracy >= 0.9, "accuracy {accuracy} after fine-tuning: {summary}");
+    assert_eq!(summary["steps"], 64);
+
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().filter(|l| l.get("eval_accuracy").is_some()).count(), 4, "one evaluation per epoch");
+    assert!(lines.iter().filter(|l| l.get("loss").is_some()).count() >= 12);
+
+    // transformers loads the checkpoint and computes the same logits as we do.
+    let ckpt = dir.join("run/final");
+    let (model, report) = MultipleChoiceModel::from_dir(&ckpt, Device::Cpu).unwrap();
+    assert!(report.initialised.is_empty(), "{report:?}");
+    let tokenizer = medbert::encode::load_tokenizer(&ckpt, 128).unwrap();
+    let batch = medbert::encode::encode_questions(
+        &tokenizer,
+        &[("Which option names the liver?", &["heart", "liver", "skin", "colon"])],
+    )
+    .unwrap();
+    let inputs = dir.join("inputs.safetensors");
+    Tensor::write_safetensors(
+        &[
+            ("input_ids", &batch.input_ids),
+            ("attention_mask", &batch.attention_mask),
+            ("token_type_ids", &batch.token_type_ids),
+        ],
+        &inputs,
+    )
+    .unwrap();
+    let theirs_path = dir.join("theirs.safetensors");
+    common::run_reference("checkpoint_logits.py", &[&ckpt, &inputs, &theirs_path]);
+    let theirs = &Tensor::read_safetensors(&theirs_path).unwrap()[0].1;
+    let ours = tch::no_grad(|| model.forward(&batch, false)).unwrap();
+    assert!(max_abs_diff(&ours, theirs) < 1e-5, "transformers computes other logits from our checkpoint");
+    assert_eq!(ours.argmax(-1, false).int64_value(&[0]), 1, "the fine-tuned model answers the synthetic question");
+}
+
+#[test]
+fn evaluation_is_deterministic_and_builds_no_graph() {
+    let dir = common::scratch_dir().join("eval_mode");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("d.json");
+    synthetic_task(&data, 20, 3);
+    let opts = medbert::prep::PrepOptions {
+        inputs: vec![data],
+        output: dir.join("cache"),
+        model_dir: common::default_model(),
+        format: None,
+        cop_base: None,
+        max_length: 64,
+        pair: false,
+        context_exp: false,
+        lemmatize: None,
+        progress: false,
+    };
+    medbert::prep::run(&opts).unwrap();
+    let cache = medbert::prep::cache::PreparedCache::open(&opts.output).unwrap();
+    let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
+    let a = medbert::train::evaluate(&model, &cache, 8).unwrap();
+    let b = medbert::train::evaluate(&model, &cache, 8).unwrap();
+    assert_eq!(a, b, "two evaluations differ: dropout is on");
+    assert_eq!(a.questions, 20);
+    let (batch, _) = medbert::batch::collate(&cache, &[0, 1], Device::Cpu).unwrap();
+    let logits = tch::no_grad(|| model.forward(&batch, false)).unwrap();
+    assert!(!logits.requires_grad(), "evaluation recorded an autograd graph");
+}
