@@ -244,11 +244,40 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     medbert::prep::run(&opts).unwrap();
     let cache = medbert::prep::cache::PreparedCache::open(&opts.output).unwrap();
     let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
-    let a = medbert::train::evaluate(&model, &cache, 8).unwrap();
-    let b = medbert::train::evaluate(&model, &cache, 8).unwrap();
+    let a = medbert::train::evaluate(&model, &cache, None, 8).unwrap();
+    let b = medbert::train::evaluate(&model, &cache, None, 8).unwrap();
     assert_eq!(a, b, "two evaluations differ: dropout is on");
     assert_eq!(a.questions, 20);
     let (batch, _) = medbert::batch::collate(&cache, &[0, 1], Device::Cpu).unwrap();
     let logits = tch::no_grad(|| model.forward(&batch, false)).unwrap();
     assert!(!logits.requires_grad(), "evaluation recorded an autograd graph");
+}
+
+#[test]
+fn holdout_evaluates_the_last_questions_of_the_training_file() {
+    let dir = common::scratch_dir().join("holdout");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("d.json");
+    synthetic_task(&data, 40, 4);
+    let run = |extra: &[&str]| {
+        std::process::Command::new(common::medbert_bin())
+            .args(["train", "--max-steps", "2", "--per-device-train-batch-size", "8", "--device", "cpu"])
+            .arg("--model")
+            .arg(common::default_model())
+            .arg("--train-file")
+            .arg(&data)
+            .arg("--output-dir")
+            .arg(dir.join("run"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--holdout", "10"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["final_eval"]["questions"], 10);
+    assert_eq!(summary["steps"], 2);
+    let out = run(&["--holdout", "40"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--holdout 40 must be between 1 and 39"));
 }

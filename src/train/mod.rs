@@ -34,6 +34,8 @@ pub struct TrainArgs {
     pub model_dir: PathBuf,
     pub train_cache: PathBuf,
     pub eval_cache: Option<PathBuf>,
+    /// Without an evaluation cache: hold out the last N training questions (file order).
+    pub holdout: Option<usize>,
     pub output_dir: PathBuf,
     pub learning_rate: f64,
     pub per_device_train_batch_size: usize,
@@ -78,14 +80,28 @@ impl EvalResult {
     }
 }
 
-/// Loss and accuracy of `model` on the labelled questions of `cache` (eval mode, no graph).
-pub fn evaluate(model: &MultipleChoiceModel, cache: &PreparedCache, batch_size: usize) -> Result<EvalResult> {
+/// Loss and accuracy of `model` on the labelled questions of `cache` among `questions`
+/// (all when None), in eval mode without a graph.
+pub fn evaluate(
+    model: &MultipleChoiceModel,
+    cache: &PreparedCache,
+    questions: Option<&[usize]>,
+    batch_size: usize,
+) -> Result<EvalResult> {
     let labels = cache.labels()?;
     let subjects = cache.subjects()?;
     let names = &cache.manifest.subjects;
     let mut per_subject = vec![(0usize, 0usize); names.len()];
     let mut out = EvalResult::default();
-    let labelled: Vec<usize> = (0..cache.len()).filter(|&q| labels[q] >= 0).collect();
+    let all: Vec<usize>;
+    let questions = match questions {
+        Some(q) => q,
+        None => {
+            all = (0..cache.len()).collect();
+            &all
+        }
+    };
+    let labelled: Vec<usize> = questions.iter().copied().filter(|&q| labels[q] >= 0).collect();
     tch::no_grad(|| -> Result<()> {
         for chunk in labelled.chunks(batch_size.max(1)) {
             let (batch, y) = collate(cache, chunk, model.vs.device())?;
@@ -147,6 +163,8 @@ struct Tracker {
     best: Option<f64>,
     bad: usize,
     last: Option<EvalResult>,
+    /// Time spent evaluating and saving, excluded from the training throughput.
+    spent: std::time::Duration,
 }
 
 impl Tracker {
@@ -155,14 +173,15 @@ impl Tracker {
     fn evaluate(
         &mut self,
         args: &TrainArgs,
-        cache: Option<&PreparedCache>,
+        eval: Option<(&PreparedCache, Option<&[usize]>)>,
         model: &MultipleChoiceModel,
         metrics: &mut MetricsLog,
         step: usize,
         epoch: f64,
     ) -> Result<bool> {
-        let Some(cache) = cache else { return Ok(false) };
-        let r = evaluate(model, cache, args.per_device_eval_batch_size)?;
+        let Some((cache, questions)) = eval else { return Ok(false) };
+        let started = Instant::now();
+        let r = evaluate(model, cache, questions, args.per_device_eval_batch_size)?;
         metrics.write(serde_json::json!({"step": step, "epoch": epoch, "eval_loss": r.loss(),
             "eval_accuracy": r.accuracy(), "eval_questions": r.questions, "per_subject": r.per_subject}))?;
         tracing::info!(step, loss = r.loss(), accuracy = r.accuracy(), "evaluation");
@@ -174,6 +193,7 @@ impl Tracker {
             self.bad += 1;
         }
         self.last = Some(r);
+        self.spent += started.elapsed();
         Ok(args.patience.is_some_and(|p| self.bad >= p))
     }
 }
@@ -198,18 +218,32 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
     if train_cache.labels()?.iter().any(|&l| l < 0) {
         return Err(Error::Input(format!("{}: training data must be labelled", args.train_cache.display())));
     }
+    let n = train_cache.len();
+    let held = match (args.holdout, &eval_cache) {
+        (Some(_), Some(_)) => return Err(Error::Input("--holdout and a validation file exclude each other".into())),
+        (Some(h), None) if h == 0 || h >= n => {
+            return Err(Error::Input(format!("--holdout {h} must be between 1 and {} (the training questions)", n - 1)))
+        }
+        (Some(h), None) => h,
+        (None, _) => 0,
+    };
+    let train_idx: Vec<usize> = (0..n - held).collect();
+    let holdout_idx: Vec<usize> = (n - held..n).collect();
+    let eval_set = match (&eval_cache, held) {
+        (Some(cache), _) => Some((cache, None)),
+        (None, 0) => None,
+        (None, _) => Some((&train_cache, Some(holdout_idx.as_slice()))),
+    };
     let batch = args.per_device_train_batch_size;
+    let lengths = question_lengths(&train_cache)?;
     let sampler = Sampler {
-        len: train_cache.len(),
+        len: train_idx.len(),
         world_size: 1,
         rank: 0,
         shuffle: true,
         seed: args.seed,
         drop_last: false,
-        group_by_length: args
-            .group_by_length
-            .then(|| question_lengths(&train_cache).map(|l| (l, batch)))
-            .transpose()?,
+        group_by_length: args.group_by_length.then(|| (train_idx.iter().map(|&q| lengths[q]).collect(), batch)),
     };
     let per_epoch = steps_per_epoch(sampler.num_samples(), batch, args.gradient_accumulation_steps);
     let total_steps =
@@ -231,7 +265,8 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
     let mut stopped_early = false;
     'epochs: while step < total_steps {
         let shard = sampler.shard(epoch);
-        let batches: Vec<Vec<usize>> = shard.chunks(batch).map(|c| c.iter().map(|s| s.index).collect()).collect();
+        let batches: Vec<Vec<usize>> =
+            shard.chunks(batch).map(|c| c.iter().map(|s| train_idx[s.index]).collect()).collect();
         let n_groups = per_epoch;
         for (g, group) in batches.chunks(args.gradient_accumulation_steps).take(n_groups).enumerate() {
             let mut loss_sum = 0.0;
@@ -251,7 +286,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
             opt.zero_grad();
             step += 1;
             let epoch_f = epoch as f64 + (g + 1) as f64 / n_groups as f64;
-            let qps = seen as f64 / started.elapsed().as_secs_f64();
+            let qps = seen as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
             bar.set_message(format!("loss {loss_sum:.4} lr {lr:.2e} {qps:.1} q/s"));
             bar.inc(1);
             if step % args.logging_steps.max(1) == 0 || step == total_steps {
@@ -260,7 +295,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
                     "grad_norm": grad_norm, "questions_per_second": qps}))?;
             }
             if args.eval_steps.is_some_and(|n| step % n == 0)
-                && tracker.evaluate(args, eval_cache.as_ref(), &model, &mut metrics, step, epoch_f)?
+                && tracker.evaluate(args, eval_set, &model, &mut metrics, step, epoch_f)?
             {
                 stopped_early = true;
                 break 'epochs;
@@ -270,18 +305,18 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
             }
         }
         epoch += 1;
-        if tracker.evaluate(args, eval_cache.as_ref(), &model, &mut metrics, step, epoch as f64)? {
+        if tracker.evaluate(args, eval_set, &model, &mut metrics, step, epoch as f64)? {
             stopped_early = true;
             break;
         }
     }
     bar.finish_and_clear();
-    let qps = seen as f64 / started.elapsed().as_secs_f64();
+    let qps = seen as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
     let checkpoint = args.output_dir.join("final");
     checkpoint::save(&checkpoint, &model.vs, &args.model_dir)?;
     Ok(TrainSummary {
         steps: step,
-        epochs_run: seen as f64 / train_cache.len().max(1) as f64,
+        epochs_run: seen as f64 / train_idx.len().max(1) as f64,
         train_questions_per_second: qps,
         final_eval: tracker.last,
         best_eval_loss: tracker.best,

@@ -32,6 +32,10 @@ pub struct TrainCli {
     /// Evaluation data, as --train-file.
     #[arg(long, env = "MEDBERT_VALIDATION_FILE")]
     pub validation_file: Option<PathBuf>,
+    /// Without --validation-file: evaluate on the last N questions of the training file
+    /// (file order) and train on the rest.
+    #[arg(long, env = "MEDBERT_HOLDOUT")]
+    pub holdout: Option<usize>,
     #[arg(long, env = "MEDBERT_OUTPUT_DIR", default_value = "runs/medbert")]
     pub output_dir: PathBuf,
     #[arg(long, env = "MEDBERT_LEARNING_RATE", default_value_t = 5e-5)]
@@ -129,6 +133,7 @@ pub fn run_train(cli: TrainCli) -> Result<()> {
         model_dir: cli.model,
         train_cache,
         eval_cache,
+        holdout: cli.holdout,
         output_dir: cli.output_dir,
         learning_rate: cli.learning_rate,
         per_device_train_batch_size: cli.per_device_train_batch_size,
@@ -176,7 +181,7 @@ pub fn run_eval(cli: EvalCli) -> Result<()> {
     let cache = cache_for(&cli.validation_file, &cli.cache_dir, &cli.model, cli.data.max_length)?;
     let cache = PreparedCache::open(&cache)?;
     let (model, _) = MultipleChoiceModel::from_dir(&cli.model, device)?;
-    let r = evaluate(&model, &cache, cli.per_device_eval_batch_size)?;
+    let r = evaluate(&model, &cache, None, cli.per_device_eval_batch_size)?;
     println!("{}", serde_json::json!({"questions": r.questions, "accuracy": r.accuracy(), "loss": r.loss()}));
     Ok(())
 }
