@@ -159,14 +159,12 @@ pub fn run_train(cli: TrainCli) -> Result<()> {
     Ok(())
 }
 
+/// What `eval` and `predict` share: the model, batch size, where raw files are prepared.
 #[derive(Args, Debug)]
-pub struct EvalCli {
+pub struct InferenceArgs {
     /// A checkpoint or model directory.
     #[arg(long, env = settings::MODEL_VAR)]
     pub model: PathBuf,
-    /// A raw MedMCQA file or a prepared cache.
-    #[arg(long)]
-    pub validation_file: PathBuf,
     #[arg(long, default_value_t = 32)]
     pub per_device_eval_batch_size: usize,
     /// Where prepared caches of raw files go.
@@ -176,42 +174,50 @@ pub struct EvalCli {
     pub data: DataArgs,
 }
 
+impl InferenceArgs {
+    /// The model on its device and the cache of `file`.
+    fn load(&self, file: &Path) -> Result<(MultipleChoiceModel, PreparedCache)> {
+        let device = device(&self.data.device)?;
+        let cache = PreparedCache::open(&cache_for(file, &self.cache_dir, &self.model, self.data.max_length)?)?;
+        let (model, _) = MultipleChoiceModel::from_dir(&self.model, device)?;
+        Ok((model, cache))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EvalCli {
+    /// A raw MedMCQA file or a prepared cache.
+    #[arg(long)]
+    pub validation_file: PathBuf,
+    #[command(flatten)]
+    pub common: InferenceArgs,
+}
+
 pub fn run_eval(cli: EvalCli) -> Result<()> {
-    let device = device(&cli.data.device)?;
-    let cache = cache_for(&cli.validation_file, &cli.cache_dir, &cli.model, cli.data.max_length)?;
-    let cache = PreparedCache::open(&cache)?;
-    let (model, _) = MultipleChoiceModel::from_dir(&cli.model, device)?;
-    let r = evaluate(&model, &cache, None, cli.per_device_eval_batch_size)?;
+    let (model, cache) = cli.common.load(&cli.validation_file)?;
+    let r = evaluate(&model, &cache, None, cli.common.per_device_eval_batch_size)?;
     println!("{}", serde_json::json!({"questions": r.questions, "accuracy": r.accuracy(), "loss": r.loss()}));
     Ok(())
 }
 
 #[derive(Args, Debug)]
 pub struct PredictCli {
-    #[arg(long, env = settings::MODEL_VAR)]
-    pub model: PathBuf,
     /// A raw MedMCQA file (labels not needed) or a prepared cache.
     #[arg(long)]
     pub test_file: PathBuf,
     /// The CSV to write: id, predicted option (1-4), and the four probabilities.
     #[arg(long)]
     pub output: PathBuf,
-    #[arg(long, default_value_t = 32)]
-    pub per_device_eval_batch_size: usize,
-    #[arg(long, default_value = "runs/medbert/prepared")]
-    pub cache_dir: PathBuf,
     #[command(flatten)]
-    pub data: DataArgs,
+    pub common: InferenceArgs,
 }
 
 pub fn run_predict(cli: PredictCli) -> Result<()> {
-    let device = device(&cli.data.device)?;
-    let cache = cache_for(&cli.test_file, &cli.cache_dir, &cli.model, cli.data.max_length)?;
-    let cache = PreparedCache::open(&cache)?;
-    let (model, _) = MultipleChoiceModel::from_dir(&cli.model, device)?;
+    let (model, cache) = cli.common.load(&cli.test_file)?;
+    let device = model.vs.device();
     let mut csv = String::from("id,prediction,p_opa,p_opb,p_opc,p_opd\n");
     let all: Vec<usize> = (0..cache.len()).collect();
-    for chunk in all.chunks(cli.per_device_eval_batch_size.max(1)) {
+    for chunk in all.chunks(cli.common.per_device_eval_batch_size.max(1)) {
         let (batch, _) = collate(&cache, chunk, device)?;
         let probs =
             tch::no_grad(|| model.forward(&batch, false))?.softmax(-1, tch::Kind::Float).to_device(tch::Device::Cpu);
