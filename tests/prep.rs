@@ -300,3 +300,35 @@ fn lemmatize_encodes_the_wordnet_lemmas() {
     assert_ok(&prep(&[&inflected], &dir.join("c"), &[]));
     assert_ne!(PreparedCache::open(&dir.join("c")).unwrap().input_ids().unwrap(), a.input_ids().unwrap());
 }
+
+/// A WordPiece model that ships only vocab.txt (as many BioBERT checkpoints do) encodes as
+/// its tokenizer.json does.
+#[test]
+fn a_vocab_txt_model_encodes_like_its_tokenizer_json() {
+    let dir = workdir("vocab_only");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for file in ["vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(common::default_model().join(file), model.join(file)).unwrap();
+    }
+    let input = dir.join("q.json");
+    std::fs::write(&input, GOOD).unwrap();
+    let run = |model_dir: &Path, out: &Path| {
+        let out_ = Command::new(common::medbert_bin())
+            .args(["prep", "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(out)
+            .arg("--model")
+            .arg(model_dir)
+            .output()
+            .unwrap();
+        assert_ok(&out_);
+        PreparedCache::open(out).unwrap()
+    };
+    let a = run(&model, &dir.join("from_vocab"));
+    let b = run(&common::default_model(), &dir.join("from_json"));
+    assert!(a.manifest.encoding.tokenizer.ends_with("vocab.txt"));
+    assert_eq!(a.input_ids().unwrap(), b.input_ids().unwrap());
+    assert_eq!(a.token_type_ids().unwrap(), b.token_type_ids().unwrap());
+}
