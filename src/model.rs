@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use rust_bert::bert::{BertConfig, BertForMultipleChoice};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 pub const CONFIG_FILE: &str = "config.json";
@@ -174,11 +174,6 @@ fn copy_into(
     })?;
     report.unexpected = by_name.into_values().map(|(original, _)| original).collect();
     Ok(report)
-}
-
-/// The directory a model was loaded from, as given or as found in the environment.
-pub fn default_model_dir() -> Option<PathBuf> {
-    std::env::var_os(crate::settings::MODEL_VAR).map(PathBuf::from)
 }
 
 #[cfg(test)]
