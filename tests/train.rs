@@ -281,3 +281,60 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--holdout 40 must be between 1 and 39"));
 }
+
+/// An interrupted run (SIGKILL after its first checkpoint) resumed with `--resume` ends
+/// with bit-identical weights to an uninterrupted run, across an epoch boundary and with
+/// gradient accumulation.
+#[test]
+fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
+    let dir = common::scratch_dir().join("resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let data = dir.join("d.json");
+    synthetic_task(&data, 40, 5);
+    let command = |out: &str, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(common::medbert_bin());
+        cmd.args(["train", "--max-steps", "8", "--save-steps", "2", "--save-total-limit", "2"])
+            .args(["--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2"])
+            .args(["--learning-rate", "1e-4", "--warmup-steps", "2", "--device", "cpu"])
+            .arg("--model")
+            .arg(common::default_model())
+            .arg("--train-file")
+            .arg(&data)
+            .arg("--output-dir")
+            .arg(dir.join(out))
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let whole = command("whole", &[]).output().unwrap();
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+
+    let mut child = command("cut", &[]).spawn().unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !dir.join("cut/checkpoint-2").exists() {
+        assert!(std::time::Instant::now() < until, "no checkpoint-2 appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!dir.join("cut/final").exists(), "the run finished before it was killed");
+    let kept: Vec<_> =
+        std::fs::read_dir(dir.join("whole")).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(kept.iter().filter(|n| n.to_string_lossy().starts_with("checkpoint-")).count() == 2, "{kept:?}");
+
+    let resumed = command("cut", &["--resume"]).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let read = |run: &str| -> HashMap<String, Tensor> {
+        Tensor::read_safetensors(dir.join(run).join("final").join(WEIGHTS_FILE)).unwrap().into_iter().collect()
+    };
+    let (a, b) = (read("whole"), read("cut"));
+    assert_eq!(a.len(), 105);
+    for (name, t) in &a {
+        assert!(t.equal(&b[name]), "{name} differs after resuming");
+    }
+
+    let none = command("empty", &["--resume"]).output().unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no checkpoint-<step>"));
+}

@@ -3,16 +3,109 @@
 //! loads them. Written into a temporary sibling and renamed into place: a crash never leaves
 //! a half-written checkpoint where a good one was.
 
+use super::optim::AdamW;
 use crate::atomic::StagedDir;
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::path::Path;
+use std::path::PathBuf;
 use tch::nn::VarStore;
 
 /// Files copied from the source model directory when present.
 const MODEL_FILES: [&str; 5] =
     ["config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
 
+/// Where a run stands, saved beside the weights of `checkpoint-<step>` for `--resume`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    pub epoch: u64,
+    /// Accumulation groups of `epoch` already done: training resumes at the next one.
+    pub group: usize,
+    pub seen: usize,
+    pub best_eval_loss: Option<f64>,
+    pub evals_without_improvement: usize,
+}
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const PREFIX: &str = "checkpoint-";
+
+/// Saves the model as `save` does, plus the trainer state and the optimizer moments.
+pub fn save_resumable(
+    dest: &Path,
+    vs: &VarStore,
+    source_model: &Path,
+    state: &TrainerState,
+    opt: &AdamW,
+) -> Result<()> {
+    save_with(dest, vs, source_model, |staged| {
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Input(e.to_string()))?;
+        staged.write(STATE_FILE, &json)?;
+        write_hf_safetensors(&staged.file(OPTIMIZER_FILE), &opt.state())
+    })
+}
+
+/// Reads what `save_resumable` wrote.
+pub fn load_resumable(dir: &Path) -> Result<(TrainerState, HashMap<String, tch::Tensor>)> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let state = serde_json::from_str(&text).map_err(|e| Error::data(&path, None, None, e.to_string()))?;
+    let path = dir.join(OPTIMIZER_FILE);
+    let moments = tch::Tensor::read_safetensors(&path)
+        .map_err(|e| Error::Weights { path: path.clone(), message: e.to_string() })?
+        .into_iter()
+        .collect();
+    Ok((state, moments))
+}
+
+/// The `checkpoint-<step>` directories under `dir` that hold a trainer state, by step.
+pub fn resumable(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let mut out: Vec<(usize, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let step = e.file_name().to_str()?.strip_prefix(PREFIX)?.parse().ok()?;
+            e.path().join(STATE_FILE).is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+pub fn dir_for_step(output_dir: &Path, step: usize) -> PathBuf {
+    output_dir.join(format!("{PREFIX}{step}"))
+}
+
+/// The checkpoints to delete so that only the newest `keep` remain.
+pub fn to_delete(steps: &[usize], keep: usize) -> Vec<usize> {
+    let mut sorted = steps.to_vec();
+    sorted.sort_unstable();
+    sorted[..sorted.len().saturating_sub(keep)].to_vec()
+}
+
+/// Deletes all but the newest `keep` resumable checkpoints.
+pub fn prune(output_dir: &Path, keep: usize) -> Result<()> {
+    let found = resumable(output_dir)?;
+    let steps: Vec<usize> = found.iter().map(|(s, _)| *s).collect();
+    for step in to_delete(&steps, keep) {
+        let dir = dir_for_step(output_dir, step);
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    Ok(())
+}
+
 pub fn save(dest: &Path, vs: &VarStore, source_model: &Path) -> Result<()> {
+    save_with(dest, vs, source_model, |_| Ok(()))
+}
+
+fn save_with(
+    dest: &Path,
+    vs: &VarStore,
+    source_model: &Path,
+    extra: impl FnOnce(&StagedDir) -> Result<()>,
+) -> Result<()> {
     let staged = StagedDir::new(dest)?;
     let mut named: Vec<(String, tch::Tensor)> =
         vs.variables().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
@@ -24,6 +117,7 @@ pub fn save(dest: &Path, vs: &VarStore, source_model: &Path) -> Result<()> {
             std::fs::copy(&src, staged.file(name)).map_err(|e| Error::io(&src, e))?;
         }
     }
+    extra(&staged)?;
     staged.publish()
 }
 
@@ -47,4 +141,16 @@ pub fn write_hf_safetensors(path: &Path, named: &[(String, tch::Tensor)]) -> Res
     let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
     safetensors::serialize_to_file(views, &metadata, path)
         .map_err(|e| Error::Input(format!("{}: {e:?}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_delete;
+
+    #[test]
+    fn keeps_the_newest() {
+        assert_eq!(to_delete(&[30, 10, 20, 40], 2), [10, 20]);
+        assert_eq!(to_delete(&[10], 3), Vec::<usize>::new());
+        assert_eq!(to_delete(&[10, 20], 0), [10, 20]);
+    }
 }

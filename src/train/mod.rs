@@ -55,6 +55,12 @@ pub struct TrainArgs {
     #[serde(serialize_with = "device_name")]
     pub device: Device,
     pub progress: bool,
+    /// Save a resumable `checkpoint-<step>` every N optimizer steps.
+    pub save_steps: Option<usize>,
+    /// Keep only the newest K resumable checkpoints.
+    pub save_total_limit: Option<usize>,
+    /// Continue from the newest resumable checkpoint in the output directory.
+    pub resume: bool,
 }
 
 fn device_name<S: serde::Serializer>(d: &Device, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -209,7 +215,17 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
     }
     std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::io(&args.output_dir, e))?;
     tch::manual_seed(args.seed as i64);
-    let (model, report) = MultipleChoiceModel::from_dir(&args.model_dir, args.device)?;
+    let resume_from = match args.resume {
+        true => Some(checkpoint::resumable(&args.output_dir)?.pop().map(|(_, dir)| dir).ok_or_else(|| {
+            Error::Input(format!(
+                "--resume: no checkpoint-<step> with a trainer state in {}",
+                args.output_dir.display()
+            ))
+        })?),
+        false => None,
+    };
+    let (model, report) =
+        MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&args.model_dir), args.device)?;
     if !report.initialised.is_empty() || !report.unexpected.is_empty() {
         tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
     }
@@ -260,15 +276,24 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
     );
 
     let started = Instant::now();
-    let (mut step, mut seen, mut epoch) = (0usize, 0usize, 0u64);
+    let (mut step, mut seen, mut epoch, mut skip) = (0usize, 0usize, 0u64, 0usize);
     let mut tracker = Tracker::default();
+    if let Some(dir) = &resume_from {
+        let (state, moments) = checkpoint::load_resumable(dir)?;
+        opt.load_state(&moments, state.step as i64)?;
+        (step, seen, epoch, skip) = (state.step, state.seen, state.epoch, state.group);
+        (tracker.best, tracker.bad) = (state.best_eval_loss, state.evals_without_improvement);
+        bar.set_position(step as u64);
+        tracing::info!(checkpoint = %dir.display(), step, epoch, "resuming");
+    }
     let mut stopped_early = false;
     'epochs: while step < total_steps {
         let shard = sampler.shard(epoch);
         let batches: Vec<Vec<usize>> =
             shard.chunks(batch).map(|c| c.iter().map(|s| train_idx[s.index]).collect()).collect();
         let n_groups = per_epoch;
-        for (g, group) in batches.chunks(args.gradient_accumulation_steps).take(n_groups).enumerate() {
+        let skipped = std::mem::take(&mut skip);
+        for (g, group) in batches.chunks(args.gradient_accumulation_steps).take(n_groups).enumerate().skip(skipped) {
             let mut loss_sum = 0.0;
             for (m, micro) in group.iter().enumerate() {
                 // Dropout masks depend only on (seed, step, micro-batch), so a resumed run
@@ -293,6 +318,21 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
                 metrics
                     .write(serde_json::json!({"step": step, "epoch": epoch_f, "loss": loss_sum, "learning_rate": lr,
                     "grad_norm": grad_norm, "questions_per_second": qps}))?;
+            }
+            if args.save_steps.is_some_and(|n| step % n == 0) {
+                let state = checkpoint::TrainerState {
+                    step,
+                    epoch,
+                    group: g + 1,
+                    seen,
+                    best_eval_loss: tracker.best,
+                    evals_without_improvement: tracker.bad,
+                };
+                let dir = checkpoint::dir_for_step(&args.output_dir, step);
+                checkpoint::save_resumable(&dir, &model.vs, &args.model_dir, &state, &opt)?;
+                if let Some(keep) = args.save_total_limit {
+                    checkpoint::prune(&args.output_dir, keep)?;
+                }
             }
             if args.eval_steps.is_some_and(|n| step % n == 0)
                 && tracker.evaluate(args, eval_set, &model, &mut metrics, step, epoch_f)?

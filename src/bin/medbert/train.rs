@@ -73,6 +73,16 @@ pub struct TrainCli {
     pub eval_steps: Option<usize>,
     #[arg(long, env = "MEDBERT_LOGGING_STEPS", default_value_t = 10)]
     pub logging_steps: usize,
+    /// Save a resumable checkpoint-<step> (weights, optimizer moments, position) every N steps.
+    #[arg(long, env = "MEDBERT_SAVE_STEPS")]
+    pub save_steps: Option<usize>,
+    /// Keep only the newest K checkpoint-<step> directories.
+    #[arg(long, env = "MEDBERT_SAVE_TOTAL_LIMIT")]
+    pub save_total_limit: Option<usize>,
+    /// Continue from the newest checkpoint-<step> in --output-dir, at the exact next batch
+    /// (same flags and data as the interrupted run).
+    #[arg(long, env = "MEDBERT_RESUME")]
+    pub resume: bool,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -152,6 +162,9 @@ pub fn run_train(cli: TrainCli) -> Result<()> {
         logging_steps: cli.logging_steps,
         device,
         progress: true,
+        save_steps: cli.save_steps,
+        save_total_limit: cli.save_total_limit,
+        resume: cli.resume,
     };
     eprintln!("effective configuration:\n{}", serde_json::to_string_pretty(&args)?);
     let summary = train::train(&args)?;
