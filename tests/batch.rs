@@ -34,18 +34,7 @@ fn collate_pads_like_the_tokenizer_and_keeps_labels() {
         })
         .collect();
     std::fs::write(&input, lines.join("\n")).unwrap();
-    let opts = PrepOptions {
-        inputs: vec![input],
-        output: dir.join("cache"),
-        model_dir: common::default_model(),
-        format: None,
-        cop_base: None,
-        max_length: 128,
-        pair: false,
-        context_exp: false,
-        lemmatize: None,
-        progress: false,
-    };
+    let opts = PrepOptions::new(vec![input], dir.join("cache"), common::default_model(), 128);
     prep::run(&opts).unwrap();
     let cache = PreparedCache::open(&opts.output).unwrap();
 

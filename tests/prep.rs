@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn prep(inputs: &[&Path], output: &Path, extra: &[&str]) -> Output {
+    prep_with_model(&common::default_model(), inputs, output, extra)
+}
+
+fn prep_with_model(model: &Path, inputs: &[&Path], output: &Path, extra: &[&str]) -> Output {
     let mut cmd = Command::new(common::medbert_bin());
-    cmd.arg("prep").arg("--output").arg(output).arg("--model").arg(common::default_model());
+    cmd.arg("prep").arg("--output").arg(output).arg("--model").arg(model);
     for input in inputs {
         cmd.arg("--input").arg(input);
     }
@@ -314,16 +318,7 @@ fn a_vocab_txt_model_encodes_like_its_tokenizer_json() {
     let input = dir.join("q.json");
     std::fs::write(&input, GOOD).unwrap();
     let run = |model_dir: &Path, out: &Path| {
-        let out_ = Command::new(common::medbert_bin())
-            .args(["prep", "--input"])
-            .arg(&input)
-            .arg("--output")
-            .arg(out)
-            .arg("--model")
-            .arg(model_dir)
-            .output()
-            .unwrap();
-        assert_ok(&out_);
+        assert_ok(&prep_with_model(model_dir, &[&input], out, &[]));
         PreparedCache::open(out).unwrap()
     };
     let a = run(&model, &dir.join("from_vocab"));

@@ -229,18 +229,7 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("d.json");
     synthetic_task(&data, 20, 3);
-    let opts = medbert::prep::PrepOptions {
-        inputs: vec![data],
-        output: dir.join("cache"),
-        model_dir: common::default_model(),
-        format: None,
-        cop_base: None,
-        max_length: 64,
-        pair: false,
-        context_exp: false,
-        lemmatize: None,
-        progress: false,
-    };
+    let opts = medbert::prep::PrepOptions::new(vec![data], dir.join("cache"), common::default_model(), 64);
     medbert::prep::run(&opts).unwrap();
     let cache = medbert::prep::cache::PreparedCache::open(&opts.output).unwrap();
     let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();

@@ -36,6 +36,25 @@ pub struct PrepOptions {
     pub progress: bool,
 }
 
+impl PrepOptions {
+    /// The defaults: formats and conventions from the files, `[CLS] question option [SEP]`,
+    /// no lemmas, no progress bar.
+    pub fn new(inputs: Vec<PathBuf>, output: PathBuf, model_dir: PathBuf, max_length: usize) -> Self {
+        PrepOptions {
+            inputs,
+            output,
+            model_dir,
+            format: None,
+            cop_base: None,
+            max_length,
+            pair: false,
+            context_exp: false,
+            lemmatize: None,
+            progress: false,
+        }
+    }
+}
+
 /// What `prep` did.
 #[derive(Debug)]
 pub struct PrepReport {

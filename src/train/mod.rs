@@ -251,7 +251,6 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
         (None, _) => Some((&train_cache, Some(holdout_idx.as_slice()))),
     };
     let batch = args.per_device_train_batch_size;
-    let lengths = question_lengths(&train_cache)?;
     let sampler = Sampler {
         len: train_idx.len(),
         world_size: 1,
@@ -259,7 +258,13 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
         shuffle: true,
         seed: args.seed,
         drop_last: false,
-        group_by_length: args.group_by_length.then(|| (train_idx.iter().map(|&q| lengths[q]).collect(), batch)),
+        group_by_length: match args.group_by_length {
+            true => {
+                let lengths = question_lengths(&train_cache)?;
+                Some((train_idx.iter().map(|&q| lengths[q]).collect(), batch))
+            }
+            false => None,
+        },
     };
     let per_epoch = steps_per_epoch(sampler.num_samples(), batch, args.gradient_accumulation_steps);
     let total_steps =

@@ -113,18 +113,7 @@ fn cache_for(path: &Path, cache_root: &Path, model: &Path, max_length: usize) ->
     }
     let stem = path.file_stem().map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
     let output = cache_root.join(stem);
-    let opts = PrepOptions {
-        inputs: vec![path.to_path_buf()],
-        output: output.clone(),
-        model_dir: model.to_path_buf(),
-        format: None,
-        cop_base: None,
-        max_length,
-        pair: false,
-        context_exp: false,
-        lemmatize: None,
-        progress: false,
-    };
+    let opts = PrepOptions::new(vec![path.to_path_buf()], output.clone(), model.to_path_buf(), max_length);
     let report = prep::run(&opts)?;
     tracing::info!(cache = %output.display(), hit = report.cache_hit, questions = report.manifest.questions, "prepared");
     Ok(output)
