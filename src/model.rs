@@ -8,11 +8,23 @@
 use crate::error::{Error, Result};
 use rust_bert::bert::{BertConfig, BertForMultipleChoice};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// PyTorch's pickle checkpoint, read when a directory has no safetensors file.
+pub const PICKLE_WEIGHTS_FILE: &str = "pytorch_model.bin";
+
+/// The weights file of an HF model directory: model.safetensors, else pytorch_model.bin.
+pub fn weights_file(dir: &Path) -> Result<PathBuf> {
+    [WEIGHTS_FILE, PICKLE_WEIGHTS_FILE].iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
+        Error::Weights {
+            path: dir.to_path_buf(),
+            message: format!("neither {WEIGHTS_FILE} nor {PICKLE_WEIGHTS_FILE} found"),
+        }
+    })
+}
 const CLASSIFIER_PREFIX: &str = "classifier.";
 
 /// Reads an HF `config.json` (unchanged) into rust-bert's config.
@@ -63,18 +75,24 @@ impl MultipleChoiceModel {
         MultipleChoiceModel { vs, net, config }
     }
 
-    /// Loads `config.json` and `model.safetensors` from an HF model directory.
+    /// Loads `config.json` and the weights (model.safetensors or pytorch_model.bin) from an
+    /// HF model directory.
     pub fn from_dir(dir: &Path, device: Device) -> Result<(Self, LoadReport)> {
         let config = read_config(&dir.join(CONFIG_FILE))?;
         let mut model = MultipleChoiceModel::new(config, device);
-        let report = model.load_safetensors(&dir.join(WEIGHTS_FILE))?;
+        let report = model.load_weights(&weights_file(dir)?)?;
         Ok((model, report))
     }
 
-    /// Copies an HF safetensors checkpoint into the variables.
-    pub fn load_safetensors(&mut self, path: &Path) -> Result<LoadReport> {
-        let tensors = Tensor::read_safetensors(path)
-            .map_err(|e| Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
+    /// Copies an HF checkpoint (safetensors, or PyTorch's pickle format for `.bin`/`.pt`)
+    /// into the variables.
+    pub fn load_weights(&mut self, path: &Path) -> Result<LoadReport> {
+        let pickle = matches!(path.extension().and_then(|e| e.to_str()), Some("bin" | "pt"));
+        let tensors = match pickle {
+            true => Tensor::loadz_multi_with_device(path, Device::Cpu),
+            false => Tensor::read_safetensors(path),
+        }
+        .map_err(|e| Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
         let init_std = f64::from(self.config.initializer_range);
         copy_into(&self.vs.variables(), tensors, path, init_std)
     }

@@ -71,6 +71,18 @@ fn transformers_multiple_choice_checkpoint_loads_whole() {
 }
 
 #[test]
+fn pytorch_model_bin_checkpoint_loads_like_safetensors() {
+    let (out, r) = &reference();
+    let dir = out.join("mc_model_bin");
+    assert!(!dir.join(WEIGHTS_FILE).exists() && dir.join(medbert::model::PICKLE_WEIGHTS_FILE).is_file());
+    let (model, report) = MultipleChoiceModel::from_dir(&dir, Device::Cpu).unwrap();
+    assert!(report.initialised.is_empty(), "{report:?}");
+    assert_eq!(report.loaded, 105);
+    let diff = max_abs_diff(&logits(&model, r), &r["logits"]);
+    assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
+}
+
+#[test]
 fn our_tokenization_matches_the_hf_tokenizer() {
     let (_, r) = &reference();
     let tokenizer = medbert::encode::load_tokenizer(&common::default_model(), 128).unwrap();

@@ -20,7 +20,7 @@ fn reference_model(model_dir: &Path, start: &HashMap<String, Tensor>) -> Multipl
     config.hidden_dropout_prob = 0.0;
     config.attention_probs_dropout_prob = 0.0;
     let mut model = MultipleChoiceModel::new(config, Device::Cpu);
-    model.load_safetensors(&model_dir.join(WEIGHTS_FILE)).unwrap();
+    model.load_weights(&model_dir.join(WEIGHTS_FILE)).unwrap();
     let vars = model.vs.variables();
     tch::no_grad(|| {
         for name in ["classifier.weight", "classifier.bias"] {
@@ -96,67 +96,13 @@ fn an_adamw_step_matches_torch() {
     assert!(d < 1e-7, "with torch's gradients {name} differs by {d:e}");
 }
 
-/// A task a model can only solve by reading: the answer is the option naming the word the
-/// question asks for, at a random position.
-fn synthetic_task(path: &std::path::Path, n: usize, seed: u64) {
-    const WORDS: [&str; 24] = [
-        "liver",
-        "kidney",
-        "heart",
-        "lung",
-        "brain",
-        "spleen",
-        "femur",
-        "tibia",
-        "retina",
-        "cochlea",
-        "thyroid",
-        "pancreas",
-        "aorta",
-        "trachea",
-        "bladder",
-        "uterus",
-        "prostate",
-        "cornea",
-        "pituitary",
-        "adrenal",
-        "colon",
-        "stomach",
-        "tongue",
-        "skin",
-    ];
-    let mut state = seed;
-    let mut next = |m: usize| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((state >> 33) as usize) % m
-    };
-    let mut lines = Vec::new();
-    for i in 0..n {
-        let mut picks: Vec<&str> = Vec::new();
-        while picks.len() < 4 {
-            let w = WORDS[next(WORDS.len())];
-            if !picks.contains(&w) {
-                picks.push(w);
-            }
-        }
-        let answer = next(4);
-        let q = format!("Which option names the {}?", picks[answer]);
-        lines.push(
-            serde_json::json!({"id": format!("s{seed}-{i}"), "question": q, "opa": picks[0], "opb": picks[1],
-                "opc": picks[2], "opd": picks[3], "cop": answer + 1})
-            .to_string(),
-        );
-    }
-    std::fs::write(path, lines.join("\n")).unwrap();
-}
-
 #[test]
 fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
     let dir = common::scratch_dir().join("learn");
     std::fs::create_dir_all(&dir).unwrap();
     let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
-    synthetic_task(&train, 256, 1);
-    synthetic_task(&valid, 96, 2);
+    common::synthetic_task(&train, 256, 1);
+    common::synthetic_task(&valid, 96, 2);
     let out = std::process::Command::new(common::medbert_bin())
         .args([
             "train",
@@ -228,7 +174,7 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     let dir = common::scratch_dir().join("eval_mode");
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("d.json");
-    synthetic_task(&data, 20, 3);
+    common::synthetic_task(&data, 20, 3);
     let opts = medbert::prep::PrepOptions::new(vec![data], dir.join("cache"), common::default_model(), 64);
     medbert::prep::run(&opts).unwrap();
     let cache = medbert::prep::cache::PreparedCache::open(&opts.output).unwrap();
@@ -247,7 +193,7 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
     let dir = common::scratch_dir().join("holdout");
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("d.json");
-    synthetic_task(&data, 40, 4);
+    common::synthetic_task(&data, 40, 4);
     let run = |extra: &[&str]| {
         std::process::Command::new(common::medbert_bin())
             .args(["train", "--max-steps", "2", "--per-device-train-batch-size", "8", "--device", "cpu"])
@@ -279,7 +225,7 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     let dir = common::scratch_dir().join("resume");
     std::fs::create_dir_all(&dir).unwrap();
     let data = dir.join("d.json");
-    synthetic_task(&data, 40, 5);
+    common::synthetic_task(&data, 40, 5);
     let command = |out: &str, extra: &[&str]| {
         let mut cmd = std::process::Command::new(common::medbert_bin());
         cmd.args(["train", "--max-steps", "8", "--save-steps", "2", "--save-total-limit", "2"])

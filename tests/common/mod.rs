@@ -69,3 +69,86 @@ pub fn medmcqa_dir(test: &str) -> Option<PathBuf> {
     }
     Some(dir)
 }
+
+/// A task a model can only solve by reading: the answer is the option naming the word the
+/// question asks for, at a random position.
+pub fn synthetic_task(path: &std::path::Path, n: usize, seed: u64) {
+    const WORDS: [&str; 24] = [
+        "liver",
+        "kidney",
+        "heart",
+        "lung",
+        "brain",
+        "spleen",
+        "femur",
+        "tibia",
+        "retina",
+        "cochlea",
+        "thyroid",
+        "pancreas",
+        "aorta",
+        "trachea",
+        "bladder",
+        "uterus",
+        "prostate",
+        "cornea",
+        "pituitary",
+        "adrenal",
+        "colon",
+        "stomach",
+        "tongue",
+        "skin",
+    ];
+    let mut state = seed;
+    let mut next = |m: usize| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % m
+    };
+    let mut lines = Vec::new();
+    for i in 0..n {
+        let mut picks: Vec<&str> = Vec::new();
+        while picks.len() < 4 {
+            let w = WORDS[next(WORDS.len())];
+            if !picks.contains(&w) {
+                picks.push(w);
+            }
+        }
+        let answer = next(4);
+        let q = format!("Which option names the {}?", picks[answer]);
+        lines.push(
+            serde_json::json!({"id": format!("s{seed}-{i}"), "question": q, "opa": picks[0], "opb": picks[1],
+                "opc": picks[2], "opd": picks[3], "cop": answer + 1})
+            .to_string(),
+        );
+    }
+    std::fs::write(path, lines.join("\n")).unwrap();
+}
+
+/// tests/fixtures/hub_server.py serving `root` on a loopback port; killed on drop.
+pub struct HubServer {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl HubServer {
+    pub fn start(root: &Path) -> HubServer {
+        use std::io::BufRead;
+        let mut child = Command::new(venv_python())
+            .arg(manifest_dir().join("tests/fixtures/hub_server.py"))
+            .arg(root)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start hub_server.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read port");
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("hub_server.py printed {line:?}"));
+        HubServer { child, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+}
+
+impl Drop for HubServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

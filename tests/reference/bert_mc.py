@@ -3,7 +3,8 @@
 usage: bert_mc.py MODEL_DIR OUT_DIR
 
 Writes OUT_DIR/reference.safetensors (inputs, classifier, logits) and OUT_DIR/mc_model/ (the
-same model saved by save_pretrained, so with `bert.`-prefixed names and the classifier).
+same model saved by save_pretrained, so with `bert.`-prefixed names and the classifier), and
+OUT_DIR/mc_model_bin/ (the same, as PyTorch's pickle pytorch_model.bin).
 """
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def main(model_dir: str, out_dir: str) -> None:
         str(out / "reference.safetensors"),
     )
     model.save_pretrained(out / "mc_model", safe_serialization=True)
+    model.save_pretrained(out / "mc_model_bin", safe_serialization=False)
 
 
 if __name__ == "__main__":

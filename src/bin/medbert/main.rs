@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use medbert::data::Format;
 use medbert::dist::{Backend, DistEnv, ProcessGroup};
 use medbert::prep::{self, PrepOptions};
-use medbert::{doctor, settings};
+use medbert::{doctor, hub, settings};
 use std::path::PathBuf;
 use std::time::Duration;
 use tch::{Kind, Tensor};
@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Report libtorch, CUDA, c10d backends and the default model, then run a forward pass.
     Doctor {
-        /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
+        /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json) or hub id.
         #[arg(long, env = settings::MODEL_VAR)]
         model: Option<PathBuf>,
     },
@@ -39,7 +39,7 @@ enum Command {
         /// The cache directory to create (replaced atomically when the inputs changed).
         #[arg(long)]
         output: PathBuf,
-        /// Model directory whose tokenizer encodes the text (tokenizer.json or vocab.txt).
+        /// Model directory or hub id whose tokenizer encodes the text (tokenizer.json or vocab.txt).
         #[arg(long, env = settings::MODEL_VAR)]
         model: PathBuf,
         /// Layout of every input; default: from each file's extension.
@@ -115,7 +115,7 @@ fn run() -> Result<()> {
                     settings::MODEL_VAR
                 )
             })?;
-            print!("{}", doctor::forward_report(&dir)?);
+            print!("{}", doctor::forward_report(&hub::resolve_model(&dir)?)?);
             Ok(())
         }
         Command::Prep {
@@ -134,7 +134,7 @@ fn run() -> Result<()> {
             let opts = PrepOptions {
                 inputs,
                 output,
-                model_dir: model,
+                model_dir: hub::resolve_model(&model)?,
                 format,
                 cop_base,
                 max_length,

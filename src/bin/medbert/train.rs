@@ -7,8 +7,8 @@ use medbert::batch::collate;
 use medbert::model::MultipleChoiceModel;
 use medbert::prep::cache::PreparedCache;
 use medbert::prep::{self, PrepOptions};
-use medbert::settings;
 use medbert::train::{self, evaluate, TrainArgs};
+use medbert::{hub, settings};
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]
@@ -23,7 +23,7 @@ pub struct DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainCli {
-    /// Model directory to start from (HF layout).
+    /// Model to start from: an HF model directory or a hub id (e.g. dmis-lab/biobert-base-cased-v1.2).
     #[arg(long, env = settings::MODEL_VAR)]
     pub model: PathBuf,
     /// Training data: a raw MedMCQA file (prepared automatically) or a prepared cache.
@@ -119,8 +119,9 @@ fn cache_for(path: &Path, cache_root: &Path, model: &Path, max_length: usize) ->
     Ok(output)
 }
 
-pub fn run_train(cli: TrainCli) -> Result<()> {
+pub fn run_train(mut cli: TrainCli) -> Result<()> {
     let device = device(&cli.data.device)?;
+    cli.model = hub::resolve_model(&cli.model)?;
     let cache_root = cli.output_dir.join("prepared");
     let train_cache = cache_for(&cli.train_file, &cache_root, &cli.model, cli.data.max_length)?;
     let eval_cache = cli
@@ -164,7 +165,7 @@ pub fn run_train(cli: TrainCli) -> Result<()> {
 /// What `eval` and `predict` share: the model, batch size, where raw files are prepared.
 #[derive(Args, Debug)]
 pub struct InferenceArgs {
-    /// A checkpoint or model directory.
+    /// A checkpoint, a model directory or a hub id.
     #[arg(long, env = settings::MODEL_VAR)]
     pub model: PathBuf,
     #[arg(long, default_value_t = 32)]
@@ -180,8 +181,9 @@ impl InferenceArgs {
     /// The model on its device and the cache of `file`.
     fn load(&self, file: &Path) -> Result<(MultipleChoiceModel, PreparedCache)> {
         let device = device(&self.data.device)?;
-        let cache = PreparedCache::open(&cache_for(file, &self.cache_dir, &self.model, self.data.max_length)?)?;
-        let (model, _) = MultipleChoiceModel::from_dir(&self.model, device)?;
+        let dir = hub::resolve_model(&self.model)?;
+        let cache = PreparedCache::open(&cache_for(file, &self.cache_dir, &dir, self.data.max_length)?)?;
+        let (model, _) = MultipleChoiceModel::from_dir(&dir, device)?;
         Ok((model, cache))
     }
 }

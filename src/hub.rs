@@ -1,0 +1,118 @@
+//! Models (and datasets) by Hugging Face hub id, downloaded and cached with the hf-hub crate.
+//! HF_HOME places the cache (default ~/.cache/huggingface), HF_ENDPOINT the server, HF_TOKEN
+//! (else the token file `huggingface-cli login` writes) authorises gated repositories.
+
+use crate::error::{Error, Result};
+use crate::model::{CONFIG_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
+use hf_hub::{Cache, Repo, RepoType};
+use std::path::{Path, PathBuf};
+
+/// Files a model needs, in order of preference within each group; one of each group is required.
+const MODEL_FILES: [&[&str]; 3] =
+    [&[CONFIG_FILE], &[WEIGHTS_FILE, PICKLE_WEIGHTS_FILE], &[crate::encode::TOKENIZER_FILE, crate::encode::VOCAB_FILE]];
+/// Tokenizer settings fetched when present, so checkpoints carry them on.
+const OPTIONAL_FILES: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+
+/// Whether `spec` reads as a hub id (`name` or `owner/name`, optionally `@revision`) rather than
+/// a path.
+pub fn is_hub_id(spec: &str) -> bool {
+    let id = spec.split_once('@').map_or(spec, |(id, _)| id);
+    let parts: Vec<&str> = id.split('/').collect();
+    !id.starts_with('.')
+        && (1..=2).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+}
+
+/// A local model directory for `spec`: the directory itself when it exists, else the hub
+/// snapshot of the id `spec` names (downloaded on first use).
+pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
+    if spec.is_dir() {
+        return Ok(spec.to_path_buf());
+    }
+    let text = spec.to_string_lossy();
+    if spec.exists() || !is_hub_id(&text) {
+        return Err(Error::Input(format!("model {}: not a model directory or a hub id", spec.display())));
+    }
+    download_model(&text)
+}
+
+fn api() -> Result<Api> {
+    let mut builder = ApiBuilder::from_env().with_progress(false);
+    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
+        builder = builder.with_token(Some(token));
+    }
+    builder.build().map_err(|e| Error::Input(format!("hub client: {e}")))
+}
+
+fn repo(spec: &str, kind: RepoType) -> Repo {
+    match spec.split_once('@') {
+        Some((id, revision)) => Repo::with_revision(id.to_string(), kind, revision.to_string()),
+        None => Repo::new(spec.to_string(), kind),
+    }
+}
+
+fn not_found(e: &ApiError) -> bool {
+    matches!(e, ApiError::RequestError(r) if matches!(**r, ureq::Error::Status(404, _)))
+}
+
+/// Downloads `files` of a hub repository: the first present file of each group (an error
+/// naming the repository and the group when none is), plus whichever `optional` ones exist.
+/// Returns the snapshot directory.
+pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str]) -> Result<PathBuf> {
+    // Everything required already cached: no network at all (works offline).
+    let cached = Cache::from_env().repo(repo(spec, kind));
+    let from_cache: Option<Vec<PathBuf>> =
+        groups.iter().map(|group| group.iter().find_map(|file| cached.get(file))).collect();
+    if let Some(dir) = from_cache.and_then(|paths| paths.last().and_then(|p| p.parent()).map(Path::to_path_buf)) {
+        return Ok(dir);
+    }
+    let repo = api()?.repo(repo(spec, kind));
+    let hub_err = |file: &str, e: ApiError| Error::Input(format!("hub {spec}: {file}: {e}"));
+    let mut snapshot = None;
+    for group in groups {
+        let mut found = None;
+        for file in *group {
+            match repo.get(file) {
+                Ok(path) => {
+                    found = Some(path);
+                    break;
+                }
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(hub_err(file, e)),
+            }
+        }
+        let path = found.ok_or_else(|| Error::Input(format!("hub {spec}: none of {} exists", group.join(", "))))?;
+        snapshot = path.parent().map(Path::to_path_buf);
+    }
+    for file in optional {
+        match repo.get(file) {
+            Ok(_) => {}
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(hub_err(file, e)),
+        }
+    }
+    snapshot.ok_or_else(|| Error::Input(format!("hub {spec}: nothing to download")))
+}
+
+fn download_model(spec: &str) -> Result<PathBuf> {
+    tracing::info!(model = spec, "fetching from the hub");
+    download(spec, RepoType::Model, &MODEL_FILES, &OPTIONAL_FILES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_hub_id;
+
+    #[test]
+    fn hub_ids_and_paths() {
+        for id in ["bert-base-uncased", "dmis-lab/biobert-base-cased-v1.2", "allenai/scibert_scivocab_uncased@main"] {
+            assert!(is_hub_id(id), "{id}");
+        }
+        for path in ["./model", "/opt/model", "a/b/c", "runs/x/", "", "../m"] {
+            assert!(!is_hub_id(path), "{path}");
+        }
+    }
+}

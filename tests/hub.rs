@@ -1,0 +1,62 @@
+//! Models by hub id, fetched with hf-hub from a loopback stand-in for the hub.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn eval_with(model: &str, data: &Path, hf_home: &Path, endpoint: &str) -> Output {
+    Command::new(common::medbert_bin())
+        .args(["eval", "--model", model, "--device", "cpu", "--validation-file"])
+        .arg(data)
+        .arg("--cache-dir")
+        .arg(hf_home.join("prepared"))
+        .env("HF_HOME", hf_home)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_TOKEN", "hf_test_token")
+        .output()
+        .expect("run medbert eval")
+}
+
+#[test]
+fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory() {
+    let dir = common::scratch_dir().join("hub");
+    let repo = dir.join("server/acme/minilm");
+    std::fs::create_dir_all(&repo).unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(common::default_model().join(file), repo.join(file)).unwrap();
+    }
+    // With a classifier, so that evaluation is deterministic.
+    let mut tensors = tch::Tensor::read_safetensors(common::default_model().join("model.safetensors")).unwrap();
+    tensors.push(("classifier.weight".into(), tch::Tensor::randn([1, 384], tch::kind::FLOAT_CPU) * 0.02));
+    tensors.push(("classifier.bias".into(), tch::Tensor::zeros([1], tch::kind::FLOAT_CPU)));
+    tch::Tensor::write_safetensors(&tensors, repo.join("model.safetensors")).unwrap();
+    std::fs::create_dir_all(dir.join("server/acme/empty")).unwrap();
+    std::fs::copy(common::default_model().join("config.json"), dir.join("server/acme/empty/config.json")).unwrap();
+    let data = dir.join("questions.json");
+    common::synthetic_task(&data, 24, 7);
+    let hf_home = dir.join("hf_home");
+
+    let server = common::HubServer::start(&dir.join("server"));
+    let fetched = eval_with("acme/minilm", &data, &hf_home, &server.endpoint);
+    assert!(fetched.status.success(), "{}", String::from_utf8_lossy(&fetched.stderr));
+    let snapshot = hf_home.join("hub/models--acme--minilm/snapshots/0123456789abcdef0123456789abcdef01234567");
+    assert!(snapshot.join("model.safetensors").is_file(), "no snapshot in {}", snapshot.display());
+    let log = std::fs::read_to_string(dir.join("server/requests.log")).unwrap();
+    assert!(log.lines().all(|l| l.ends_with("Bearer hf_test_token")), "HF_TOKEN not sent:\n{log}");
+
+    let missing = eval_with("acme/empty", &data, &hf_home, &server.endpoint);
+    let text = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{text}");
+    assert!(text.contains("acme/empty") && text.contains("model.safetensors, pytorch_model.bin"), "{text}");
+    drop(server);
+
+    // The cache answers without the server, and the model is the local one.
+    let cached = eval_with("acme/minilm", &data, &hf_home, "http://127.0.0.1:9");
+    assert!(cached.status.success(), "{}", String::from_utf8_lossy(&cached.stderr));
+    let local = eval_with(repo.to_str().unwrap(), &data, &hf_home, "http://127.0.0.1:9");
+    assert!(local.status.success());
+    let json = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
+    assert_eq!(json(&fetched), json(&local));
+    assert_eq!(json(&cached), json(&local));
+}
