@@ -5,8 +5,10 @@
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <ATen/autocast_mode.h>
 #include <torch/version.h>
 #ifdef USE_C10D_NCCL
+#include <ATen/cuda/CUDAContext.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -68,6 +70,23 @@ int mb_has_nccl(void) {
   return 1;
 #else
   return 0;
+#endif
+}
+
+void mb_autocast_set_cuda_dtype(int bf16) {
+  at::autocast::set_autocast_dtype(at::kCUDA, bf16 ? at::kBFloat16 : at::kHalf);
+}
+
+int mb_cuda_capability_major(int device) {
+#ifdef USE_C10D_NCCL
+  try {
+    return at::cuda::getDeviceProperties(device)->major;
+  } catch (...) {
+    return -1;
+  }
+#else
+  (void)device;
+  return -1;
 #endif
 }
 

@@ -23,6 +23,11 @@ void mb_string_free(char* s);
 /* The libtorch version the shim was compiled against, e.g. "2.4.0". Static storage. */
 const char* mb_torch_version(void);
 int mb_has_nccl(void);
+/* Autocast's CUDA dtype: bf16 when nonzero, else fp16. */
+void mb_autocast_set_cuda_dtype(int bf16);
+/* The CUDA device's compute capability major version; -1 when unknown (no CUDA headers
+   in this build, or no such device). */
+int mb_cuda_capability_major(int device);
 
 char* mb_store_tcp_new(const char* host, uint16_t port, int is_server, int world_size,
                        int64_t timeout_ms, mb_store** out);

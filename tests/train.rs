@@ -130,7 +130,11 @@ fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = common::summary(&dir.join("run"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("eval accuracy") && table.contains("curves.png"), "summary table:\n{table}");
+    let png = std::fs::read(dir.join("run/curves.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "curves.png is not a drawn PNG");
     let accuracy =
         summary["final_eval"]["correct"].as_f64().unwrap() / summary["final_eval"]["questions"].as_f64().unwrap();
     assert!(accuracy >= 0.9, "accuracy {accuracy} after fine-tuning: {summary}");
@@ -209,7 +213,7 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
     };
     let out = run(&["--holdout", "10"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = common::summary(&dir.join("run"));
     assert_eq!(summary["final_eval"]["questions"], 10);
     assert_eq!(summary["steps"], 2);
     let out = run(&["--holdout", "40"]);

@@ -25,6 +25,8 @@ extern "C" {
     pub fn mb_string_free(s: *mut c_char);
     pub fn mb_torch_version() -> *const c_char;
     pub fn mb_has_nccl() -> c_int;
+    pub fn mb_autocast_set_cuda_dtype(bf16: c_int);
+    pub fn mb_cuda_capability_major(device: c_int) -> c_int;
 
     pub fn mb_store_tcp_new(
         host: *const c_char,

@@ -46,6 +46,19 @@ pub fn torch_version() -> String {
     unsafe { CStr::from_ptr(ffi::mb_torch_version()) }.to_string_lossy().into_owned()
 }
 
+/// Sets the dtype CUDA autocast casts to: bf16, else fp16.
+pub fn set_autocast_dtype(bf16: bool) {
+    // SAFETY: sets a thread-local autocast setting in libtorch.
+    unsafe { ffi::mb_autocast_set_cuda_dtype(bf16.into()) }
+}
+
+/// The compute capability major version of CUDA device `n`, when this build can tell.
+pub fn cuda_capability_major(n: usize) -> Option<i32> {
+    // SAFETY: the shim catches every error and returns -1.
+    let major = unsafe { ffi::mb_cuda_capability_major(n as i32) };
+    (major >= 0).then_some(major)
+}
+
 /// Turns a shim return value (NULL or an owned message) into a Result.
 fn check(err: *mut c_char) -> Result<()> {
     if err.is_null() {

@@ -26,6 +26,18 @@ pub struct TrainerState {
     pub seen: usize,
     pub best_eval_loss: Option<f64>,
     pub evals_without_improvement: usize,
+    /// Processes that trained (the data order depends on it).
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// Updates the optimizer applied (fewer than `step` when fp16 skipped some).
+    #[serde(default)]
+    pub optimizer_step: Option<usize>,
+    #[serde(default)]
+    pub scaler: Option<super::amp::GradScaler>,
+}
+
+fn one() -> usize {
+    1
 }
 
 pub const STATE_FILE: &str = "trainer_state.json";

@@ -2,13 +2,19 @@
 //! AdamW with its parameter groups, linear warm-up and decay, clipping by global norm,
 //! gradient accumulation, evaluation every N steps and each epoch, early stopping.
 
+pub mod amp;
 pub mod checkpoint;
+pub mod ddp;
 pub mod optim;
+pub mod report;
 
 use crate::batch::{collate, question_lengths, Sampler};
+use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::model::{ChoiceBatch, MultipleChoiceModel};
 use crate::prep::cache::PreparedCache;
+pub use amp::{GradScaler, Precision};
+pub use ddp::Ddp;
 use optim::{clip_grad_norm, AdamW, LinearSchedule};
 use serde::Serialize;
 use std::io::Write;
@@ -44,6 +50,7 @@ pub struct TrainArgs {
     pub num_train_epochs: f64,
     pub max_steps: Option<usize>,
     pub weight_decay: f64,
+    pub adam_epsilon: f64,
     pub warmup_ratio: f64,
     pub warmup_steps: Option<usize>,
     pub max_grad_norm: f64,
@@ -54,13 +61,30 @@ pub struct TrainArgs {
     pub logging_steps: usize,
     #[serde(serialize_with = "device_name")]
     pub device: Device,
+    pub precision: Precision,
     pub progress: bool,
     /// Save a resumable `checkpoint-<step>` every N optimizer steps.
     pub save_steps: Option<usize>,
     /// Keep only the newest K resumable checkpoints.
     pub save_total_limit: Option<usize>,
-    /// Continue from the newest resumable checkpoint in the output directory.
-    pub resume: bool,
+    /// Whether to continue from the newest resumable checkpoint in the output directory.
+    pub resume: Resume,
+    /// Gradient bucket size for the all-reduce, in MiB.
+    pub ddp_bucket_cap_mb: f64,
+    /// Compare a parameter checksum across ranks every N steps.
+    pub verify_sync: Option<usize>,
+}
+
+/// Whether a run continues from a `checkpoint-<step>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resume {
+    /// Start from the model.
+    No,
+    /// From the newest checkpoint; none is an error (`--resume`).
+    Required,
+    /// From the newest checkpoint when there is one (a restart by the launcher).
+    IfAny,
 }
 
 fn device_name<S: serde::Serializer>(d: &Device, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -83,6 +107,18 @@ impl EvalResult {
     }
     pub fn loss(&self) -> f64 {
         self.loss_sum / self.questions.max(1) as f64
+    }
+
+    /// Adds up every rank's counts and sums: exact, never an average of averages.
+    pub fn sum_over(mut self, ddp: &Ddp) -> Result<EvalResult> {
+        let mut v = vec![self.questions as f64, self.correct as f64, self.loss_sum];
+        v.extend(self.per_subject.iter().flat_map(|&(_, c, t)| [c as f64, t as f64]));
+        ddp.sum(&mut v)?;
+        (self.questions, self.correct, self.loss_sum) = (v[0] as usize, v[1] as usize, v[2]);
+        for (s, pair) in self.per_subject.iter_mut().zip(v[3..].chunks(2)) {
+            (s.1, s.2) = (pair[0] as usize, pair[1] as usize);
+        }
+        Ok(self)
     }
 }
 
@@ -130,20 +166,40 @@ pub fn evaluate(
     Ok(out)
 }
 
-/// Appends one JSON object per line to `metrics.jsonl`.
-struct MetricsLog(std::fs::File);
+/// Appends one JSON object per line to `metrics.jsonl`; rank 0 only (a no-op elsewhere).
+struct MetricsLog(Option<std::fs::File>);
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const PLOT_FILE: &str = "curves.png";
 
 impl MetricsLog {
-    fn open(dir: &Path) -> Result<Self> {
-        let path = dir.join("metrics.jsonl");
+    /// Opens the log for appending. On resume from `resumed_step`, records of later steps (from
+    /// the interrupted run, which will be redone) are dropped first.
+    fn open(dir: &Path, is_main: bool, resumed_step: Option<usize>) -> Result<Self> {
+        if !is_main {
+            return Ok(MetricsLog(None));
+        }
+        let path = dir.join(METRICS_FILE);
+        if let (Some(step), Ok(text)) = (resumed_step, std::fs::read_to_string(&path)) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_none_or(|s| s as usize <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::atomic::write_file(&path, kept.as_bytes())?;
+        }
         let file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog(file))
+        Ok(MetricsLog(Some(file)))
     }
     fn write(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.0, "{value}")
-            .and_then(|_| self.0.flush())
-            .map_err(|e| Error::Input(format!("metrics.jsonl: {e}")))
+        let Some(file) = &mut self.0 else { return Ok(()) };
+        writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| Error::Input(format!("{METRICS_FILE}: {e}")))
     }
 }
 
@@ -152,16 +208,55 @@ impl MetricsLog {
 pub struct TrainSummary {
     pub steps: usize,
     pub epochs_run: f64,
+    pub world_size: usize,
+    pub precision: Precision,
+    /// Questions per second over all ranks, evaluation and checkpointing excluded.
     pub train_questions_per_second: f64,
+    pub final_train_loss: Option<f64>,
     pub final_eval: Option<EvalResult>,
     pub best_eval_loss: Option<f64>,
     pub stopped_early: bool,
     pub checkpoint: PathBuf,
+    pub best_checkpoint: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
 }
 
-fn dropout_seed(seed: u64, step: usize, micro: usize) -> i64 {
-    (seed as i64).wrapping_mul(1_000_003).wrapping_add((step as i64).wrapping_mul(64)).wrapping_add(micro as i64)
+impl TrainSummary {
+    /// The run at a glance, as a plain-text table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"));
+        let eval = self.final_eval.as_ref();
+        let rows = [
+            ("optimizer steps", self.steps.to_string()),
+            ("epochs", format!("{:.2}", self.epochs_run)),
+            ("processes", self.world_size.to_string()),
+            ("precision", format!("{:?}", self.precision).to_lowercase()),
+            ("train questions/s", format!("{:.1}", self.train_questions_per_second)),
+            ("last train loss", opt(self.final_train_loss, 4)),
+            ("eval questions", eval.map_or_else(|| "-".into(), |e| e.questions.to_string())),
+            ("eval loss", opt(eval.map(EvalResult::loss), 4)),
+            ("eval accuracy", opt(eval.map(EvalResult::accuracy), 4)),
+            ("best eval loss", opt(self.best_eval_loss, 4)),
+            ("stopped early", self.stopped_early.to_string()),
+            ("final checkpoint", self.checkpoint.display().to_string()),
+            ("best checkpoint", self.best_checkpoint.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
+            ("plot", self.plot.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    }
 }
+
+fn dropout_seed(seed: u64, step: usize, micro: usize, rank: usize) -> i64 {
+    (seed as i64)
+        .wrapping_mul(1_000_003)
+        .wrapping_add((step as i64).wrapping_mul(64))
+        .wrapping_add(micro as i64)
+        .wrapping_add((rank as i64).wrapping_mul(7_919_000_003))
+}
+
+/// The questions one evaluation covers.
+type EvalSet<'a> = (&'a PreparedCache, Option<&'a [usize]>);
 
 /// Best evaluation loss so far, evaluations since it improved, and the latest result.
 #[derive(Default)]
@@ -174,34 +269,56 @@ struct Tracker {
 }
 
 impl Tracker {
-    /// Evaluates (when there is an evaluation split), logs, keeps the best checkpoint, and
-    /// says whether patience ran out.
+    /// Evaluates on every rank (each its shard, results summed), logs, keeps the best
+    /// checkpoint, and says whether patience ran out (the same answer on every rank).
     fn evaluate(
         &mut self,
-        args: &TrainArgs,
-        eval: Option<(&PreparedCache, Option<&[usize]>)>,
-        model: &MultipleChoiceModel,
+        ctx: &Ctx,
+        eval: Option<EvalSet>,
         metrics: &mut MetricsLog,
         step: usize,
         epoch: f64,
     ) -> Result<bool> {
         let Some((cache, questions)) = eval else { return Ok(false) };
         let started = Instant::now();
-        let r = evaluate(model, cache, questions, args.per_device_eval_batch_size)?;
+        let r = evaluate_sharded(ctx.model, cache, questions, ctx.args.per_device_eval_batch_size, ctx.ddp)?;
         metrics.write(serde_json::json!({"step": step, "epoch": epoch, "eval_loss": r.loss(),
             "eval_accuracy": r.accuracy(), "eval_questions": r.questions, "per_subject": r.per_subject}))?;
-        tracing::info!(step, loss = r.loss(), accuracy = r.accuracy(), "evaluation");
+        if ctx.ddp.is_main() {
+            tracing::info!(step, loss = r.loss(), accuracy = r.accuracy(), "evaluation");
+        }
         if self.best.is_none_or(|b| r.loss() < b) {
             self.best = Some(r.loss());
             self.bad = 0;
-            checkpoint::save(&args.output_dir.join("best"), &model.vs, &args.model_dir)?;
+            if ctx.ddp.is_main() {
+                checkpoint::save(&ctx.args.output_dir.join("best"), &ctx.model.vs, &ctx.args.model_dir)?;
+            }
         } else {
             self.bad += 1;
         }
         self.last = Some(r);
         self.spent += started.elapsed();
-        Ok(args.patience.is_some_and(|p| self.bad >= p))
+        Ok(ctx.args.patience.is_some_and(|p| self.bad >= p))
     }
+}
+
+/// `evaluate` on this rank's share of the labelled questions (every world_size-th, no
+/// padding), summed over the ranks.
+pub fn evaluate_sharded(
+    model: &MultipleChoiceModel,
+    cache: &PreparedCache,
+    questions: Option<&[usize]>,
+    batch_size: usize,
+    ddp: &Ddp,
+) -> Result<EvalResult> {
+    let labels = cache.labels()?;
+    let all: Vec<usize> = match questions {
+        Some(q) => q.to_vec(),
+        None => (0..cache.len()).collect(),
+    };
+    let mine: Vec<usize> =
+        all.into_iter().filter(|&q| labels[q] >= 0).skip(ddp.rank()).step_by(ddp.world_size()).collect();
+    evaluate(model, cache, Some(&mine), batch_size)?.sum_over(ddp)
 }
 
 /// Optimizer steps per epoch as the HF Trainer counts them (batches / accumulation, at least 1).
@@ -209,59 +326,119 @@ pub fn steps_per_epoch(questions: usize, batch_size: usize, accumulation: usize)
     (questions.div_ceil(batch_size.max(1)) / accumulation.max(1)).max(1)
 }
 
-pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
+/// What the step and evaluation helpers share.
+struct Ctx<'a> {
+    args: &'a TrainArgs,
+    model: &'a MultipleChoiceModel,
+    ddp: &'a Ddp,
+}
+
+/// The training questions and the evaluation set (a validation cache, or the last `holdout`
+/// questions of the training file).
+struct Split {
+    train: PreparedCache,
+    eval: Option<PreparedCache>,
+    train_idx: Vec<usize>,
+    holdout_idx: Vec<usize>,
+}
+
+impl Split {
+    fn open(args: &TrainArgs) -> Result<Split> {
+        let train = PreparedCache::open(&args.train_cache)?;
+        let eval = args.eval_cache.as_deref().map(PreparedCache::open).transpose()?;
+        if train.labels()?.iter().any(|&l| l < 0) {
+            return Err(Error::Input(format!("{}: training data must be labelled", args.train_cache.display())));
+        }
+        let n = train.len();
+        let held = match (args.holdout, &eval) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Input("--holdout and a validation file exclude each other".into()))
+            }
+            (Some(h), None) if h == 0 || h >= n => {
+                return Err(Error::Input(format!(
+                    "--holdout {h} must be between 1 and {} (the training questions)",
+                    n.saturating_sub(1)
+                )))
+            }
+            (Some(h), None) => h,
+            (None, _) => 0,
+        };
+        Ok(Split { train, eval, train_idx: (0..n - held).collect(), holdout_idx: (n - held..n).collect() })
+    }
+
+    fn eval_set(&self) -> Option<EvalSet<'_>> {
+        match (&self.eval, self.holdout_idx.is_empty()) {
+            (Some(cache), _) => Some((cache, None)),
+            (None, true) => None,
+            (None, false) => Some((&self.train, Some(self.holdout_idx.as_slice()))),
+        }
+    }
+}
+
+/// The newest resumable checkpoint, chosen by rank 0 so that every rank resumes from the same.
+fn checkpoint_to_resume(args: &TrainArgs, ddp: &Ddp) -> Result<Option<PathBuf>> {
+    if args.resume == Resume::No {
+        return Ok(None);
+    }
+    let newest = checkpoint::resumable(&args.output_dir)?.pop();
+    let mut chosen = [match (ddp.is_main(), &newest) {
+        (true, Some((step, _))) => *step as f64 + 1.0,
+        _ => 0.0,
+    }];
+    ddp.sum(&mut chosen)?;
+    if chosen[0] == 0.0 && args.resume == Resume::IfAny {
+        return Ok(None);
+    }
+    if chosen[0] == 0.0 {
+        return Err(Error::Input(format!(
+            "--resume: no checkpoint-<step> with a trainer state in {}",
+            args.output_dir.display()
+        )));
+    }
+    let dir = checkpoint::dir_for_step(&args.output_dir, chosen[0] as usize - 1);
+    if !dir.join(checkpoint::STATE_FILE).is_file() {
+        return Err(Error::Input(format!(
+            "--resume: rank {} cannot see {} that rank 0 resumes from (the output directory must be shared)",
+            ddp.rank(),
+            dir.display()
+        )));
+    }
+    Ok(Some(dir))
+}
+
+/// Fine-tunes as `args` says: on one process when `pg` is None, else data-parallel over `pg`
+/// (each process one shard of every batch; rank 0 alone writes).
+pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary> {
     if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
         return Err(Error::Input("batch size and gradient accumulation steps must be at least 1".into()));
     }
+    let precision = args.precision.resolve(args.device)?;
     std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::io(&args.output_dir, e))?;
     tch::manual_seed(args.seed as i64);
-    let resume_from = match args.resume {
-        true => Some(checkpoint::resumable(&args.output_dir)?.pop().map(|(_, dir)| dir).ok_or_else(|| {
-            Error::Input(format!(
-                "--resume: no checkpoint-<step> with a trainer state in {}",
-                args.output_dir.display()
-            ))
-        })?),
-        false => None,
-    };
+    let mut ddp = Ddp::from_group(pg);
+    let resume_from = checkpoint_to_resume(args, &ddp)?;
     let (model, report) =
         MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&args.model_dir), args.device)?;
-    if !report.initialised.is_empty() || !report.unexpected.is_empty() {
+    let mut opt = AdamW::new(&model.vs, args.weight_decay, (0.9, 0.999), args.adam_epsilon);
+    ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp_bucket_cap_mb)?;
+    let is_main = ddp.is_main();
+    if is_main && (!report.initialised.is_empty() || !report.unexpected.is_empty()) {
         tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
     }
-    let train_cache = PreparedCache::open(&args.train_cache)?;
-    let eval_cache = args.eval_cache.as_deref().map(PreparedCache::open).transpose()?;
-    if train_cache.labels()?.iter().any(|&l| l < 0) {
-        return Err(Error::Input(format!("{}: training data must be labelled", args.train_cache.display())));
-    }
-    let n = train_cache.len();
-    let held = match (args.holdout, &eval_cache) {
-        (Some(_), Some(_)) => return Err(Error::Input("--holdout and a validation file exclude each other".into())),
-        (Some(h), None) if h == 0 || h >= n => {
-            return Err(Error::Input(format!("--holdout {h} must be between 1 and {} (the training questions)", n - 1)))
-        }
-        (Some(h), None) => h,
-        (None, _) => 0,
-    };
-    let train_idx: Vec<usize> = (0..n - held).collect();
-    let holdout_idx: Vec<usize> = (n - held..n).collect();
-    let eval_set = match (&eval_cache, held) {
-        (Some(cache), _) => Some((cache, None)),
-        (None, 0) => None,
-        (None, _) => Some((&train_cache, Some(holdout_idx.as_slice()))),
-    };
+    let split = Split::open(args)?;
     let batch = args.per_device_train_batch_size;
+    let world = ddp.world_size();
     let sampler = Sampler {
-        len: train_idx.len(),
-        world_size: 1,
-        rank: 0,
+        len: split.train_idx.len(),
+        world_size: world,
+        rank: ddp.rank(),
         shuffle: true,
         seed: args.seed,
         drop_last: false,
         group_by_length: match args.group_by_length {
             true => {
-                let lengths = question_lengths(&train_cache)?;
-                Some((train_idx.iter().map(|&q| lengths[q]).collect(), batch))
+                let lengths = question_lengths(&split.train)?;
+                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), batch * world))
             }
             false => None,
         },
@@ -271,60 +448,88 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
         args.max_steps.unwrap_or_else(|| (args.num_train_epochs * per_epoch as f64).ceil() as usize).max(1);
     let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
     let schedule = LinearSchedule { base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
-    let mut opt = AdamW::new(&model.vs, args.weight_decay, (0.9, 0.999), 1e-8);
-    let mut metrics = MetricsLog::open(&args.output_dir)?;
-    let bar =
-        if args.progress { indicatif::ProgressBar::new(total_steps as u64) } else { indicatif::ProgressBar::hidden() };
+    let mut scaler = GradScaler::new(precision == Precision::Fp16);
+    let show_bar = args.progress && is_main;
+    let bar = if show_bar { indicatif::ProgressBar::new(total_steps as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
 
-    let started = Instant::now();
     let (mut step, mut seen, mut epoch, mut skip) = (0usize, 0usize, 0u64, 0usize);
     let mut tracker = Tracker::default();
     if let Some(dir) = &resume_from {
         let (state, moments) = checkpoint::load_resumable(dir)?;
-        opt.load_state(&moments, state.step as i64)?;
+        if state.world_size != world {
+            return Err(Error::Input(format!(
+                "--resume: {} was written by {} process(es), this run has {world}; resume at the same world size \
+                 (the data order depends on it) or start a new run from {}",
+                dir.display(),
+                state.world_size,
+                dir.display()
+            )));
+        }
+        opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64)?;
         (step, seen, epoch, skip) = (state.step, state.seen, state.epoch, state.group);
         (tracker.best, tracker.bad) = (state.best_eval_loss, state.evals_without_improvement);
+        if let Some(s) = state.scaler {
+            scaler = s;
+        }
         bar.set_position(step as u64);
-        tracing::info!(checkpoint = %dir.display(), step, epoch, "resuming");
+        if is_main {
+            tracing::info!(checkpoint = %dir.display(), step, epoch, "resuming");
+        }
     }
-    let mut stopped_early = false;
+    let mut metrics = MetricsLog::open(&args.output_dir, is_main, resume_from.as_ref().map(|_| step))?;
+    let ctx = Ctx { args, model: &model, ddp: &ddp };
+    let params: Vec<Tensor> = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
+    let param_refs: Vec<&Tensor> = params.iter().collect();
+    let started = Instant::now();
+    let (mut stopped_early, mut last_loss) = (false, None);
     'epochs: while step < total_steps {
         let shard = sampler.shard(epoch);
         let batches: Vec<Vec<usize>> =
-            shard.chunks(batch).map(|c| c.iter().map(|s| train_idx[s.index]).collect()).collect();
-        let n_groups = per_epoch;
+            shard.chunks(batch).map(|c| c.iter().map(|s| split.train_idx[s.index]).collect()).collect();
         let skipped = std::mem::take(&mut skip);
-        for (g, group) in batches.chunks(args.gradient_accumulation_steps).take(n_groups).enumerate().skip(skipped) {
+        for (g, group) in batches.chunks(args.gradient_accumulation_steps).take(per_epoch).enumerate().skip(skipped) {
             let mut loss_sum = 0.0;
             for (m, micro) in group.iter().enumerate() {
-                // Dropout masks depend only on (seed, step, micro-batch), so a resumed run
+                // Dropout masks depend only on (seed, step, micro-batch, rank), so a resumed run
                 // draws the same ones as an uninterrupted run.
-                tch::manual_seed(dropout_seed(args.seed, step, m));
-                let (x, y) = collate(&train_cache, micro, args.device)?;
-                let (loss, _) = batch_loss(&model, &x, &y, true)?;
-                (&loss / group.len() as f64).backward();
+                tch::manual_seed(dropout_seed(args.seed, step, m, ddp.rank()));
+                let (x, y) = collate(&split.train, micro, args.device)?;
+                let (loss, _) = precision.autocast(|| batch_loss(&model, &x, &y, true))?;
+                scaler.scale(&(&loss / group.len() as f64)).backward();
                 loss_sum += loss.double_value(&[]) / group.len() as f64;
                 seen += micro.len();
             }
-            let grad_norm = clip_grad_norm(opt.variables().map(|(_, v)| v), args.max_grad_norm)?;
+            // Accumulation micro-steps stay local; the group's gradients are averaged once.
+            ddp.average_gradients(&param_refs)?;
+            let found_inf = scaler.unscale(params.iter())?;
+            let grad_norm = clip_grad_norm(params.iter(), args.max_grad_norm)?;
             let lr = schedule.lr(step);
-            opt.step(lr)?;
+            if !found_inf {
+                opt.step(lr)?;
+            }
+            scaler.update(found_inf);
             opt.zero_grad();
             step += 1;
-            let epoch_f = epoch as f64 + (g + 1) as f64 / n_groups as f64;
-            let qps = seen as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
-            bar.set_message(format!("loss {loss_sum:.4} lr {lr:.2e} {qps:.1} q/s"));
-            bar.inc(1);
+            let epoch_f = epoch as f64 + (g + 1) as f64 / per_epoch as f64;
+            let qps = (seen * world) as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
             if step % args.logging_steps.max(1) == 0 || step == total_steps {
+                let mut mean = [loss_sum / world as f64];
+                ddp.sum(&mut mean)?;
+                last_loss = Some(mean[0]);
+                bar.set_message(format!("loss {:.4} lr {lr:.2e} {qps:.1} q/s", mean[0]));
                 metrics
-                    .write(serde_json::json!({"step": step, "epoch": epoch_f, "loss": loss_sum, "learning_rate": lr,
-                    "grad_norm": grad_norm, "questions_per_second": qps}))?;
+                    .write(serde_json::json!({"step": step, "epoch": epoch_f, "loss": mean[0], "learning_rate": lr,
+                    "grad_norm": grad_norm, "questions_per_second": qps, "skipped_step": found_inf}))?;
             }
-            if args.save_steps.is_some_and(|n| step % n == 0) {
+            bar.inc(1);
+            if args.verify_sync.is_some_and(|n| step % n == 0) {
+                ddp.verify_sync(step, &opt.variables().collect::<Vec<_>>())?;
+            }
+            if is_main && args.save_steps.is_some_and(|n| step % n == 0) {
                 let state = checkpoint::TrainerState {
                     step,
                     epoch,
@@ -332,6 +537,9 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
                     seen,
                     best_eval_loss: tracker.best,
                     evals_without_improvement: tracker.bad,
+                    world_size: world,
+                    optimizer_step: Some(opt.step as usize),
+                    scaler: Some(scaler.clone()),
                 };
                 let dir = checkpoint::dir_for_step(&args.output_dir, step);
                 checkpoint::save_resumable(&dir, &model.vs, &args.model_dir, &state, &opt)?;
@@ -340,7 +548,7 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
                 }
             }
             if args.eval_steps.is_some_and(|n| step % n == 0)
-                && tracker.evaluate(args, eval_set, &model, &mut metrics, step, epoch_f)?
+                && tracker.evaluate(&ctx, split.eval_set(), &mut metrics, step, epoch_f)?
             {
                 stopped_early = true;
                 break 'epochs;
@@ -350,22 +558,33 @@ pub fn train(args: &TrainArgs) -> Result<TrainSummary> {
             }
         }
         epoch += 1;
-        if tracker.evaluate(args, eval_set, &model, &mut metrics, step, epoch as f64)? {
+        if tracker.evaluate(&ctx, split.eval_set(), &mut metrics, step, epoch as f64)? {
             stopped_early = true;
             break;
         }
     }
     bar.finish_and_clear();
-    let qps = seen as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
+    let qps = (seen * world) as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
     let checkpoint = args.output_dir.join("final");
-    checkpoint::save(&checkpoint, &model.vs, &args.model_dir)?;
+    let mut plot = None;
+    if is_main {
+        checkpoint::save(&checkpoint, &model.vs, &args.model_dir)?;
+        let png = args.output_dir.join(PLOT_FILE);
+        report::plot(&report::Curves::read(&args.output_dir.join(METRICS_FILE))?, &png)?;
+        plot = Some(png);
+    }
     Ok(TrainSummary {
         steps: step,
-        epochs_run: seen as f64 / train_idx.len().max(1) as f64,
+        epochs_run: (seen * world) as f64 / split.train_idx.len().max(1) as f64,
+        world_size: world,
+        precision,
         train_questions_per_second: qps,
+        final_train_loss: last_loss,
         final_eval: tracker.last,
         best_eval_loss: tracker.best,
         stopped_early,
         checkpoint,
+        best_checkpoint: split.eval_set().map(|_| args.output_dir.join("best")),
+        plot,
     })
 }

@@ -152,3 +152,9 @@ impl Drop for HubServer {
         let _ = self.child.wait();
     }
 }
+
+/// The summary.json a training run wrote to its output directory.
+pub fn summary(output_dir: &Path) -> serde_json::Value {
+    let path = output_dir.join("summary.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}

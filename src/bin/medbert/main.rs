@@ -95,7 +95,11 @@ enum ContextField {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(match std::env::var("RANK").is_ok_and(|r| r.trim() != "0") {
+            // Rank 0 alone logs progress; the other workers of a group report only problems.
+            true => "warn".into(),
+            false => tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        })
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = run() {

@@ -1,13 +1,14 @@
 //! `medbert train`, `eval` and `predict`: flags named like the HF Trainer's TrainingArguments,
 //! each also settable through the environment or .env (MEDBERT_<FLAG>).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use medbert::batch::collate;
+use medbert::dist::{Backend, DistEnv, ProcessGroup};
 use medbert::model::MultipleChoiceModel;
 use medbert::prep::cache::PreparedCache;
 use medbert::prep::{self, PrepOptions};
-use medbert::train::{self, evaluate, TrainArgs};
+use medbert::train::{self, evaluate_sharded, Ddp, Precision, Resume, TrainArgs};
 use medbert::{hub, settings};
 use std::path::{Path, PathBuf};
 
@@ -53,6 +54,8 @@ pub struct TrainCli {
     pub max_steps: Option<usize>,
     #[arg(long, env = "MEDBERT_WEIGHT_DECAY", default_value_t = 0.0)]
     pub weight_decay: f64,
+    #[arg(long, env = "MEDBERT_ADAM_EPSILON", default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
     #[arg(long, env = "MEDBERT_WARMUP_RATIO", default_value_t = 0.0)]
     pub warmup_ratio: f64,
     /// Warm-up steps (overrides --warmup-ratio).
@@ -80,11 +83,98 @@ pub struct TrainCli {
     #[arg(long, env = "MEDBERT_SAVE_TOTAL_LIMIT")]
     pub save_total_limit: Option<usize>,
     /// Continue from the newest checkpoint-<step> in --output-dir, at the exact next batch
-    /// (same flags and data as the interrupted run).
+    /// (same flags, data and number of processes as the interrupted run). A run restarted by
+    /// medbert-run --max-restarts resumes by itself when a checkpoint exists.
     #[arg(long, env = "MEDBERT_RESUME")]
     pub resume: bool,
+    /// Arithmetic: auto is bf16 autocast on CUDA devices that support it (fp16 with a dynamic
+    /// loss scaler on older ones) and fp32 on CPU.
+    #[arg(long, env = "MEDBERT_PRECISION", value_enum, default_value = "auto")]
+    pub precision: Precision,
+    #[command(flatten)]
+    pub ddp: DdpArgs,
     #[command(flatten)]
     pub data: DataArgs,
+}
+
+/// The worker group, joined when the launcher (medbert-run or torchrun) sets WORLD_SIZE.
+#[derive(Args, Debug)]
+pub struct GroupArgs {
+    /// Collective backend: auto is NCCL on CUDA, Gloo on CPU.
+    #[arg(long, env = "MEDBERT_DDP_BACKEND", value_enum, default_value = "auto")]
+    pub ddp_backend: BackendChoice,
+    /// Rendezvous and collective timeout, in seconds.
+    #[arg(long, env = "MEDBERT_DDP_TIMEOUT", default_value_t = 1800)]
+    pub ddp_timeout: u64,
+}
+
+/// Data-parallel training settings.
+#[derive(Args, Debug)]
+pub struct DdpArgs {
+    #[command(flatten)]
+    pub group: GroupArgs,
+    /// Gradient bucket size for the all-reduce, in MiB (PyTorch DDP's bucket_cap_mb).
+    #[arg(long, env = "MEDBERT_DDP_BUCKET_CAP_MB", default_value_t = medbert::train::ddp::DEFAULT_BUCKET_CAP_MB)]
+    pub ddp_bucket_cap_mb: f64,
+    /// Every N optimizer steps, check that all ranks hold bitwise identical parameters
+    /// (an error naming the step otherwise).
+    #[arg(long, env = "MEDBERT_VERIFY_SYNC")]
+    pub verify_sync: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    Auto,
+    Gloo,
+    Nccl,
+}
+
+impl GroupArgs {
+    /// The process group of this worker when a launcher started several; None for one process.
+    fn join(&self, device: tch::Device) -> Result<Option<ProcessGroup>> {
+        let Some(env) = DistEnv::from_env()? else { return Ok(None) };
+        if env.world_size == 1 {
+            return Ok(None);
+        }
+        let backend = match (self.ddp_backend, device.is_cuda()) {
+            (BackendChoice::Gloo, _) | (BackendChoice::Auto, false) => Backend::Gloo,
+            (BackendChoice::Nccl, _) | (BackendChoice::Auto, true) => Backend::Nccl,
+        };
+        anyhow::ensure!(
+            Backend::compiled().contains(&backend),
+            "--ddp-backend {}: this binary was built without it (cargo build --features nccl)",
+            backend.name()
+        );
+        anyhow::ensure!(
+            backend != Backend::Nccl || device.is_cuda(),
+            "--ddp-backend nccl needs --device cuda; this run is on {device:?}"
+        );
+        Ok(Some(ProcessGroup::init(&env, backend, std::time::Duration::from_secs(self.ddp_timeout))?))
+    }
+}
+
+/// Runs `prepare` on every worker without two writing one cache at once: rank 0 first, then
+/// the first worker of every other node (a cache hit where the directory is shared), then the
+/// rest, which find what is there.
+fn in_turn<T>(pg: Option<&ProcessGroup>, prepare: impl FnOnce() -> Result<T>) -> Result<T> {
+    let Some(pg) = pg else { return prepare() };
+    let local_first = std::env::var("LOCAL_RANK").is_ok_and(|r| r.trim() == "0");
+    let turn = match (pg.rank(), local_first) {
+        (0, _) => 0,
+        (_, true) => 1,
+        _ => 2,
+    };
+    let mut prepare = Some(prepare);
+    let mut out = None;
+    for phase in 0..3 {
+        if phase == turn {
+            out = prepare.take().map(|f| f());
+        }
+        if phase < 2 {
+            pg.barrier()?;
+        }
+    }
+    out.context("no turn to prepare")?
 }
 
 /// Resolves `--device`.
@@ -120,15 +210,21 @@ fn cache_for(path: &Path, cache_root: &Path, model: &Path, max_length: usize) ->
 }
 
 pub fn run_train(mut cli: TrainCli) -> Result<()> {
+    // A worker group restarted by the launcher (torchrun's contract) picks up where it stopped.
+    let restarted = std::env::var("TORCHELASTIC_RESTART_COUNT").is_ok_and(|v| v.trim() != "0" && !v.is_empty());
     let device = device(&cli.data.device)?;
     cli.model = hub::resolve_model(&cli.model)?;
+    let pg = cli.ddp.group.join(device)?;
     let cache_root = cli.output_dir.join("prepared");
-    let train_cache = cache_for(&cli.train_file, &cache_root, &cli.model, cli.data.max_length)?;
-    let eval_cache = cli
-        .validation_file
-        .as_deref()
-        .map(|p| cache_for(p, &cache_root, &cli.model, cli.data.max_length))
-        .transpose()?;
+    let (train_cache, eval_cache) = in_turn(pg.as_ref(), || {
+        let train = cache_for(&cli.train_file, &cache_root, &cli.model, cli.data.max_length)?;
+        let eval = cli
+            .validation_file
+            .as_deref()
+            .map(|p| cache_for(p, &cache_root, &cli.model, cli.data.max_length))
+            .transpose()?;
+        Ok((train, eval))
+    })?;
     let args = TrainArgs {
         model_dir: cli.model,
         train_cache,
@@ -151,14 +247,31 @@ pub fn run_train(mut cli: TrainCli) -> Result<()> {
         eval_steps: cli.eval_steps,
         logging_steps: cli.logging_steps,
         device,
+        precision: cli.precision,
         progress: true,
         save_steps: cli.save_steps,
         save_total_limit: cli.save_total_limit,
-        resume: cli.resume,
+        resume: match (cli.resume, restarted) {
+            (true, _) => Resume::Required,
+            (false, true) => Resume::IfAny,
+            (false, false) => Resume::No,
+        },
+        adam_epsilon: cli.adam_epsilon,
+        ddp_bucket_cap_mb: cli.ddp.ddp_bucket_cap_mb,
+        verify_sync: cli.ddp.verify_sync,
     };
-    eprintln!("effective configuration:\n{}", serde_json::to_string_pretty(&args)?);
-    let summary = train::train(&args)?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
+    if is_main {
+        eprintln!("effective configuration:\n{}", serde_json::to_string_pretty(&args)?);
+    }
+    let summary = train::train(&args, pg)?;
+    if is_main {
+        print!("{}", summary.table());
+        medbert::atomic::write_file(
+            &args.output_dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+    }
     Ok(())
 }
 
@@ -188,6 +301,7 @@ impl InferenceArgs {
     }
 }
 
+/// Under medbert-run, every worker evaluates its share and the counts are summed exactly.
 #[derive(Args, Debug)]
 pub struct EvalCli {
     /// A raw MedMCQA file or a prepared cache.
@@ -195,12 +309,22 @@ pub struct EvalCli {
     pub validation_file: PathBuf,
     #[command(flatten)]
     pub common: InferenceArgs,
+    #[command(flatten)]
+    pub group: GroupArgs,
 }
 
 pub fn run_eval(cli: EvalCli) -> Result<()> {
-    let (model, cache) = cli.common.load(&cli.validation_file)?;
-    let r = evaluate(&model, &cache, None, cli.common.per_device_eval_batch_size)?;
-    println!("{}", serde_json::json!({"questions": r.questions, "accuracy": r.accuracy(), "loss": r.loss()}));
+    let pg = cli.group.join(device(&cli.common.data.device)?)?;
+    let (model, cache) = in_turn(pg.as_ref(), || cli.common.load(&cli.validation_file))?;
+    let ddp = Ddp::from_group(pg);
+    let r = evaluate_sharded(&model, &cache, None, cli.common.per_device_eval_batch_size, &ddp)?;
+    if ddp.is_main() {
+        println!(
+            "{}",
+            serde_json::json!({"questions": r.questions, "correct": r.correct, "accuracy": r.accuracy(),
+                "loss": r.loss(), "per_subject": r.per_subject})
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,232 @@
+//! Data-parallel training and evaluation with real worker processes (Gloo on 127.0.0.1),
+//! against single-process runs of the same work.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tch::Tensor;
+
+/// The default model with dropout off, so runs with different batch shapes can agree.
+fn model_without_dropout() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = common::default_model();
+        let dir = common::scratch_dir().join("nodropout");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        config["hidden_dropout_prob"] = 0.0.into();
+        config["attention_probs_dropout_prob"] = 0.0.into();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        for file in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(file), dir.join(file)).unwrap();
+        }
+        dir
+    })
+}
+
+/// Training and (odd-sized) validation data.
+fn data() -> &'static (PathBuf, PathBuf) {
+    static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir = common::scratch_dir().join("ddp-data");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
+        common::synthetic_task(&train, 64, 21);
+        common::synthetic_task(&valid, 37, 22);
+        (train, valid)
+    })
+}
+
+/// `medbert train` flags for a run of `steps` steps at `batch` questions per process.
+fn train_flags(out: &Path, batch: usize, steps: usize) -> Vec<String> {
+    let (train, valid) = data();
+    let mut flags: Vec<String> = [
+        "--max-steps",
+        &steps.to_string(),
+        "--per-device-train-batch-size",
+        &batch.to_string(),
+        "--learning-rate",
+        "1e-4",
+        "--adam-epsilon",
+        "1e-6",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--logging-steps",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (flag, path) in [
+        ("--model", model_without_dropout()),
+        ("--train-file", train.as_path()),
+        ("--validation-file", valid.as_path()),
+        ("--output-dir", out),
+    ] {
+        flags.push(flag.into());
+        flags.push(path.display().to_string());
+    }
+    flags
+}
+
+fn launcher(launch: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medbert-run"));
+    cmd.args(launch).env("OMP_NUM_THREADS", "1");
+    cmd
+}
+
+fn single(flags: &[String]) -> Output {
+    let out = Command::new(common::medbert_bin()).arg("train").args(flags).env("OMP_NUM_THREADS", "1").output();
+    out.unwrap()
+}
+
+fn check(out: &Output) {
+    assert!(out.status.success(), "exit {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+}
+
+fn weights(run: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(run.join("final/model.safetensors")).unwrap().into_iter().collect()
+}
+
+fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, String) {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .map(|(n, t)| ((t - &b[n]).abs().max().double_value(&[]), n.clone()))
+        .fold((0.0, String::new()), |acc, x| if x.0 > acc.0 { x } else { acc })
+}
+
+/// The uninterrupted 2-process run (4 questions per process, 8 per step), shared by tests.
+fn two_process_run() -> &'static PathBuf {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let out = common::scratch_dir().join("ddp-two");
+        let flags = train_flags(&out, 4, 8);
+        let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
+        let extra = ["--verify-sync", "1", "--save-steps", "4"];
+        launch.extend(flags.iter().map(String::as_str).chain(extra));
+        check(&launcher(&launch).output().unwrap());
+        out
+    })
+}
+
+#[test]
+fn two_processes_train_like_one_with_the_same_global_batch() {
+    let one = common::scratch_dir().join("ddp-one");
+    check(&single(&train_flags(&one, 8, 8)));
+    let two = two_process_run();
+    // --verify-sync 1 checked every step that both ranks hold bitwise identical parameters.
+    let (diff, name) = max_diff(&weights(&one), &weights(two));
+    assert!(diff < 1e-5, "2 processes differ from 1 by {diff:e} at {name}");
+    let (s1, s2) = (common::summary(&one), common::summary(two));
+    assert_eq!(s2["world_size"], 2);
+    assert_eq!(s1["final_eval"]["questions"], 37);
+    assert_eq!(s1["final_eval"]["correct"], s2["final_eval"]["correct"]);
+    // Rank 0 alone wrote: one metrics line per step and evaluation, no duplicates.
+    let metrics = std::fs::read_to_string(two.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().map(|_| 0))
+        .collect();
+    assert_eq!(steps.len(), 8, "{metrics}");
+}
+
+#[test]
+fn evaluation_over_two_and_three_processes_counts_exactly_like_one() {
+    let two = two_process_run();
+    let (_, valid) = data();
+    let eval = |nproc: Option<&str>| -> serde_json::Value {
+        let mut flags = vec!["eval".to_string(), "--device".into(), "cpu".into()];
+        flags.extend(["--model".into(), two.join("final").display().to_string()]);
+        flags.extend(["--validation-file".into(), valid.display().to_string()]);
+        flags.extend(["--cache-dir".into(), two.join("eval-cache").display().to_string()]);
+        flags.extend(["--per-device-eval-batch-size".into(), "5".into()]);
+        let out = match nproc {
+            None => Command::new(common::medbert_bin()).args(&flags).output().unwrap(),
+            Some(n) => {
+                let mut launch = vec!["--standalone", "--nproc-per-node", n, "--", common::medbert_bin()];
+                launch.extend(flags.iter().map(String::as_str));
+                launcher(&launch).output().unwrap()
+            }
+        };
+        check(&out);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.contains("\"questions\"")).unwrap_or_else(|| panic!("{text}"));
+        serde_json::from_str(line.trim_start_matches(|c| c != '{')).unwrap()
+    };
+    let one = eval(None);
+    assert_eq!(one["questions"], 37);
+    for n in ["2", "3"] {
+        let many = eval(Some(n));
+        assert_eq!((&many["questions"], &many["correct"]), (&one["questions"], &one["correct"]), "{n} processes");
+        let (a, b) = (many["loss"].as_f64().unwrap(), one["loss"].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-6, "{n} processes: loss {a} vs {b}");
+    }
+}
+
+/// The launcher's worker processes (children of `launcher_pid` running medbert).
+fn workers_of(launcher_pid: u32) -> Vec<i32> {
+    let out = Command::new("pgrep").args(["-P", &launcher_pid.to_string()]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// Starts a 2-process run of 8 steps saving every 4, SIGKILLs one worker as soon as
+/// checkpoint-4 exists, and returns the launcher's output and the time from the kill to its exit.
+fn run_and_kill_a_worker(out: &Path, max_restarts: &str) -> (Output, Duration) {
+    let flags = train_flags(out, 4, 8);
+    let mut launch = vec!["--standalone", "--nproc-per-node", "2", "--max-restarts", max_restarts];
+    launch.extend(flags.iter().map(String::as_str).chain(["--save-steps", "4"]));
+    let child = launcher(&launch).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn();
+    let mut child = child.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !out.join("checkpoint-4/trainer_state.json").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint-4 after 300 s");
+        if child.try_wait().unwrap().is_some() {
+            let output = child.wait_with_output().unwrap();
+            panic!("the run ended before checkpoint-4:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let victim = *workers_of(child.id()).last().expect("a worker to kill");
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let killed = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    (output, killed.elapsed())
+}
+
+#[test]
+fn a_killed_worker_brings_the_group_down_and_a_restart_resumes_to_the_same_weights() {
+    let out = common::scratch_dir().join("ddp-killed");
+    let (output, took) = run_and_kill_a_worker(&out, "0");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(took < Duration::from_secs(10), "teardown took {took:?}");
+    assert!(stderr.contains("rank") && stderr.contains("signal"), "first failure not reported:\n{stderr}");
+
+    let out = common::scratch_dir().join("ddp-restarted");
+    let (output, _) = run_and_kill_a_worker(&out, "1");
+    check(&output);
+    let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
+    assert!(diff == 0.0, "the restarted run differs from an uninterrupted one by {diff:e} at {name}");
+}
+
+#[test]
+fn resuming_with_another_number_of_processes_is_refused() {
+    let two = two_process_run();
+    let copy = common::scratch_dir().join("ddp-other-world");
+    std::fs::create_dir_all(&copy).unwrap();
+    let status = Command::new("cp").arg("-r").arg(two.join("checkpoint-4")).arg(&copy).status().unwrap();
+    assert!(status.success());
+    let mut flags = train_flags(&copy, 8, 8);
+    flags.push("--resume".into());
+    let out = single(&flags);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("written by 2 process(es), this run has 1"), "{stderr}");
+}
