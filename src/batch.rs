@@ -103,11 +103,11 @@ pub struct Tokens<'a> {
 }
 
 /// Questions `questions` (each `choices` consecutive sequences) as one batch of shape
-/// [questions, choices, longest], padded with 0 and masked.
-pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, device: Device) -> ChoiceBatch {
+/// [questions, choices, max(longest, min_len)], padded with 0 and masked.
+pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, min_len: usize, device: Device) -> ChoiceBatch {
     let span = |s: usize| tokens.offsets[s] as usize..tokens.offsets[s + 1] as usize;
     let sequences = || questions.iter().flat_map(move |&q| (0..choices).map(move |c| q * choices + c));
-    let seq = sequences().map(|s| span(s).len()).max().unwrap_or(0);
+    let seq = sequences().map(|s| span(s).len()).max().unwrap_or(0).max(min_len);
     let size = questions.len() * choices * seq;
     let (mut input_ids, mut mask, mut type_ids) = (vec![0i64; size], vec![0i64; size], vec![0i64; size]);
     for (row, s) in sequences().enumerate() {
@@ -122,8 +122,20 @@ pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, device: Device)
     ChoiceBatch { input_ids: tensor(&input_ids), attention_mask: tensor(&mask), token_type_ids: tensor(&type_ids) }
 }
 
-/// Cached questions `indices` as one padded batch with their labels (-1 where unlabelled).
+/// Cached questions `indices` as one batch padded to its longest sequence, with their labels
+/// (-1 where unlabelled).
 pub fn collate(cache: &PreparedCache, indices: &[usize], device: Device) -> Result<(ChoiceBatch, Tensor)> {
+    collate_to(cache, indices, 0, device)
+}
+
+/// As `collate`, padded to at least `min_len` tokens (the cache's max length gives every batch
+/// one shape, as `--pad-to-max-length` asks).
+pub fn collate_to(
+    cache: &PreparedCache,
+    indices: &[usize],
+    min_len: usize,
+    device: Device,
+) -> Result<(ChoiceBatch, Tensor)> {
     if let Some(&bad) = indices.iter().find(|&&q| q >= cache.len()) {
         return Err(Error::Input(format!("question {bad} is beyond the cache's {} questions", cache.len())));
     }
@@ -131,7 +143,7 @@ pub fn collate(cache: &PreparedCache, indices: &[usize], device: Device) -> Resu
         Tokens { input_ids: cache.input_ids()?, token_type_ids: cache.token_type_ids()?, offsets: cache.offsets()? };
     let labels = cache.labels()?;
     let labels: Vec<i64> = indices.iter().map(|&q| labels[q]).collect();
-    Ok((pad(&tokens, indices, CHOICES, device), Tensor::from_slice(&labels).to_device(device)))
+    Ok((pad(&tokens, indices, CHOICES, min_len, device), Tensor::from_slice(&labels).to_device(device)))
 }
 
 #[cfg(test)]

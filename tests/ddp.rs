@@ -230,3 +230,91 @@ fn resuming_with_another_number_of_processes_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("written by 2 process(es), this run has 1"), "{stderr}");
 }
+
+/// Two network namespaces joined by a veth pair, deleted on drop.
+struct TwoHosts {
+    names: [String; 2],
+    addrs: [&'static str; 2],
+}
+
+impl TwoHosts {
+    /// None (after saying why) when namespaces cannot be made because we are not root; a
+    /// failure as root is a test failure.
+    fn create() -> Option<TwoHosts> {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("two-node test: skipped: network namespaces need root (CI runs as root)");
+            return None;
+        }
+        let id = std::process::id() % 100_000;
+        let hosts = TwoHosts { names: [format!("mb{id}a"), format!("mb{id}b")], addrs: ["10.231.0.1", "10.231.0.2"] };
+        let [a, b] = &hosts.names;
+        let (va, vb) = (format!("v{id}a"), format!("v{id}b"));
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+            vec!["-n", a, "addr", "add", "10.231.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.231.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let out = Command::new("ip").args(&step).output().expect("run ip (iproute2)");
+            assert!(out.status.success(), "ip {}: {}", step.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Some(hosts)
+    }
+
+    fn exec(&self, host: usize, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.names[host], program]);
+        cmd
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}
+
+#[test]
+fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
+    let Some(hosts) = TwoHosts::create() else { return };
+    let out = common::scratch_dir().join("ddp-two-nodes");
+    let flags = train_flags(&out, 4, 8);
+    let port = common::free_port().to_string();
+    let nodes: Vec<std::process::Child> = (0..2)
+        .map(|node| {
+            let rank = node.to_string();
+            let launch = [
+                "--nnodes",
+                "2",
+                "--node-rank",
+                &rank,
+                "--nproc-per-node",
+                "1",
+                "--master-addr",
+                hosts.addrs[0],
+                "--master-port",
+                &port,
+            ];
+            let mut cmd = hosts.exec(node, env!("CARGO_BIN_EXE_medbert-run"));
+            cmd.args(launch).args(&flags).args(["--verify-sync", "1", "--save-steps", "4"]);
+            cmd.env("OMP_NUM_THREADS", "1").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for (node, child) in nodes.into_iter().enumerate() {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "node {node}:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
+    assert!(diff == 0.0, "2 nodes x 1 process differ from 1 node x 2 processes by {diff:e} at {name}");
+}

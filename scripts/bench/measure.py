@@ -1,12 +1,14 @@
 """Run a command; print its wall time and the peak total RSS of its process tree as JSON.
 
 usage: measure.py LABEL -- CMD [ARGS...]
-Polls /proc every 20 ms, summing the RSS of the command and all its descendants.
+Polls /proc every 20 ms, summing the RSS of the command and all its descendants. The
+command's last line of output is reported as "last_line".
 """
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -39,13 +41,17 @@ def main() -> None:
     label, sep, *cmd = sys.argv[1:]
     assert sep == "--", __doc__
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    out = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=out)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss_kb(proc.pid))
         time.sleep(0.02)
     wall = time.perf_counter() - start
-    print(json.dumps({"label": label, "seconds": round(wall, 2), "peak_rss_mb": round(peak / 1024, 1), "exit": proc.returncode}))
+    out.seek(0)
+    lines = out.read().decode(errors="replace").strip().splitlines()
+    print(json.dumps({"label": label, "seconds": round(wall, 2), "peak_rss_mb": round(peak / 1024, 1),
+                      "exit": proc.returncode, "last_line": lines[-1] if lines else ""}))
     sys.exit(proc.returncode)
 
 

@@ -8,7 +8,7 @@ pub mod ddp;
 pub mod optim;
 pub mod report;
 
-use crate::batch::{collate, question_lengths, Sampler};
+use crate::batch::{collate, collate_to, question_lengths, Sampler};
 use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::model::{ChoiceBatch, MultipleChoiceModel};
@@ -56,6 +56,8 @@ pub struct TrainArgs {
     pub max_grad_norm: f64,
     pub seed: u64,
     pub group_by_length: bool,
+    /// Pad every training batch to the cache's max length instead of its longest question.
+    pub pad_to_max_length: bool,
     pub patience: Option<usize>,
     pub eval_steps: Option<usize>,
     pub logging_steps: usize,
@@ -449,6 +451,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
     let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
     let schedule = LinearSchedule { base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
     let mut scaler = GradScaler::new(precision == Precision::Fp16);
+    let pad_to = if args.pad_to_max_length { split.train.manifest.encoding.max_length } else { 0 };
     let show_bar = args.progress && is_main;
     let bar = if show_bar { indicatif::ProgressBar::new(total_steps as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
@@ -497,7 +500,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                 // Dropout masks depend only on (seed, step, micro-batch, rank), so a resumed run
                 // draws the same ones as an uninterrupted run.
                 tch::manual_seed(dropout_seed(args.seed, step, m, ddp.rank()));
-                let (x, y) = collate(&split.train, micro, args.device)?;
+                let (x, y) = collate_to(&split.train, micro, pad_to, args.device)?;
                 let (loss, _) = precision.autocast(|| batch_loss(&model, &x, &y, true))?;
                 scaler.scale(&(&loss / group.len() as f64)).backward();
                 loss_sum += loss.double_value(&[]) / group.len() as f64;

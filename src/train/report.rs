@@ -73,7 +73,10 @@ pub fn plot(curves: &Curves, png: &Path) -> Result<()> {
         (&right, "eval accuracy", vec![("eval", &curves.eval_accuracy, RED)]),
     ];
     for (area, title, lines) in panels {
-        let (xs, ys) = bounds(&lines.iter().map(|(_, s, _)| *s).collect::<Vec<_>>());
+        let (xs, mut ys) = bounds(&lines.iter().map(|(_, s, _)| *s).collect::<Vec<_>>());
+        if title.contains("accuracy") {
+            ys = 0.0..1.0;
+        }
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 22))
             .margin(12)

@@ -68,6 +68,10 @@ pub struct TrainCli {
     /// Batch questions of similar length (less padding).
     #[arg(long, env = "MEDBERT_GROUP_BY_LENGTH")]
     pub group_by_length: bool,
+    /// Pad every training batch to --max-length instead of its longest question (one shape
+    /// for every step; slower, as benchmarks against fixed-shape references need).
+    #[arg(long, env = "MEDBERT_PAD_TO_MAX_LENGTH")]
+    pub pad_to_max_length: bool,
     /// Stop after this many evaluations without a lower evaluation loss.
     #[arg(long, env = "MEDBERT_PATIENCE")]
     pub patience: Option<usize>,
@@ -243,6 +247,7 @@ pub fn run_train(mut cli: TrainCli) -> Result<()> {
         max_grad_norm: cli.max_grad_norm,
         seed: cli.seed,
         group_by_length: cli.group_by_length,
+        pad_to_max_length: cli.pad_to_max_length,
         patience: cli.patience,
         eval_steps: cli.eval_steps,
         logging_steps: cli.logging_steps,
