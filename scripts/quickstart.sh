@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
 # Sets everything up on a fresh machine, then runs the main job on the embedded default model:
-# `medbert doctor`, then, when MEDMCQA_DIR (environment or .env) holds the MedMCQA dev split,
-# a fine-tuning run on its first 3,183 questions evaluated on the last 1,000 (file order).
+# `medbert doctor`; fine-tuning on MedMCQA's dev split from MEDMCQA_DIR (environment or .env),
+# first 3,183 questions for training and the last 1,000 held out (file order), one epoch;
+# without MEDMCQA_DIR, on examples/data/sample.jsonl (synthetic, 300 + 100 held out);
+# then evaluation and predictions on the held-out questions.
 set -euo pipefail
 "$(dirname "$0")/setup.sh"
 . "$(dirname "$0")/env.sh"
 step() { printf '\n==> %s\n' "$*"; }
 step "medbert doctor"
 ./target/release/medbert doctor
+out=runs/quickstart
 if [ -n "${MEDMCQA_DIR:-}" ] && [ -r "$MEDMCQA_DIR/dev.json" ]; then
-  step "fine-tune $MEDBERT_MODEL on $MEDMCQA_DIR/dev.json (last 1,000 questions held out), 1 epoch"
-  ./target/release/medbert train --train-file "$MEDMCQA_DIR/dev.json" --holdout 1000 --num-train-epochs 1 \
-    --output-dir runs/quickstart
-  echo "metrics: runs/quickstart/metrics.jsonl; checkpoints: runs/quickstart/best, runs/quickstart/final"
+  data=$MEDMCQA_DIR/dev.json held=1000 train=(--num-train-epochs 1)
 else
-  echo "MEDMCQA_DIR is not set (or has no dev.json): set it in .env to fine-tune on MedMCQA."
+  echo "MEDMCQA_DIR is not set (or has no dev.json): using the synthetic sample examples/data/sample.jsonl."
+  echo "Set MEDMCQA_DIR in .env (or run medbert fetch-data) to fine-tune on MedMCQA."
+  data=examples/data/sample.jsonl held=100 train=(--num-train-epochs 4 --learning-rate 1e-4)
 fi
+mkdir -p "$out"
+tail -n "$held" "$data" > "$out/heldout.jsonl"
+step "fine-tune on $data (last $held questions held out)"
+./target/release/medbert train --train-file "$data" --holdout "$held" "${train[@]}" --output-dir "$out"
+step "evaluate $out/best on the held-out questions"
+./target/release/medbert eval --model "$out/best" --validation-file "$out/heldout.jsonl" --cache-dir "$out/prepared"
+step "predict the held-out questions"
+./target/release/medbert predict --model "$out/best" --test-file "$out/heldout.jsonl" --cache-dir "$out/prepared" \
+  --output "$out/predictions.csv"
+printf '\nplot: %s\npredictions: %s\nmetrics: %s\ncheckpoints: %s, %s\n' "$out/curves.png" "$out/predictions.csv" \
+  "$out/metrics.jsonl" "$out/best" "$out/final"
