@@ -59,8 +59,12 @@ fi
 . "$(dirname "$0")/env.sh"
 
 if [ $with_nccl = 1 ]; then
-  step "cargo build --release --features nccl (compile and link check; no GPU here to run it)"
+  step "cargo build --release --features nccl -> target/release-nccl/ (the Docker image's binaries)"
   cargo build --release --features nccl
+  mkdir -p target/release-nccl
+  cp target/release/medbert target/release/medbert-run target/release-nccl/
+  ./target/release-nccl/medbert doctor --model "$MEDBERT_MODEL" | grep -q 'c10d backends:.*nccl' \
+    || { echo "the nccl build does not report the NCCL backend" >&2; exit 1; }
 fi
 step "cargo build --release"
 cargo build --release

@@ -8,6 +8,7 @@ pub mod dist;
 pub mod doctor;
 pub mod encode;
 pub mod error;
+pub mod fetch;
 pub mod hub;
 pub mod launch;
 pub mod model;

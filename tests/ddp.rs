@@ -116,15 +116,24 @@ fn two_process_run() -> &'static PathBuf {
     })
 }
 
+/// The 1-process reference: 8 questions per step.
+fn one_process_run() -> &'static PathBuf {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let out = common::scratch_dir().join("ddp-one");
+        check(&single(&train_flags(&out, 8, 8)));
+        out
+    })
+}
+
 #[test]
 fn two_processes_train_like_one_with_the_same_global_batch() {
-    let one = common::scratch_dir().join("ddp-one");
-    check(&single(&train_flags(&one, 8, 8)));
+    let one = one_process_run();
     let two = two_process_run();
     // --verify-sync 1 checked every step that both ranks hold bitwise identical parameters.
-    let (diff, name) = max_diff(&weights(&one), &weights(two));
+    let (diff, name) = max_diff(&weights(one), &weights(two));
     assert!(diff < 1e-5, "2 processes differ from 1 by {diff:e} at {name}");
-    let (s1, s2) = (common::summary(&one), common::summary(two));
+    let (s1, s2) = (common::summary(one), common::summary(two));
     assert_eq!(s2["world_size"], 2);
     assert_eq!(s1["final_eval"]["questions"], 37);
     assert_eq!(s1["final_eval"]["correct"], s2["final_eval"]["correct"]);
@@ -135,6 +144,18 @@ fn two_processes_train_like_one_with_the_same_global_batch() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().map(|_| 0))
         .collect();
     assert_eq!(steps.len(), 8, "{metrics}");
+}
+
+#[test]
+fn accumulation_micro_steps_stay_local_and_the_group_matches_one_process() {
+    let out = common::scratch_dir().join("ddp-accumulate");
+    let mut flags = train_flags(&out, 2, 8);
+    flags.extend(["--gradient-accumulation-steps", "2", "--verify-sync", "1"].map(String::from));
+    let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
+    launch.extend(flags.iter().map(String::as_str));
+    check(&launcher(&launch).output().unwrap());
+    let (diff, name) = max_diff(&weights(one_process_run()), &weights(&out));
+    assert!(diff < 1e-5, "2 processes x 2 micro-steps x 2 questions differ from 1 x 8 by {diff:e} at {name}");
 }
 
 #[test]

@@ -25,11 +25,14 @@ def main():
     output, _ = proc.communicate()
     assert proc.returncode == 0, f"{label} failed ({proc.returncode}): {' '.join(cmd)}"
     summary = os.path.join(out_dir, "summary.json")
+    exposed = None
     if os.path.exists(summary):
-        qps = json.load(open(summary))["train_questions_per_second"]
+        s = json.load(open(summary))
+        qps, exposed = s["train_questions_per_second"], s.get("ddp_exposed_ms_per_step")
     else:
         qps = json.loads(output.strip().splitlines()[-1])["questions_per_second"]
-    print(json.dumps({"label": label, "questions_per_second": qps, "first_step_seconds": first}))
+    print(json.dumps({"label": label, "questions_per_second": qps, "first_step_seconds": first,
+                      "exposed_ms_per_step": exposed}))
 
 
 if __name__ == "__main__":

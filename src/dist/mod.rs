@@ -173,8 +173,10 @@ pub struct ProcessGroup {
     store: Store,
 }
 
-// SAFETY: c10d backends may be driven from any thread; the handle is only freed in Drop.
+// SAFETY: c10d backends may be driven from any thread, and their collectives may be issued
+// from several (Gloo and NCCL enqueue under their own locks); the handle is only freed in Drop.
 unsafe impl Send for ProcessGroup {}
+unsafe impl Sync for ProcessGroup {}
 
 impl ProcessGroup {
     pub fn gloo(store: Store, rank: usize, world_size: usize, device: &GlooDevice, timeout: Duration) -> Result<Self> {
@@ -264,6 +266,26 @@ impl Drop for ProcessGroup {
         // SAFETY: created by mb_pg_*_new, freed once; `store` is dropped after this body runs.
         unsafe { ffi::mb_pg_free(self.raw) }
     }
+}
+
+/// Calls `f(ctx, index)` each time autograd has accumulated `param`'s gradient (replacing any
+/// such hook). `ctx` must stay valid until `clear_grad_ready`.
+pub(crate) fn register_grad_ready(
+    param: &Tensor,
+    f: ffi::MbGradReadyFn,
+    ctx: *mut std::ffi::c_void,
+    index: usize,
+) -> Result<()> {
+    let mut p = param.shallow_clone();
+    // SAFETY: a live tensor handle; the shim stores only the callback and its arguments.
+    check(unsafe { ffi::mb_register_grad_ready(p.as_mut_ptr(), f, ctx, index) })
+}
+
+/// Removes the hook `register_grad_ready` installed.
+pub(crate) fn clear_grad_ready(param: &Tensor) -> Result<()> {
+    let mut p = param.shallow_clone();
+    // SAFETY: a live tensor handle.
+    check(unsafe { ffi::mb_clear_grad_ready(p.as_mut_ptr()) })
 }
 
 /// A pending collective.

@@ -1,10 +1,13 @@
 //! Data parallelism as PyTorch's DistributedDataParallel does it, over a c10d process group:
 //! identical start (names and shapes checked, then rank 0's values broadcast), gradients
-//! averaged in flat buckets with one asynchronous all-reduce each, exact sums for metrics, and
-//! an optional parameter checksum. With one process every operation is a no-op.
+//! averaged in flat buckets with one asynchronous all-reduce each, started from autograd hooks
+//! while backward still runs, exact sums for metrics, and an optional parameter checksum. With
+//! one process every operation is a no-op.
 
-use crate::dist::ProcessGroup;
+use crate::dist::{ProcessGroup, Work};
 use crate::error::{Error, Result};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
 /// PyTorch DDP's default bucket size.
@@ -29,27 +32,27 @@ pub fn buckets(sizes: &[usize], cap_bytes: usize) -> Vec<std::ops::Range<usize>>
 }
 
 pub struct Ddp {
-    pg: Option<ProcessGroup>,
-    /// Index ranges into the parameter list, one per bucket.
-    buckets: Vec<std::ops::Range<usize>>,
+    pg: Option<Arc<ProcessGroup>>,
+    reducer: Option<Box<Reducer>>,
 }
 
 impl Ddp {
     /// One process: nothing to synchronise.
     pub fn single() -> Ddp {
-        Ddp { pg: None, buckets: Vec::new() }
+        Ddp { pg: None, reducer: None }
     }
 
     /// Data parallelism over `pg` (one process when None). Collectives on plain values work
     /// at once; gradients once `attach` has run.
     pub fn from_group(pg: Option<ProcessGroup>) -> Ddp {
-        Ddp { pg, buckets: Vec::new() }
+        Ddp { pg: pg.map(Arc::new), reducer: None }
     }
 
     /// Takes charge of `params` (name, variable) in the optimizer's order: checks that every
-    /// rank holds the same names and shapes, copies rank 0's values everywhere, and lays out
-    /// the gradient buckets.
-    pub fn attach(&mut self, params: &[(&str, &Tensor)], bucket_cap_mb: f64) -> Result<()> {
+    /// rank holds the same names and shapes, copies rank 0's values everywhere, and (with
+    /// `overlap`) hooks every parameter so that a bucket's all-reduce starts as soon as
+    /// backward has produced its last gradient.
+    pub fn attach(&mut self, params: &[(&str, &Tensor)], bucket_cap_mb: f64, overlap: bool) -> Result<()> {
         let Some(pg) = &self.pg else { return Ok(()) };
         check_same_parameters(pg, params)?;
         tch::no_grad(|| -> Result<()> {
@@ -63,52 +66,55 @@ impl Ddp {
             }
             Ok(())
         })?;
-        let sizes: Vec<usize> = params.iter().map(|(_, t)| t.numel() * t.kind().elt_size_in_bytes()).collect();
-        let cap = (bucket_cap_mb * 1024.0 * 1024.0).max(1.0) as usize;
-        self.buckets = buckets(&sizes, cap);
-        if pg.rank() == 0 {
-            tracing::info!(buckets = self.buckets.len(), cap_mb = bucket_cap_mb, world = pg.world_size(), "DDP ready");
+        let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+        let sizes: Vec<usize> = tensors.iter().map(|t| t.numel() * t.kind().elt_size_in_bytes()).collect();
+        let cap_bytes = (bucket_cap_mb * 1024.0 * 1024.0).max(1.0) as usize;
+        let mut state = State::default();
+        if !overlap {
+            // Without hooks, the buckets follow the reverse of the optimizer's order.
+            state.set_buckets(buckets(&sizes, cap_bytes).into_iter().map(|r| r.collect()).collect(), tensors.len());
         }
+        let reducer = Box::new(Reducer { pg: pg.clone(), params: tensors, sizes, cap_bytes, state: Mutex::new(state) });
+        if overlap {
+            reducer.install_hooks()?;
+        }
+        self.reducer = Some(reducer);
         Ok(())
     }
 
     pub fn world_size(&self) -> usize {
-        self.pg.as_ref().map_or(1, ProcessGroup::world_size)
+        self.pg.as_ref().map_or(1, |pg| pg.world_size())
     }
     pub fn rank(&self) -> usize {
-        self.pg.as_ref().map_or(0, ProcessGroup::rank)
+        self.pg.as_ref().map_or(0, |pg| pg.rank())
     }
     pub fn is_main(&self) -> bool {
         self.rank() == 0
     }
 
-    /// Replaces each gradient by its mean over the ranks. Every bucket's all-reduce is started
-    /// before the first is waited on, so communication overlaps the flattening of the next.
-    pub fn average_gradients(&self, params: &[&Tensor]) -> Result<()> {
-        let Some(pg) = &self.pg else { return Ok(()) };
-        let scale = 1.0 / pg.world_size() as f64;
-        tch::no_grad(|| -> Result<()> {
-            let mut pending = Vec::with_capacity(self.buckets.len());
-            for range in &self.buckets {
-                let grads: Vec<Tensor> = params[range.clone()].iter().map(|p| grad_or_zeros(p)).collect();
-                let mut flat = Tensor::cat(&grads.iter().map(|g| g.view(-1)).collect::<Vec<_>>(), 0) * scale;
-                let work = pg.allreduce_sum(&mut [&mut flat])?;
-                pending.push((work, flat, range.clone()));
-            }
-            for (work, flat, range) in pending {
-                work.wait()?;
-                let mut offset = 0;
-                for p in &params[range] {
-                    let mut grad = p.grad();
-                    let n = p.numel() as i64;
-                    if grad.defined() {
-                        grad.copy_(&flat.narrow(0, offset, n).view_as(&grad));
-                    }
-                    offset += n;
-                }
-            }
-            Ok(())
-        })
+    /// Says that the next backward pass ends an accumulation group: its gradients are to be
+    /// reduced (buckets start during backward). Micro-steps before it stay local.
+    pub fn prepare_sync(&self) {
+        if let Some(r) = &self.reducer {
+            r.lock().armed = true;
+        }
+    }
+
+    /// Replaces each gradient by its mean over the ranks: starts the buckets backward did not
+    /// (all of them without overlap), waits for every all-reduce and copies the results back.
+    pub fn average_gradients(&self) -> Result<()> {
+        match &self.reducer {
+            Some(r) => r.finish(),
+            None => Ok(()),
+        }
+    }
+
+    /// Bucket count and the mean time per synchronised step spent waiting for communication
+    /// after backward (what overlap did not hide).
+    pub fn exposed_communication(&self) -> Option<(usize, Duration)> {
+        let r = self.reducer.as_ref()?;
+        let s = r.lock();
+        Some((s.buckets.len(), s.exposed / s.steps.max(1) as u32))
     }
 
     /// Sums `values` over the ranks in place (f64: exact for counts below 2^53).
@@ -138,6 +144,188 @@ impl Ddp {
             };
             return Err(Error::Dist(format!("--verify-sync: parameters differ across ranks at step {step} ({which})")));
         }
+        Ok(())
+    }
+}
+
+impl Drop for Ddp {
+    fn drop(&mut self) {
+        if let Some(r) = &self.reducer {
+            r.remove_hooks();
+        }
+    }
+}
+
+/// PyTorch's Reducer in small: buckets of parameters in the order backward produces their
+/// gradients (observed on the first synchronised step and taken from rank 0, so every rank
+/// issues the same collectives in the same order), each all-reduced once complete.
+struct Reducer {
+    pg: Arc<ProcessGroup>,
+    /// The parameters, in the optimizer's order (the hooks' indices).
+    params: Vec<Tensor>,
+    sizes: Vec<usize>,
+    cap_bytes: usize,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The next backward ends an accumulation group.
+    armed: bool,
+    /// Hook order seen while the buckets are not laid out yet.
+    seen: Vec<usize>,
+    /// Parameter indices per bucket, in launch order.
+    buckets: Vec<Vec<usize>>,
+    bucket_of: Vec<usize>,
+    /// Gradients each bucket still waits for in this backward.
+    remaining: Vec<usize>,
+    /// The next bucket to launch (buckets start in order on every rank).
+    next: usize,
+    launched: Vec<(Work, Tensor)>,
+    error: Option<Error>,
+    exposed: Duration,
+    steps: usize,
+}
+
+impl State {
+    fn set_buckets(&mut self, buckets: Vec<Vec<usize>>, params: usize) {
+        self.bucket_of = vec![0; params];
+        for (b, bucket) in buckets.iter().enumerate() {
+            for &p in bucket {
+                self.bucket_of[p] = b;
+            }
+        }
+        self.remaining = buckets.iter().map(Vec::len).collect();
+        self.buckets = buckets;
+    }
+}
+
+unsafe extern "C" fn grad_ready(ctx: *mut std::ffi::c_void, index: usize) {
+    // SAFETY: ctx is the boxed Reducer whose hooks are removed before it is freed.
+    let reducer = unsafe { &*(ctx as *const Reducer) };
+    // A panic must not unwind into libtorch's autograd engine.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reducer.ready(index)));
+}
+
+impl Reducer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn install_hooks(&self) -> Result<()> {
+        let ctx = self as *const Reducer as *mut std::ffi::c_void;
+        for (i, p) in self.params.iter().enumerate() {
+            crate::dist::register_grad_ready(p, grad_ready, ctx, i)?;
+        }
+        Ok(())
+    }
+
+    fn remove_hooks(&self) {
+        for p in &self.params {
+            let _ = crate::dist::clear_grad_ready(p);
+        }
+    }
+
+    /// A hook: parameter `index` has its gradient for this backward.
+    fn ready(&self, index: usize) {
+        let mut s = self.lock();
+        if !s.armed {
+            return;
+        }
+        if s.buckets.is_empty() {
+            s.seen.push(index);
+            return;
+        }
+        let b = s.bucket_of[index];
+        s.remaining[b] = s.remaining[b].saturating_sub(1);
+        while s.next < s.buckets.len() && s.remaining[s.next] == 0 {
+            self.launch(&mut s);
+        }
+    }
+
+    fn launch(&self, s: &mut State) {
+        let b = s.next;
+        s.next += 1;
+        match self.start(&s.buckets[b]) {
+            Ok(pending) => s.launched.push(pending),
+            Err(e) => {
+                s.error.get_or_insert(e);
+            }
+        }
+    }
+
+    /// Flattens a bucket's gradients, divided by the world size, and starts their sum.
+    fn start(&self, bucket: &[usize]) -> Result<(Work, Tensor)> {
+        let scale = 1.0 / self.pg.world_size() as f64;
+        tch::no_grad(|| {
+            let grads: Vec<Tensor> = bucket.iter().map(|&i| grad_or_zeros(&self.params[i]).view(-1)).collect();
+            let mut flat = Tensor::cat(&grads, 0) * scale;
+            let work = self.pg.allreduce_sum(&mut [&mut flat])?;
+            Ok((work, flat))
+        })
+    }
+
+    /// Lays the buckets out in the order this backward produced gradients, as rank 0 saw it.
+    fn lay_out(&self, s: &mut State) -> Result<()> {
+        let mut order: Vec<usize> = Vec::with_capacity(self.params.len());
+        let mut placed = vec![false; self.params.len()];
+        for i in s.seen.iter().copied().chain(0..self.params.len()) {
+            if !std::mem::replace(&mut placed[i], true) {
+                order.push(i);
+            }
+        }
+        let mut t = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        self.pg.broadcast(&mut [&mut t], 0)?.wait()?;
+        let order: Vec<usize> = Vec::<i64>::try_from(&t)?.into_iter().map(|i| i as usize).collect();
+        let mut buckets: Vec<Vec<usize>> = Vec::new();
+        let mut bytes = 0;
+        for i in order {
+            if buckets.is_empty() || bytes + self.sizes[i] > self.cap_bytes {
+                buckets.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += self.sizes[i];
+            if let Some(last) = buckets.last_mut() {
+                last.push(i);
+            }
+        }
+        s.set_buckets(buckets, self.params.len());
+        s.seen.clear();
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<()> {
+        let started = Instant::now();
+        let mut s = self.lock();
+        if s.buckets.is_empty() {
+            self.lay_out(&mut s)?;
+        }
+        while s.next < s.buckets.len() {
+            self.launch(&mut s);
+        }
+        let launched = std::mem::take(&mut s.launched);
+        (s.armed, s.next) = (false, 0);
+        s.remaining = s.buckets.iter().map(Vec::len).collect();
+        if let Some(e) = s.error.take() {
+            return Err(e);
+        }
+        tch::no_grad(|| -> Result<()> {
+            for ((work, flat), bucket) in launched.into_iter().zip(&s.buckets) {
+                work.wait()?;
+                let mut offset = 0;
+                for &i in bucket {
+                    let mut grad = self.params[i].grad();
+                    let n = self.params[i].numel() as i64;
+                    if grad.defined() {
+                        grad.copy_(&flat.narrow(0, offset, n).view_as(&grad));
+                    }
+                    offset += n;
+                }
+            }
+            Ok(())
+        })?;
+        s.exposed += started.elapsed();
+        s.steps += 1;
         Ok(())
     }
 }

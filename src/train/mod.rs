@@ -73,6 +73,8 @@ pub struct TrainArgs {
     pub resume: Resume,
     /// Gradient bucket size for the all-reduce, in MiB.
     pub ddp_bucket_cap_mb: f64,
+    /// Start each bucket's all-reduce from autograd hooks during backward.
+    pub ddp_overlap: bool,
     /// Compare a parameter checksum across ranks every N steps.
     pub verify_sync: Option<usize>,
 }
@@ -221,6 +223,10 @@ pub struct TrainSummary {
     pub checkpoint: PathBuf,
     pub best_checkpoint: Option<PathBuf>,
     pub plot: Option<PathBuf>,
+    /// Under DDP: gradient buckets, and the mean time per step spent waiting for their
+    /// all-reduce after backward (the communication that overlap did not hide).
+    pub ddp_buckets: Option<usize>,
+    pub ddp_exposed_ms_per_step: Option<f64>,
 }
 
 impl TrainSummary {
@@ -243,6 +249,8 @@ impl TrainSummary {
             ("final checkpoint", self.checkpoint.display().to_string()),
             ("best checkpoint", self.best_checkpoint.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
             ("plot", self.plot.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
+            ("DDP buckets", self.ddp_buckets.map_or_else(|| "-".into(), |b| b.to_string())),
+            ("DDP comm. wait/step", self.ddp_exposed_ms_per_step.map_or_else(|| "-".into(), |t| format!("{t:.1} ms"))),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
@@ -422,7 +430,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
     let (model, report) =
         MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&args.model_dir), args.device)?;
     let mut opt = AdamW::new(&model.vs, args.weight_decay, (0.9, 0.999), args.adam_epsilon);
-    ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp_bucket_cap_mb)?;
+    ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp_bucket_cap_mb, args.ddp_overlap)?;
     let is_main = ddp.is_main();
     if is_main && (!report.initialised.is_empty() || !report.unexpected.is_empty()) {
         tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
@@ -486,7 +494,6 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
     let mut metrics = MetricsLog::open(&args.output_dir, is_main, resume_from.as_ref().map(|_| step))?;
     let ctx = Ctx { args, model: &model, ddp: &ddp };
     let params: Vec<Tensor> = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
-    let param_refs: Vec<&Tensor> = params.iter().collect();
     let started = Instant::now();
     let (mut stopped_early, mut last_loss) = (false, None);
     'epochs: while step < total_steps {
@@ -501,13 +508,16 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                 // draws the same ones as an uninterrupted run.
                 tch::manual_seed(dropout_seed(args.seed, step, m, ddp.rank()));
                 let (x, y) = collate_to(&split.train, micro, pad_to, args.device)?;
+                if m + 1 == group.len() {
+                    ddp.prepare_sync();
+                }
                 let (loss, _) = precision.autocast(|| batch_loss(&model, &x, &y, true))?;
                 scaler.scale(&(&loss / group.len() as f64)).backward();
                 loss_sum += loss.double_value(&[]) / group.len() as f64;
                 seen += micro.len();
             }
             // Accumulation micro-steps stay local; the group's gradients are averaged once.
-            ddp.average_gradients(&param_refs)?;
+            ddp.average_gradients()?;
             let found_inf = scaler.unscale(params.iter())?;
             let grad_norm = clip_grad_norm(params.iter(), args.max_grad_norm)?;
             let lr = schedule.lr(step);
@@ -567,6 +577,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
         }
     }
     bar.finish_and_clear();
+    let communication = ddp.exposed_communication();
     let qps = (seen * world) as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
     let checkpoint = args.output_dir.join("final");
     let mut plot = None;
@@ -589,5 +600,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
         checkpoint,
         best_checkpoint: split.eval_set().map(|_| args.output_dir.join("best")),
         plot,
+        ddp_buckets: communication.map(|(b, _)| b),
+        ddp_exposed_ms_per_step: communication.map(|(_, t)| t.as_secs_f64() * 1e3),
     })
 }

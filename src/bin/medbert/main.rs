@@ -71,6 +71,19 @@ enum Command {
     Eval(train::EvalCli),
     /// Write a CSV of predictions: id, option (1-4), and the four probabilities.
     Predict(train::PredictCli),
+    /// Download MedMCQA's parquet files from the Hugging Face hub (HF_ENDPOINT, HF_HOME,
+    /// HF_TOKEN apply), check their row counts and write <OUTPUT>/<split>.parquet.
+    FetchData {
+        /// Directory for train.parquet, validation.parquet, test.parquet.
+        #[arg(long, default_value = "data/medmcqa")]
+        output: PathBuf,
+        /// Hub dataset id, optionally @revision.
+        #[arg(long, default_value = medbert::fetch::DEFAULT_REPO)]
+        repo: String,
+        /// Splits to fetch (comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',', default_values = ["train", "validation", "test"])]
+        splits: Vec<medbert::fetch::Split>,
+    },
     /// Check collectives across the worker group started by medbert-run (or torchrun):
     /// all-reduce, broadcast and barrier, verified on every rank.
     DistCheck {
@@ -156,6 +169,12 @@ fn run() -> Result<()> {
         Command::Train(cli) => train::run_train(cli),
         Command::Eval(cli) => train::run_eval(cli),
         Command::Predict(cli) => train::run_predict(cli),
+        Command::FetchData { output, repo, splits } => {
+            for file in medbert::fetch::fetch(&repo, &splits, &output)? {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
         Command::DistCheck { backend, numel, timeout, dump } => {
             dist_check(backend, numel, Duration::from_secs(timeout), dump)
         }

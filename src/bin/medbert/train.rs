@@ -120,6 +120,10 @@ pub struct DdpArgs {
     /// Gradient bucket size for the all-reduce, in MiB (PyTorch DDP's bucket_cap_mb).
     #[arg(long, env = "MEDBERT_DDP_BUCKET_CAP_MB", default_value_t = medbert::train::ddp::DEFAULT_BUCKET_CAP_MB)]
     pub ddp_bucket_cap_mb: f64,
+    /// Start each bucket's all-reduce from autograd hooks while backward runs (false: all
+    /// buckets after backward, for comparison).
+    #[arg(long, env = "MEDBERT_DDP_OVERLAP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ddp_overlap: bool,
     /// Every N optimizer steps, check that all ranks hold bitwise identical parameters
     /// (an error naming the step otherwise).
     #[arg(long, env = "MEDBERT_VERIFY_SYNC")]
@@ -263,6 +267,7 @@ pub fn run_train(mut cli: TrainCli) -> Result<()> {
         },
         adam_epsilon: cli.adam_epsilon,
         ddp_bucket_cap_mb: cli.ddp.ddp_bucket_cap_mb,
+        ddp_overlap: cli.ddp.ddp_overlap,
         verify_sync: cli.ddp.verify_sync,
     };
     let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);

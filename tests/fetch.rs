@@ -1,0 +1,60 @@
+//! `medbert fetch-data` against a loopback stand-in for the hub serving the real dev parquet.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn fetch(endpoint: &str, hf_home: &std::path::Path, out: &std::path::Path, splits: &str) -> Output {
+    Command::new(common::medbert_bin())
+        .args(["fetch-data", "--splits", splits, "--output"])
+        .arg(out)
+        .env("HF_ENDPOINT", endpoint)
+        .env("HF_HOME", hf_home)
+        .output()
+        .expect("run medbert fetch-data")
+}
+
+#[test]
+fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
+    let Some(data) = common::medmcqa_dir("fetch_data_downloads_checks_and_lays_out_the_validation_split") else {
+        return;
+    };
+    let root = common::scratch_dir().join("fetch");
+    let repo = root.join("server/datasets/openlifescienceai/medmcqa/data");
+    std::fs::create_dir_all(&repo).unwrap();
+    let parquet = data.join("validation-00000-of-00001.parquet");
+    std::fs::copy(&parquet, repo.join("validation-00000-of-00001.parquet")).unwrap();
+    // A file of the wrong size where the test split should be.
+    std::fs::copy(&parquet, repo.join("test-00000-of-00001.parquet")).unwrap();
+    let server = common::HubServer::start(&root.join("server"));
+    let (hf_home, out) = (root.join("hf_home"), root.join("medmcqa"));
+
+    let ok = fetch(&server.endpoint, &hf_home, &out, "validation");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(std::fs::read(out.join("validation.parquet")).unwrap(), std::fs::read(&parquet).unwrap());
+
+    let wrong = fetch(&server.endpoint, &hf_home, &out, "test");
+    let text = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{text}");
+    assert!(text.contains("4183 rows, MedMCQA's test split has 6150"), "{text}");
+    assert!(!out.join("test.parquet").exists());
+
+    let missing = fetch(&server.endpoint, &hf_home, &out, "train");
+    let text = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{text}");
+    assert!(text.contains("data/train-00000-of-00001.parquet"), "{text}");
+
+    // The fetched file is ready for prep: same questions as the official JSONL.
+    let prep = |input: &std::path::Path, name: &str| {
+        let o = Command::new(common::medbert_bin())
+            .args(["prep", "--input"])
+            .arg(input)
+            .arg("--output")
+            .arg(root.join(name))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(root.join(name).join(medbert::prep::cache::TOKENS_FILE)).unwrap()
+    };
+    assert_eq!(prep(&out.join("validation.parquet"), "from-hub"), prep(&data.join("dev.json"), "from-jsonl"));
+}
