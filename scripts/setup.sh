@@ -63,8 +63,8 @@ if [ $with_nccl = 1 ]; then
   cargo build --release --features nccl
   mkdir -p target/release-nccl
   cp target/release/medbert target/release/medbert-run target/release-nccl/
-  ./target/release-nccl/medbert doctor --model "$MEDBERT_MODEL" | grep -q 'c10d backends:.*nccl' \
-    || { echo "the nccl build does not report the NCCL backend" >&2; exit 1; }
+  report=$(./target/release-nccl/medbert doctor --model "$MEDBERT_MODEL")
+  grep -q 'c10d backends:.*nccl' <<< "$report" || { echo "the nccl build does not report the NCCL backend" >&2; exit 1; }
 fi
 step "cargo build --release"
 cargo build --release

@@ -37,32 +37,43 @@ pub struct TrainCli {
     /// (file order) and train on the rest.
     #[arg(long, env = "MEDBERT_HOLDOUT")]
     pub holdout: Option<usize>,
+    /// Where metrics, the plot, the summary and checkpoints go.
     #[arg(long, env = "MEDBERT_OUTPUT_DIR", default_value = "runs/medbert")]
     pub output_dir: PathBuf,
+    /// Peak learning rate of AdamW (after warm-up).
     #[arg(long, env = "MEDBERT_LEARNING_RATE", default_value_t = 5e-5)]
     pub learning_rate: f64,
+    /// Questions per training micro-batch on each process.
     #[arg(long, env = "MEDBERT_PER_DEVICE_TRAIN_BATCH_SIZE", default_value_t = 16)]
     pub per_device_train_batch_size: usize,
+    /// Questions per evaluation batch on each process.
     #[arg(long, env = "MEDBERT_PER_DEVICE_EVAL_BATCH_SIZE", default_value_t = 32)]
     pub per_device_eval_batch_size: usize,
+    /// Micro-batches per optimizer step (gradients accumulate locally, sync once).
     #[arg(long, env = "MEDBERT_GRADIENT_ACCUMULATION_STEPS", default_value_t = 1)]
     pub gradient_accumulation_steps: usize,
+    /// Passes over the training data (fractions allowed).
     #[arg(long, env = "MEDBERT_NUM_TRAIN_EPOCHS", default_value_t = 3.0)]
     pub num_train_epochs: f64,
     /// Stop after this many optimizer steps (overrides --num-train-epochs).
     #[arg(long, env = "MEDBERT_MAX_STEPS")]
     pub max_steps: Option<usize>,
+    /// AdamW weight decay (not applied to biases and LayerNorm weights).
     #[arg(long, env = "MEDBERT_WEIGHT_DECAY", default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// AdamW epsilon.
     #[arg(long, env = "MEDBERT_ADAM_EPSILON", default_value_t = 1e-8)]
     pub adam_epsilon: f64,
+    /// Share of the steps spent warming the learning rate up linearly from 0.
     #[arg(long, env = "MEDBERT_WARMUP_RATIO", default_value_t = 0.0)]
     pub warmup_ratio: f64,
     /// Warm-up steps (overrides --warmup-ratio).
     #[arg(long, env = "MEDBERT_WARMUP_STEPS")]
     pub warmup_steps: Option<usize>,
+    /// Clip gradients to this global L2 norm.
     #[arg(long, env = "MEDBERT_MAX_GRAD_NORM", default_value_t = 1.0)]
     pub max_grad_norm: f64,
+    /// Seed of the data order, dropout and the classifier's initialisation.
     #[arg(long, env = "MEDBERT_SEED", default_value_t = 42)]
     pub seed: u64,
     /// Batch questions of similar length (less padding).
@@ -78,6 +89,7 @@ pub struct TrainCli {
     /// Evaluate every N optimizer steps (and at the end of each epoch).
     #[arg(long, env = "MEDBERT_EVAL_STEPS")]
     pub eval_steps: Option<usize>,
+    /// Write a metrics.jsonl line every N optimizer steps.
     #[arg(long, env = "MEDBERT_LOGGING_STEPS", default_value_t = 10)]
     pub logging_steps: usize,
     /// Save a resumable checkpoint-<step> (weights, optimizer moments, position) every N steps.
@@ -291,6 +303,7 @@ pub struct InferenceArgs {
     /// A checkpoint, a model directory or a hub id.
     #[arg(long, env = settings::MODEL_VAR)]
     pub model: PathBuf,
+    /// Questions per batch on each process.
     #[arg(long, default_value_t = 32)]
     pub per_device_eval_batch_size: usize,
     /// Where prepared caches of raw files go.
