@@ -3,8 +3,8 @@ use std::path::PathBuf;
 /// Every failure the library reports. Variants name the file, tensor or variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 
     #[error("{}: invalid model config: {message}", path.display())]
     Config { path: PathBuf, message: String },
@@ -60,7 +60,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), error: source }
     }
 
     pub(crate) fn data(

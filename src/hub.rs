@@ -64,9 +64,11 @@ fn not_found(e: &ApiError) -> bool {
 pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str]) -> Result<PathBuf> {
     // Everything required already cached: no network at all (works offline).
     let cached = Cache::from_env().repo(repo(spec, kind));
-    let from_cache: Option<Vec<PathBuf>> =
-        groups.iter().map(|group| group.iter().find_map(|file| cached.get(file))).collect();
-    if let Some(dir) = from_cache.and_then(|paths| paths.last().and_then(|p| p.parent()).map(Path::to_path_buf)) {
+    let from_cache: Option<Vec<PathBuf>> = groups
+        .iter()
+        .map(|group| group.iter().find_map(|file| cached.get(file).and_then(|p| snapshot_of(&p, file))))
+        .collect();
+    if let Some(dir) = from_cache.and_then(|dirs| dirs.last().cloned()) {
         return Ok(dir);
     }
     let repo = api()?.repo(repo(spec, kind));
@@ -77,15 +79,16 @@ pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str
         for file in *group {
             match repo.get(file) {
                 Ok(path) => {
-                    found = Some(path);
+                    found = Some((path, *file));
                     break;
                 }
                 Err(e) if not_found(&e) => continue,
                 Err(e) => return Err(hub_err(file, e)),
             }
         }
-        let path = found.ok_or_else(|| Error::Input(format!("hub {spec}: none of {} exists", group.join(", "))))?;
-        snapshot = path.parent().map(Path::to_path_buf);
+        let (path, file) =
+            found.ok_or_else(|| Error::Input(format!("hub {spec}: none of {} exists", group.join(", "))))?;
+        snapshot = snapshot_of(&path, file);
     }
     for file in optional {
         match repo.get(file) {
@@ -95,6 +98,12 @@ pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str
         }
     }
     snapshot.ok_or_else(|| Error::Input(format!("hub {spec}: nothing to download")))
+}
+
+/// The snapshot directory holding `path`, the local copy of repository file `file` (which may
+/// sit in subdirectories, as `data/x.parquet`).
+fn snapshot_of(path: &Path, file: &str) -> Option<PathBuf> {
+    path.ancestors().nth(Path::new(file).components().count()).map(Path::to_path_buf)
 }
 
 fn download_model(spec: &str) -> Result<PathBuf> {
