@@ -8,7 +8,9 @@ data=${1:-${MEDMCQA_DIR:-../shared/data/medmcqa}}
 rows=$(mktemp); trap 'rm -f "$rows"' EXIT
 for bench in prep train ddp; do
   echo "==> scripts/bench-$bench.sh" >&2
-  OMP_NUM_THREADS= bash "scripts/bench-$bench.sh" "$data" | tee /dev/stderr | grep '^| ' >> "$rows"
+  out=$(OMP_NUM_THREADS= bash "scripts/bench-$bench.sh" "$data")
+  printf '%s\n' "$out" >&2
+  grep '^| ' <<< "$out" >> "$rows"
 done
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 {

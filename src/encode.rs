@@ -12,11 +12,9 @@ pub const VOCAB_FILE: &str = "vocab.txt";
 
 /// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
 pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
-    [TOKENIZER_FILE, VOCAB_FILE].iter().map(|f| model_dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
-        Error::Tokenizer {
-            path: model_dir.to_path_buf(),
-            message: format!("neither {TOKENIZER_FILE} nor {VOCAB_FILE} found"),
-        }
+    crate::model::first_file(model_dir, &[TOKENIZER_FILE, VOCAB_FILE]).ok_or_else(|| Error::Tokenizer {
+        path: model_dir.to_path_buf(),
+        message: format!("neither {TOKENIZER_FILE} nor {VOCAB_FILE} found"),
     })
 }
 

@@ -16,13 +16,16 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// PyTorch's pickle checkpoint, read when a directory has no safetensors file.
 pub const PICKLE_WEIGHTS_FILE: &str = "pytorch_model.bin";
 
+/// The first of `names` that is a file in `dir`.
+pub(crate) fn first_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
+    names.iter().map(|f| dir.join(f)).find(|p| p.is_file())
+}
+
 /// The weights file of an HF model directory: model.safetensors, else pytorch_model.bin.
 pub fn weights_file(dir: &Path) -> Result<PathBuf> {
-    [WEIGHTS_FILE, PICKLE_WEIGHTS_FILE].iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
-        Error::Weights {
-            path: dir.to_path_buf(),
-            message: format!("neither {WEIGHTS_FILE} nor {PICKLE_WEIGHTS_FILE} found"),
-        }
+    first_file(dir, &[WEIGHTS_FILE, PICKLE_WEIGHTS_FILE]).ok_or_else(|| Error::Weights {
+        path: dir.to_path_buf(),
+        message: format!("neither {WEIGHTS_FILE} nor {PICKLE_WEIGHTS_FILE} found"),
     })
 }
 const CLASSIFIER_PREFIX: &str = "classifier.";
