@@ -3,6 +3,7 @@
 #include "c10d_shim.h"
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <ATen/autocast_mode.h>
@@ -20,7 +21,8 @@
 #include <vector>
 
 struct mb_store {
-  c10::intrusive_ptr<c10d::TCPStore> store;
+  c10::intrusive_ptr<c10d::Store> store;
+  uint16_t port;  // of the underlying TCPStore
 };
 struct mb_pg {
   c10::intrusive_ptr<c10d::Backend> backend;
@@ -122,15 +124,27 @@ char* mb_store_tcp_new(const char* host, uint16_t port, int is_server, int world
     c10d::TCPStoreOptions opts;
     opts.port = port;
     opts.isServer = is_server != 0;
-    opts.numWorkers = static_cast<size_t>(world_size);
-    opts.waitWorkers = true;
+    if (world_size > 0) {
+      opts.numWorkers = static_cast<size_t>(world_size);
+      opts.waitWorkers = true;
+    } else {
+      opts.waitWorkers = false;
+    }
     opts.timeout = std::chrono::milliseconds(timeout_ms);
     auto store = c10::make_intrusive<c10d::TCPStore>(std::string(host), opts);
-    *out = new mb_store{std::move(store)};
+    uint16_t bound = store->getPort();
+    *out = new mb_store{std::move(store), bound};
   });
 }
 
-uint16_t mb_store_port(const mb_store* store) { return store->store->getPort(); }
+uint16_t mb_store_port(const mb_store* store) { return store->port; }
+
+char* mb_store_prefix_new(mb_store* base, const char* prefix, mb_store** out) {
+  return guarded([&] {
+    auto store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), base->store);
+    *out = new mb_store{std::move(store), base->port};
+  });
+}
 
 char* mb_store_set(mb_store* store, const char* key, const uint8_t* value, size_t len) {
   return guarded([&] { store->store->set(key, std::vector<uint8_t>(value, value + len)); });

@@ -29,9 +29,12 @@ void mb_autocast_set_cuda_dtype(int bf16);
    in this build, or no such device). */
 int mb_cuda_capability_major(int device);
 
+/* world_size > 0: the server waits for that many members; 0: no waiting (an agent's store). */
 char* mb_store_tcp_new(const char* host, uint16_t port, int is_server, int world_size,
                        int64_t timeout_ms, mb_store** out);
 uint16_t mb_store_port(const mb_store* store);
+/* A view of `base` whose keys all carry `prefix` (c10d::PrefixStore); base stays usable. */
+char* mb_store_prefix_new(mb_store* base, const char* prefix, mb_store** out);
 char* mb_store_set(mb_store* store, const char* key, const uint8_t* value, size_t len);
 /* Waits for the key (store timeout); *out is malloc'd, released with mb_string_free. */
 char* mb_store_get(mb_store* store, const char* key, uint8_t** out, size_t* out_len);

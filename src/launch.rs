@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +61,8 @@ impl GroupSpec {
                     ("TORCHELASTIC_RESTART_COUNT", restart_count.to_string()),
                     ("TORCHELASTIC_MAX_RESTARTS", self.max_restarts.to_string()),
                     ("TORCHELASTIC_RUN_ID", self.run_id.clone()),
+                    // Node 0's launcher hosts the rendezvous store, as torchrun's agent does.
+                    ("TORCHELASTIC_USE_AGENT_STORE", "True".to_string()),
                 ]
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
@@ -261,12 +263,6 @@ fn pump(
             line.clear();
         }
     })
-}
-
-/// A free TCP port on this host (for `--standalone`).
-pub fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?;
-    Ok(listener.local_addr().map_err(|e| Error::io(Path::new("0.0.0.0:0"), e))?.port())
 }
 
 #[cfg(test)]

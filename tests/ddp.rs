@@ -255,7 +255,7 @@ fn resuming_with_another_number_of_processes_is_refused() {
 /// Two network namespaces joined by a veth pair, deleted on drop.
 struct TwoHosts {
     names: [String; 2],
-    addrs: [&'static str; 2],
+    addrs: [String; 2],
 }
 
 impl TwoHosts {
@@ -266,18 +266,25 @@ impl TwoHosts {
             eprintln!("two-node test: skipped: network namespaces need root (CI runs as root)");
             return None;
         }
-        let id = std::process::id() % 100_000;
-        let hosts = TwoHosts { names: [format!("mb{id}a"), format!("mb{id}b")], addrs: ["10.231.0.1", "10.231.0.2"] };
+        // Tests run in parallel: each pair gets its own names and subnet.
+        static PAIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = format!("{}{n}", std::process::id() % 100_000);
+        let hosts = TwoHosts {
+            names: [format!("mb{id}a"), format!("mb{id}b")],
+            addrs: [format!("10.231.{n}.1"), format!("10.231.{n}.2")],
+        };
         let [a, b] = &hosts.names;
         let (va, vb) = (format!("v{id}a"), format!("v{id}b"));
+        let (cidr_a, cidr_b) = (format!("{}/24", hosts.addrs[0]), format!("{}/24", hosts.addrs[1]));
         let steps: Vec<Vec<&str>> = vec![
             vec!["netns", "add", a],
             vec!["netns", "add", b],
             vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
             vec!["link", "set", &va, "netns", a],
             vec!["link", "set", &vb, "netns", b],
-            vec!["-n", a, "addr", "add", "10.231.0.1/24", "dev", &va],
-            vec!["-n", b, "addr", "add", "10.231.0.2/24", "dev", &vb],
+            vec!["-n", a, "addr", "add", &cidr_a, "dev", &va],
+            vec!["-n", b, "addr", "add", &cidr_b, "dev", &vb],
             vec!["-n", a, "link", "set", &va, "up"],
             vec!["-n", b, "link", "set", &vb, "up"],
             vec!["-n", a, "link", "set", "lo", "up"],
@@ -305,13 +312,11 @@ impl Drop for TwoHosts {
     }
 }
 
-#[test]
-fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
-    let Some(hosts) = TwoHosts::create() else { return };
-    let out = common::scratch_dir().join("ddp-two-nodes");
-    let flags = train_flags(&out, 4, 8);
+/// Starts `medbert-run` for 2 nodes x 1 process in `hosts` with the standard flags plus `extra`.
+fn start_two_nodes(hosts: &TwoHosts, out: &Path, extra: &[&str]) -> Vec<std::process::Child> {
+    let flags = train_flags(out, 4, 8);
     let port = common::free_port().to_string();
-    let nodes: Vec<std::process::Child> = (0..2)
+    (0..2)
         .map(|node| {
             let rank = node.to_string();
             let launch = [
@@ -322,20 +327,55 @@ fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
                 "--nproc-per-node",
                 "1",
                 "--master-addr",
-                hosts.addrs[0],
+                &hosts.addrs[0],
                 "--master-port",
                 &port,
             ];
             let mut cmd = hosts.exec(node, env!("CARGO_BIN_EXE_medbert-run"));
-            cmd.args(launch).args(&flags).args(["--verify-sync", "1", "--save-steps", "4"]);
+            cmd.args(launch).args(extra).args(&flags).args(["--verify-sync", "1", "--save-steps", "4"]);
             cmd.env("OMP_NUM_THREADS", "1").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
             cmd.spawn().unwrap()
         })
-        .collect();
+        .collect()
+}
+
+/// Waits for every node's launcher to succeed; returns their stderr.
+fn wait_all(nodes: Vec<std::process::Child>) -> Vec<String> {
+    let mut texts = Vec::new();
     for (node, child) in nodes.into_iter().enumerate() {
         let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "node {node}:\n{}", String::from_utf8_lossy(&output.stderr));
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "node {node}:\n{text}");
+        texts.push(text);
     }
+    texts
+}
+
+#[test]
+fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
+    let Some(hosts) = TwoHosts::create() else { return };
+    let out = common::scratch_dir().join("ddp-two-nodes");
+    let _ = wait_all(start_two_nodes(&hosts, &out, &[]));
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
     assert!(diff == 0.0, "2 nodes x 1 process differ from 1 node x 2 processes by {diff:e} at {name}");
+}
+
+#[test]
+fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() {
+    let Some(hosts) = TwoHosts::create() else { return };
+    let out = common::scratch_dir().join("ddp-two-nodes-restart");
+    let nodes = start_two_nodes(&hosts, &out, &["--max-restarts", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !out.join("checkpoint-4/trainer_state.json").exists() {
+        assert!(Instant::now() < deadline, "no checkpoint-4 after 300 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // `ip netns exec` execs the launcher, so its pid is the child's.
+    let victim = *workers_of(nodes[1].id()).last().expect("node 1's worker");
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    for (node, text) in wait_all(nodes).iter().enumerate() {
+        assert!(text.contains("restarting the group (1/1)"), "node {node} did not restart:\n{text}");
+    }
+    let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
+    assert!(diff == 0.0, "the restarted 2-node run differs from an uninterrupted one by {diff:e} at {name}");
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use medbert::dist::Store;
 use medbert::launch::{self, GroupSpec, Outcome, Supervision};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -89,14 +90,24 @@ fn run() -> Result<i32> {
     if args.nnodes == 0 || args.node_rank >= args.nnodes {
         bail!("--node-rank {} must be below --nnodes {}", args.node_rank, args.nnodes);
     }
-    let (master_addr, master_port) = if args.standalone {
+    let (master_addr, port) = if args.standalone {
         if args.nnodes != 1 {
             bail!("--standalone is for a single node; use --master-addr with --nnodes {}", args.nnodes);
         }
-        ("127.0.0.1".to_string(), launch::free_port()?)
+        ("127.0.0.1".to_string(), 0)
     } else {
         (args.master_addr, args.master_port)
     };
+    // Node 0 hosts the rendezvous store for the launcher's lifetime, so that it outlives every
+    // restart of the workers (each attempt uses its own key prefix).
+    let store = match args.node_rank {
+        0 => Some(
+            Store::tcp(&master_addr, port, true, 0, Duration::from_secs(60))
+                .with_context(|| format!("hosting the rendezvous store on port {port}"))?,
+        ),
+        _ => None,
+    };
+    let master_port = store.as_ref().map_or(port, Store::port);
     let spec = GroupSpec {
         nnodes: args.nnodes,
         node_rank: args.node_rank,

@@ -12,6 +12,10 @@ pub struct DistEnv {
     pub local_world_size: usize,
     pub master_addr: String,
     pub master_port: u16,
+    /// The launcher hosts the rendezvous store (TORCHELASTIC_USE_AGENT_STORE=True).
+    pub agent_store: bool,
+    /// Restarts of the worker group so far (TORCHELASTIC_RESTART_COUNT).
+    pub restart_count: usize,
 }
 
 impl DistEnv {
@@ -49,7 +53,19 @@ impl DistEnv {
             .filter(|s| !s.trim().is_empty())
             .ok_or(Error::Env { name: "MASTER_ADDR", message: "not set (the launcher sets it)".into() })?;
         let master_port = parse("MASTER_PORT", get("MASTER_PORT"))?;
-        Ok(Some(DistEnv { rank, world_size, local_rank, local_world_size, master_addr, master_port }))
+        let agent_store = get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+        let restart_count =
+            get("TORCHELASTIC_RESTART_COUNT").map_or(Ok(0), |v| parse("TORCHELASTIC_RESTART_COUNT", Some(v)))?;
+        Ok(Some(DistEnv {
+            rank,
+            world_size,
+            local_rank,
+            local_world_size,
+            master_addr,
+            master_port,
+            agent_store,
+            restart_count,
+        }))
     }
 
     pub fn is_main(&self) -> bool {
@@ -95,6 +111,19 @@ mod tests {
         assert_eq!((env.rank, env.world_size, env.local_rank, env.local_world_size), (3, 4, 1, 2));
         assert_eq!((env.master_addr.as_str(), env.master_port), ("10.0.0.1", 29500));
         assert!(!env.is_main());
+    }
+
+    #[test]
+    fn the_launchers_store_and_restart_count_are_read() {
+        let env = lookup(&FULL).unwrap().unwrap();
+        assert_eq!((env.agent_store, env.restart_count), (false, 0));
+        let mut pairs = FULL.to_vec();
+        pairs.extend([("TORCHELASTIC_USE_AGENT_STORE", "True"), ("TORCHELASTIC_RESTART_COUNT", "2")]);
+        let env = lookup(&pairs).unwrap().unwrap();
+        assert_eq!((env.agent_store, env.restart_count), (true, 2));
+        let bad: Vec<(&str, &str)> =
+            pairs.iter().map(|&(k, v)| if k == "TORCHELASTIC_RESTART_COUNT" { (k, "x") } else { (k, v) }).collect();
+        assert!(lookup(&bad).unwrap_err().to_string().contains("TORCHELASTIC_RESTART_COUNT"));
     }
 
     #[test]

@@ -45,6 +45,7 @@ extern "C" {
         timeout_ms: i64,
         out: *mut *mut MbStore,
     ) -> *mut c_char;
+    pub fn mb_store_prefix_new(base: *mut MbStore, prefix: *const c_char, out: *mut *mut MbStore) -> *mut c_char;
     pub fn mb_store_port(store: *const MbStore) -> u16;
     pub fn mb_store_set(store: *mut MbStore, key: *const c_char, value: *const u8, len: usize) -> *mut c_char;
     pub fn mb_store_get(store: *mut MbStore, key: *const c_char, out: *mut *mut u8, out_len: *mut usize)

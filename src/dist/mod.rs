@@ -88,8 +88,9 @@ unsafe impl Send for Store {}
 unsafe impl Sync for Store {}
 
 impl Store {
-    /// Serves (when `is_server`) or joins the store at `host:port`, waiting up to `timeout`
-    /// for all `world_size` members. Port 0 with `is_server` picks a free port.
+    /// Serves (when `is_server`) or joins the store at `host:port`; a server waits up to
+    /// `timeout` for all `world_size` members (0: it does not wait, as a launcher's store).
+    /// Port 0 with `is_server` picks a free port.
     pub fn tcp(host: &str, port: u16, is_server: bool, world_size: usize, timeout: Duration) -> Result<Store> {
         let host = c_string("store host", host)?;
         let world = i32::try_from(world_size).map_err(|_| Error::Dist(format!("world size {world_size} too large")))?;
@@ -98,6 +99,16 @@ impl Store {
         check(unsafe {
             ffi::mb_store_tcp_new(host.as_ptr(), port, is_server.into(), world, millis(timeout), &mut raw)
         })?;
+        Ok(Store { raw })
+    }
+
+    /// The same store seen through `prefix` on every key (c10d's PrefixStore).
+    pub fn with_prefix(&self, prefix: &str) -> Result<Store> {
+        let prefix = c_string("store prefix", prefix)?;
+        let mut raw = ptr::null_mut();
+        // SAFETY: live store, valid C string and out-pointer; the prefix store holds its own
+        // reference to the base store.
+        check(unsafe { ffi::mb_store_prefix_new(self.raw, prefix.as_ptr(), &mut raw) })?;
         Ok(Store { raw })
     }
 
@@ -209,9 +220,16 @@ impl ProcessGroup {
         Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Nccl, store })
     }
 
-    /// Rendezvous through a TCPStore at the master from `env`, then build the group.
+    /// Rendezvous through the TCPStore at the master from `env`, then build the group. As with
+    /// torchrun's env:// rendezvous: when the launcher hosts the store
+    /// (TORCHELASTIC_USE_AGENT_STORE), every rank is a client and each restart attempt keeps
+    /// its keys under `/worker/attempt_<n>`; otherwise rank 0 serves the store.
     pub fn init(env: &DistEnv, backend: Backend, timeout: Duration) -> Result<Self> {
-        let store = Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world_size, timeout)?;
+        let store = match env.agent_store {
+            true => Store::tcp(&env.master_addr, env.master_port, false, 0, timeout)?
+                .with_prefix(&format!("/worker/attempt_{}", env.restart_count))?,
+            false => Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world_size, timeout)?,
+        };
         match backend {
             Backend::Gloo => {
                 let device = GlooDevice::for_master(&env.master_addr, env.master_port);
