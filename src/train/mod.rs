@@ -416,6 +416,86 @@ fn checkpoint_to_resume(args: &TrainArgs, ddp: &Ddp) -> Result<Option<PathBuf>> 
     Ok(Some(dir))
 }
 
+/// The run's shape: this rank's sampler, optimizer steps per epoch and in all, learning rates.
+struct Plan {
+    sampler: Sampler,
+    per_epoch: usize,
+    total_steps: usize,
+    schedule: LinearSchedule,
+}
+
+impl Plan {
+    fn new(args: &TrainArgs, split: &Split, ddp: &Ddp) -> Result<Plan> {
+        let (batch, world) = (args.per_device_train_batch_size, ddp.world_size());
+        let group_by_length = match args.group_by_length {
+            true => {
+                let lengths = question_lengths(&split.train)?;
+                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), batch * world))
+            }
+            false => None,
+        };
+        let sampler = Sampler {
+            len: split.train_idx.len(),
+            world_size: world,
+            rank: ddp.rank(),
+            shuffle: true,
+            seed: args.seed,
+            drop_last: false,
+            group_by_length,
+        };
+        let per_epoch = steps_per_epoch(sampler.num_samples(), batch, args.gradient_accumulation_steps);
+        let total_steps =
+            args.max_steps.unwrap_or_else(|| (args.num_train_epochs * per_epoch as f64).ceil() as usize).max(1);
+        let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
+        let schedule = LinearSchedule { base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
+        Ok(Plan { sampler, per_epoch, total_steps, schedule })
+    }
+}
+
+fn progress_bar(total_steps: usize, show: bool) -> indicatif::ProgressBar {
+    let bar = if show { indicatif::ProgressBar::new(total_steps as u64) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Loads a resumable checkpoint's optimizer moments and loss-scaler state; returns where the
+/// run stood. A checkpoint of another world size is refused: the data order depends on it.
+fn restore(dir: &Path, world: usize, opt: &mut AdamW, scaler: &mut GradScaler) -> Result<checkpoint::TrainerState> {
+    let (state, moments) = checkpoint::load_resumable(dir)?;
+    if state.world_size != world {
+        return Err(Error::Input(format!(
+            "--resume: {} was written by {} process(es), this run has {world}; resume at the same world size \
+             (the data order depends on it) or start a new run from {}",
+            dir.display(),
+            state.world_size,
+            dir.display()
+        )));
+    }
+    opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64)?;
+    if let Some(s) = &state.scaler {
+        *scaler = s.clone();
+    }
+    Ok(state)
+}
+
+/// Writes `checkpoint-<step>` and drops the oldest beyond `--save-total-limit`.
+fn save_checkpoint(
+    args: &TrainArgs,
+    model: &MultipleChoiceModel,
+    opt: &AdamW,
+    state: &checkpoint::TrainerState,
+) -> Result<()> {
+    let dir = checkpoint::dir_for_step(&args.output_dir, state.step);
+    checkpoint::save_resumable(&dir, &model.vs, &args.model_dir, state, opt)?;
+    match args.save_total_limit {
+        Some(keep) => checkpoint::prune(&args.output_dir, keep),
+        None => Ok(()),
+    }
+}
+
 /// Fine-tunes as `args` says: on one process when `pg` is None, else data-parallel over `pg`
 /// (each process one shard of every batch; rank 0 alone writes).
 pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary> {
@@ -438,54 +518,17 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
     let split = Split::open(args)?;
     let batch = args.per_device_train_batch_size;
     let world = ddp.world_size();
-    let sampler = Sampler {
-        len: split.train_idx.len(),
-        world_size: world,
-        rank: ddp.rank(),
-        shuffle: true,
-        seed: args.seed,
-        drop_last: false,
-        group_by_length: match args.group_by_length {
-            true => {
-                let lengths = question_lengths(&split.train)?;
-                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), batch * world))
-            }
-            false => None,
-        },
-    };
-    let per_epoch = steps_per_epoch(sampler.num_samples(), batch, args.gradient_accumulation_steps);
-    let total_steps =
-        args.max_steps.unwrap_or_else(|| (args.num_train_epochs * per_epoch as f64).ceil() as usize).max(1);
-    let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
-    let schedule = LinearSchedule { base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
+    let Plan { sampler, per_epoch, total_steps, schedule } = Plan::new(args, &split, &ddp)?;
     let mut scaler = GradScaler::new(precision == Precision::Fp16);
     let pad_to = if args.pad_to_max_length { split.train.manifest.encoding.max_length } else { 0 };
-    let show_bar = args.progress && is_main;
-    let bar = if show_bar { indicatif::ProgressBar::new(total_steps as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(total_steps, args.progress && is_main);
 
     let (mut step, mut seen, mut epoch, mut skip) = (0usize, 0usize, 0u64, 0usize);
     let mut tracker = Tracker::default();
     if let Some(dir) = &resume_from {
-        let (state, moments) = checkpoint::load_resumable(dir)?;
-        if state.world_size != world {
-            return Err(Error::Input(format!(
-                "--resume: {} was written by {} process(es), this run has {world}; resume at the same world size \
-                 (the data order depends on it) or start a new run from {}",
-                dir.display(),
-                state.world_size,
-                dir.display()
-            )));
-        }
-        opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64)?;
+        let state = restore(dir, world, &mut opt, &mut scaler)?;
         (step, seen, epoch, skip) = (state.step, state.seen, state.epoch, state.group);
         (tracker.best, tracker.bad) = (state.best_eval_loss, state.evals_without_improvement);
-        if let Some(s) = state.scaler {
-            scaler = s;
-        }
         bar.set_position(step as u64);
         if is_main {
             tracing::info!(checkpoint = %dir.display(), step, epoch, "resuming");
@@ -554,11 +597,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                     optimizer_step: Some(opt.step as usize),
                     scaler: Some(scaler.clone()),
                 };
-                let dir = checkpoint::dir_for_step(&args.output_dir, step);
-                checkpoint::save_resumable(&dir, &model.vs, &args.model_dir, &state, &opt)?;
-                if let Some(keep) = args.save_total_limit {
-                    checkpoint::prune(&args.output_dir, keep)?;
-                }
+                save_checkpoint(args, &model, &opt, &state)?;
             }
             if args.eval_steps.is_some_and(|n| step % n == 0)
                 && tracker.evaluate(&ctx, split.eval_set(), &mut metrics, step, epoch_f)?
