@@ -99,7 +99,7 @@ impl Template {
             .prefix_types
             .iter()
             .copied()
-            .chain(std::iter::repeat(self.content_type).take(kept.len()))
+            .chain(std::iter::repeat_n(self.content_type, kept.len()))
             .chain(self.suffix_types.iter().copied())
             .map(|t| t as u8)
             .collect();
@@ -195,9 +195,7 @@ impl<'t> Encoder<'t> {
                         cuts[piece] = i;
                     }
                 }
-                for p in piece + 1..CHOICES + 2 {
-                    cuts[p] = ids.len();
-                }
+                cuts[piece + 1..].fill(ids.len());
                 let question = &ids[..cuts[1]];
                 (0..CHOICES)
                     .map(|c| {

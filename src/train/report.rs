@@ -68,7 +68,8 @@ pub fn plot(curves: &Curves, png: &Path) -> Result<()> {
     let root = BitMapBackend::new(png, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
     let (left, right) = root.split_horizontally(600);
-    let panels: [(&DrawingArea<_, _>, &str, Vec<(&str, &Series, RGBColor)>); 2] = [
+    type Lines<'a> = Vec<(&'a str, &'a Series, RGBColor)>;
+    let panels: [(&DrawingArea<_, _>, &str, Lines); 2] = [
         (&left, "loss", vec![("train", &curves.train_loss, BLUE), ("eval", &curves.eval_loss, RED)]),
         (&right, "eval accuracy", vec![("eval", &curves.eval_accuracy, RED)]),
     ];

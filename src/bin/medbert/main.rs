@@ -66,7 +66,7 @@ enum Command {
         wordnet_dir: PathBuf,
     },
     /// Fine-tune on MedMCQA (flags as the HF Trainer's TrainingArguments).
-    Train(train::TrainCli),
+    Train(Box<train::TrainCli>),
     /// Loss and accuracy of a model or checkpoint on labelled questions.
     Eval(train::EvalCli),
     /// Write a CSV of predictions: id, option (1-4), and the four probabilities.
@@ -166,7 +166,7 @@ fn run() -> Result<()> {
             println!("{} ({what}, {:.1}s)", opts.output.display(), started.elapsed().as_secs_f64());
             Ok(())
         }
-        Command::Train(cli) => train::run_train(cli),
+        Command::Train(cli) => train::run_train(*cli),
         Command::Eval(cli) => train::run_eval(cli),
         Command::Predict(cli) => train::run_predict(cli),
         Command::FetchData { output, repo, splits } => {
