@@ -41,10 +41,19 @@ pub fn run_reference(script: &str, args: &[&Path]) {
     assert!(out.status.success(), "{script} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A directory that lives as long as the test process.
+/// This test binary's scratch directory: `target/tmp/<binary>`, emptied when the binary starts,
+/// so runs never pile up (statics are not dropped at exit, so a TempDir here would leak).
 pub fn scratch_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path()
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let stem = exe.file_stem().and_then(|s| s.to_str()).unwrap_or("tests");
+        let name = stem.split('-').next().unwrap_or(stem);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        dir
+    })
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
