@@ -22,8 +22,7 @@ const QUESTIONS: [(&str, [&str; 4], i64); 3] = [
 
 #[test]
 fn collate_pads_like_the_tokenizer_and_keeps_labels() {
-    let dir = common::scratch_dir().join("batch");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("batch");
     let input = dir.join("q.json");
     let lines: Vec<String> = QUESTIONS
         .iter()

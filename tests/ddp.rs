@@ -15,8 +15,7 @@ fn model_without_dropout() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let src = common::default_model();
-        let dir = common::scratch_dir().join("nodropout");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch("nodropout");
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
         config["hidden_dropout_prob"] = 0.0.into();
@@ -33,8 +32,7 @@ fn model_without_dropout() -> &'static Path {
 fn data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DATA.get_or_init(|| {
-        let dir = common::scratch_dir().join("ddp-data");
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::scratch("ddp-data");
         let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
         common::synthetic_task(&train, 64, 21);
         common::synthetic_task(&valid, 37, 22);
@@ -240,8 +238,7 @@ fn a_killed_worker_brings_the_group_down_and_a_restart_resumes_to_the_same_weigh
 #[test]
 fn resuming_with_another_number_of_processes_is_refused() {
     let two = two_process_run();
-    let copy = common::scratch_dir().join("ddp-other-world");
-    std::fs::create_dir_all(&copy).unwrap();
+    let copy = common::scratch("ddp-other-world");
     let status = Command::new("cp").arg("-r").arg(two.join("checkpoint-4")).arg(&copy).status().unwrap();
     assert!(status.success());
     let mut flags = train_flags(&copy, 8, 8);

@@ -16,8 +16,7 @@ const TOLERANCE: f64 = 1e-5;
 fn reference() -> (&'static Path, HashMap<String, Tensor>) {
     static OUT: OnceLock<PathBuf> = OnceLock::new();
     let out = OUT.get_or_init(|| {
-        let out = common::scratch_dir().join("bert_mc");
-        std::fs::create_dir_all(&out).unwrap();
+        let out = common::scratch("bert_mc");
         common::run_reference("bert_mc.py", &[&common::default_model(), &out]);
         out
     });
@@ -155,8 +154,7 @@ fn wrong_shape_is_named() {
 
 #[test]
 fn unreadable_files_are_errors_naming_them() {
-    let dir = common::scratch_dir().join("broken");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("broken");
     let text = load_err(&dir).to_string();
     assert!(text.contains(CONFIG_FILE), "{text}");
 

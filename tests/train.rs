@@ -47,8 +47,7 @@ const EPS: f64 = 1e-6;
 
 #[test]
 fn an_adamw_step_matches_torch() {
-    let out = common::scratch_dir().join("adamw");
-    std::fs::create_dir_all(&out).unwrap();
+    let out = common::scratch("adamw");
     let model_dir = common::default_model();
     common::run_reference("adamw_steps.py", &[&model_dir, &out]);
     let read =
@@ -98,8 +97,7 @@ fn an_adamw_step_matches_torch() {
 
 #[test]
 fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
-    let dir = common::scratch_dir().join("learn");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("learn");
     let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
     common::synthetic_task(&train, 256, 1);
     common::synthetic_task(&valid, 96, 2);
@@ -175,8 +173,7 @@ fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
 
 #[test]
 fn evaluation_is_deterministic_and_builds_no_graph() {
-    let dir = common::scratch_dir().join("eval_mode");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("eval_mode");
     let data = dir.join("d.json");
     common::synthetic_task(&data, 20, 3);
     let opts = medbert::prep::PrepOptions::new(vec![data], dir.join("cache"), common::default_model(), 64);
@@ -194,8 +191,7 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
 
 #[test]
 fn holdout_evaluates_the_last_questions_of_the_training_file() {
-    let dir = common::scratch_dir().join("holdout");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("holdout");
     let data = dir.join("d.json");
     common::synthetic_task(&data, 40, 4);
     let run = |extra: &[&str]| {
@@ -226,8 +222,7 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
 /// gradient accumulation.
 #[test]
 fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
-    let dir = common::scratch_dir().join("resume");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch("resume");
     let data = dir.join("d.json");
     common::synthetic_task(&data, 40, 5);
     let command = |out: &str, extra: &[&str]| {

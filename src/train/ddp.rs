@@ -58,12 +58,7 @@ impl Ddp {
         tch::no_grad(|| -> Result<()> {
             let mut flat = Tensor::cat(&params.iter().map(|(_, t)| t.detach().view(-1)).collect::<Vec<_>>(), 0);
             pg.broadcast(&mut [&mut flat], 0)?.wait()?;
-            let mut offset = 0;
-            for (_, t) in params {
-                let n = t.numel() as i64;
-                t.shallow_clone().copy_(&flat.narrow(0, offset, n).view_as(t));
-                offset += n;
-            }
+            copy_from_flat(&flat, params.iter().map(|(_, t)| (t.numel(), t.shallow_clone())));
             Ok(())
         })?;
         let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
@@ -119,11 +114,10 @@ impl Ddp {
 
     /// Sums `values` over the ranks in place (f64: exact for counts below 2^53).
     pub fn sum(&self, values: &mut [f64]) -> Result<()> {
-        let Some(pg) = &self.pg else { return Ok(()) };
-        let mut t = Tensor::from_slice(values);
-        pg.allreduce_sum(&mut [&mut t])?.wait()?;
-        values.copy_from_slice(&Vec::<f64>::try_from(&t)?);
-        Ok(())
+        match &self.pg {
+            Some(pg) => sum_over(pg, values),
+            None => Ok(()),
+        }
     }
 
     /// Errors on every rank, naming `step` and the first differing parameter, when the
@@ -135,9 +129,7 @@ impl Ddp {
         pg.broadcast(&mut [&mut reference], 0)?.wait()?;
         let differs: Vec<bool> = Vec::try_from(local.ne_tensor(&reference))?;
         let first = differs.iter().position(|&d| d);
-        let mut flag = [f64::from(u8::from(first.is_some()))];
-        self.sum(&mut flag)?;
-        if flag[0] > 0.0 {
+        if any_rank(pg, first.is_some())? {
             let which = match first {
                 Some(i) => format!("`{}` on rank {} differs from rank 0", params[i].0, pg.rank()),
                 None => format!("rank {} matches rank 0; another rank differs", pg.rank()),
@@ -312,21 +304,41 @@ impl Reducer {
         tch::no_grad(|| -> Result<()> {
             for ((work, flat), bucket) in launched.into_iter().zip(&s.buckets) {
                 work.wait()?;
-                let mut offset = 0;
-                for &i in bucket {
-                    let mut grad = self.params[i].grad();
-                    let n = self.params[i].numel() as i64;
-                    if grad.defined() {
-                        grad.copy_(&flat.narrow(0, offset, n).view_as(&grad));
-                    }
-                    offset += n;
-                }
+                copy_from_flat(&flat, bucket.iter().map(|&i| (self.params[i].numel(), self.params[i].grad())));
             }
             Ok(())
         })?;
         s.exposed += started.elapsed();
         s.steps += 1;
         Ok(())
+    }
+}
+
+/// Sums `values` over the ranks of `pg` in place (f64: exact for counts below 2^53).
+fn sum_over(pg: &ProcessGroup, values: &mut [f64]) -> Result<()> {
+    let mut t = Tensor::from_slice(values);
+    pg.allreduce_sum(&mut [&mut t])?.wait()?;
+    values.copy_from_slice(&Vec::<f64>::try_from(&t)?);
+    Ok(())
+}
+
+/// Whether `local` holds on any rank; every rank gets the same answer.
+fn any_rank(pg: &ProcessGroup, local: bool) -> Result<bool> {
+    let mut flag = [f64::from(u8::from(local))];
+    sum_over(pg, &mut flag)?;
+    Ok(flag[0] > 0.0)
+}
+
+/// Copies consecutive slices of `flat` into the (element count, target) parts, in order; an
+/// undefined target (a parameter without a gradient) keeps its slice unused.
+fn copy_from_flat(flat: &Tensor, parts: impl Iterator<Item = (usize, Tensor)>) {
+    let mut offset = 0;
+    for (numel, mut target) in parts {
+        let n = numel as i64;
+        if target.defined() {
+            target.copy_(&flat.narrow(0, offset, n).view_as(&target));
+        }
+        offset += n;
     }
 }
 
@@ -358,14 +370,10 @@ fn check_same_parameters(pg: &ProcessGroup, params: &[(&str, &Tensor)]) -> Resul
     let theirs: Vec<(String, Vec<i64>)> =
         serde_json::from_slice(&pg.store().get(KEY)?).map_err(|e| Error::Dist(e.to_string()))?;
     let mismatch = first_difference(&theirs, &mine);
-    let mut flag = [f64::from(u8::from(mismatch.is_some()))];
-    let mut t = Tensor::from_slice(&flag);
-    pg.allreduce_sum(&mut [&mut t])?.wait()?;
-    flag[0] = t.double_value(&[0]);
-    match (mismatch, flag[0] > 0.0) {
-        (Some(what), _) => Err(Error::Dist(format!("rank {} parameters differ from rank 0's: {what}", pg.rank()))),
-        (None, true) => Err(Error::Dist("another rank's parameters differ from rank 0's".into())),
-        (None, false) => Ok(()),
+    match (any_rank(pg, mismatch.is_some())?, mismatch) {
+        (_, Some(what)) => Err(Error::Dist(format!("rank {} parameters differ from rank 0's: {what}", pg.rank()))),
+        (true, None) => Err(Error::Dist("another rank's parameters differ from rank 0's".into())),
+        (false, None) => Ok(()),
     }
 }
 

@@ -56,6 +56,13 @@ pub fn scratch_dir() -> &'static Path {
     })
 }
 
+/// A fresh subdirectory `name` of the scratch directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = scratch_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
 /// A TCP port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
