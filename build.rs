@@ -21,6 +21,7 @@ fn main() {
         .define("_GLIBCXX_USE_CXX11_ABI", abi)
         .include(root.join("include"))
         .include(root.join("include/torch/csrc/api/include"))
+        .file("csrc/torch_shim.cpp")
         .file("csrc/c10d_shim.cpp");
     if let Some(dir) = env::var_os("GLOO_INCLUDE_DIR") {
         build.include(dir);
@@ -30,12 +31,30 @@ fn main() {
              or set GLOO_INCLUDE_DIR"
         );
     }
-    if env::var_os("CARGO_FEATURE_NCCL").is_some() {
-        build.define("USE_C10D_NCCL", None).define("USE_CUDA", None);
-        for dir in cuda_include_dirs(&root) {
-            build.include(dir);
+    // A CUDA libtorch: link libtorch_cuda whether or not the binary references a symbol of it
+    // (with --as-needed the linker would drop it and CUDA would silently never turn on), and
+    // compile ProcessGroupNCCL whenever the CUDA and NCCL headers are at hand.
+    let cuda = lib.join("libtorch_cuda.so").is_file();
+    if cuda {
+        println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-ltorch_cuda,--pop-state");
+    }
+    let nccl = match (cuda, env::var("MEDBERT_NCCL").as_deref()) {
+        (false, _) => Err("this libtorch has no CUDA (libtorch_cuda.so)".to_string()),
+        (true, Ok("0")) => Err("MEDBERT_NCCL=0 at build time".to_string()),
+        (true, _) => cuda_include_dirs(&root),
+    };
+    match &nccl {
+        Ok(dirs) => {
+            build.define("USE_C10D_NCCL", None).define("USE_CUDA", None);
+            for dir in dirs {
+                build.include(dir);
+            }
+            println!("cargo:rustc-env=MEDBERT_NCCL_MISSING=");
         }
-        println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        Err(why) => {
+            println!("cargo:warning=ProcessGroupNCCL not compiled: {why}");
+            println!("cargo:rustc-env=MEDBERT_NCCL_MISSING={why}");
+        }
     }
     build.compile("medbert_c10d");
 
@@ -47,6 +66,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    println!("cargo:rerun-if-env-changed=MEDBERT_NCCL");
 }
 
 /// "1" when libc10 exports its assert helper with `std::__cxx11::string`, "0" for the old ABI.
@@ -69,19 +89,28 @@ fn cxx11_abi(libc10: &Path) -> &'static str {
     "0"
 }
 
-/// CUDA headers: `CUDA_HOME/include` when set, else the pip `nvidia-*` packages beside torch.
-fn cuda_include_dirs(torch_root: &Path) -> Vec<PathBuf> {
-    if let Some(home) = env::var_os("CUDA_HOME") {
-        return vec![PathBuf::from(home).join("include")];
-    }
+/// CUDA and NCCL headers: `CUDA_HOME/include` when set, else the pip `nvidia-*` packages
+/// beside torch (`nvidia-cuda-crt`, `nvidia-cuda-cccl` and torch's own `nvidia-nccl-cu13`).
+fn cuda_include_dirs(torch_root: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut dirs = match env::var_os("CUDA_HOME") {
+        Some(home) => vec![PathBuf::from(home).join("include")],
+        None => Vec::new(),
+    };
     let nvidia = torch_root.parent().map(|p| p.join("nvidia")).unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = fs::read_dir(&nvidia)
-        .unwrap_or_else(|e| {
-            panic!("feature `nccl` needs CUDA headers: set CUDA_HOME or pip-install nvidia-cuda-nvcc-cu12 and nvidia-cuda-cccl-cu12 ({}: {e})", nvidia.display())
-        })
-        .filter_map(|entry| Some(entry.ok()?.path().join("include")))
-        .filter(|dir| dir.is_dir())
-        .collect();
-    dirs.sort();
-    dirs
+    let mut pip: Vec<PathBuf> = fs::read_dir(&nvidia)
+        .map(|entries| entries.filter_map(|e| Some(e.ok()?.path().join("include"))).filter(|d| d.is_dir()).collect())
+        .unwrap_or_default();
+    pip.sort();
+    dirs.extend(pip);
+    let has = |file: &str| dirs.iter().any(|d| d.join(file).is_file());
+    let missing: Vec<&str> =
+        ["cuda_runtime_api.h", "crt/host_defines.h", "nccl.h"].into_iter().filter(|f| !has(f)).collect();
+    match missing.is_empty() {
+        true => Ok(dirs),
+        false => Err(format!(
+            "CUDA headers not found ({}): pip-install nvidia-cuda-crt and nvidia-cuda-cccl beside torch \
+             (scripts/setup.sh does) or set CUDA_HOME",
+            missing.join(", ")
+        )),
+    }
 }

@@ -6,12 +6,9 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
-#include <torch/version.h>
 #ifdef USE_C10D_NCCL
-#include <ATen/cuda/CUDAContext.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
@@ -89,32 +86,11 @@ char* mb_clear_grad_ready(mb_tensor param) {
   });
 }
 
-void mb_string_free(char* s) { std::free(s); }
-
-const char* mb_torch_version(void) { return TORCH_VERSION; }
-
 int mb_has_nccl(void) {
 #ifdef USE_C10D_NCCL
   return 1;
 #else
   return 0;
-#endif
-}
-
-void mb_autocast_set_cuda_dtype(int bf16) {
-  at::autocast::set_autocast_dtype(at::kCUDA, bf16 ? at::kBFloat16 : at::kHalf);
-}
-
-int mb_cuda_capability_major(int device) {
-#ifdef USE_C10D_NCCL
-  try {
-    return at::cuda::getDeviceProperties(device)->major;
-  } catch (...) {
-    return -1;
-  }
-#else
-  (void)device;
-  return -1;
 #endif
 }
 
@@ -195,7 +171,7 @@ char* mb_pg_nccl_new(mb_store* store, int rank, int size, int64_t timeout_ms, mb
   });
 #else
   (void)store; (void)rank; (void)size; (void)timeout_ms; (void)out;
-  return dup("this build has no NCCL support: rebuild with `--features nccl`");
+  return dup("this build has no NCCL support: `medbert doctor` says why");
 #endif
 }
 

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "torch_shim.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -14,20 +16,12 @@ extern "C" {
 typedef struct mb_store mb_store;
 typedef struct mb_pg mb_pg;
 typedef struct mb_work mb_work;
-typedef void* mb_tensor; /* at::Tensor* */
 
 /* How Gloo picks its network device. */
 enum mb_gloo_device { MB_GLOO_DEFAULT = 0, MB_GLOO_HOSTNAME = 1, MB_GLOO_INTERFACE = 2 };
 
-void mb_string_free(char* s);
-/* The libtorch version the shim was compiled against, e.g. "2.4.0". Static storage. */
-const char* mb_torch_version(void);
+/* Error strings are released with mb_string_free (torch_shim.h). */
 int mb_has_nccl(void);
-/* Autocast's CUDA dtype: bf16 when nonzero, else fp16. */
-void mb_autocast_set_cuda_dtype(int bf16);
-/* The CUDA device's compute capability major version; -1 when unknown (no CUDA headers
-   in this build, or no such device). */
-int mb_cuda_capability_major(int device);
 
 /* world_size > 0: the server waits for that many members; 0: no waiting (an agent's store). */
 char* mb_store_tcp_new(const char* host, uint16_t port, int is_server, int world_size,

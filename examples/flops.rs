@@ -3,7 +3,7 @@
 //!
 //! usage: cargo run --release --example flops [-- STEPS]
 
-use medbert::model::{ChoiceBatch, MultipleChoiceModel};
+use medbert::model::{BertConfig, ChoiceBatch, MultipleChoiceModel};
 use medbert::train::batch_loss;
 use medbert::train::optim::AdamW;
 use std::time::Instant;
@@ -12,16 +12,6 @@ use tch::{Device, Kind, Tensor};
 const SEQ: i64 = 128;
 const QUESTIONS: i64 = 4;
 const CHOICES: i64 = 4;
-
-fn bert_base() -> rust_bert::bert::BertConfig {
-    serde_json::from_value(serde_json::json!({
-        "hidden_act": "gelu", "attention_probs_dropout_prob": 0.1, "hidden_dropout_prob": 0.1,
-        "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-        "max_position_embeddings": 512, "num_attention_heads": 12, "num_hidden_layers": 12,
-        "type_vocab_size": 2, "vocab_size": 30522
-    }))
-    .expect("a valid BERT config")
-}
 
 /// Forward + backward FLOPs of one step: per token and layer 24 h^2 (the six weight matmuls,
 /// 2 FLOPs per multiply-add) plus 4 s h (scores and weighted sum); backward is twice forward.
@@ -46,9 +36,9 @@ fn matmul_flops_per_second() -> f64 {
 fn main() -> anyhow::Result<()> {
     let steps: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
     tch::manual_seed(0);
-    let config = bert_base();
+    let config = BertConfig::default();
     let (layers, hidden) = (config.num_hidden_layers as f64, config.hidden_size as f64);
-    let model = MultipleChoiceModel::new(config, Device::Cpu);
+    let model = MultipleChoiceModel::new(config, Device::Cpu)?;
     let mut opt = AdamW::new(&model.vs, 0.0, (0.9, 0.999), 1e-8);
     let shape = [QUESTIONS, CHOICES, SEQ];
     let batch = ChoiceBatch {
@@ -61,7 +51,7 @@ fn main() -> anyhow::Result<()> {
         let (loss, _) = batch_loss(&model, &batch, &labels, true)?;
         loss.backward();
         opt.step(1e-5)?;
-        opt.zero_grad();
+        opt.zero_grad()?;
         Ok(())
     };
     step()?;

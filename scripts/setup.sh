@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian/Ubuntu machine for medbert and builds the release binaries.
+# Sets up a fresh Debian/Ubuntu machine for medbert and builds the release binaries (one
+# build, with NCCL: its CUDA headers come from pip, no GPU or CUDA toolkit is needed).
 # Idempotent: a second run downloads nothing and rebuilds only what changed.
-#   scripts/setup.sh           runtime set-up
-#   scripts/setup.sh --nccl    also the CUDA headers and a check that `--features nccl` builds
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
-with_nccl=0
-[ "${1:-}" = --nccl ] && with_nccl=1
 step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
 
 step "Debian packages: libgloo-dev (Gloo headers), wordnet-base (for prep --lemmatize)"
@@ -33,11 +30,10 @@ pip_install() {
   cp "$file" "$stamp"
 }
 
-step "Python venv $MEDBERT_VENV (torch 2.4.0, the default model, the test reference)"
+step "Python venv $MEDBERT_VENV (torch 2.11.0, CUDA 13 headers, the default model, the test reference)"
 [ -x "$MEDBERT_VENV/bin/python" ] || python3 -m venv "$MEDBERT_VENV"
 . "$(dirname "$0")/env.sh"
 pip_install scripts/requirements.txt
-[ $with_nccl = 1 ] && pip_install scripts/requirements-nccl.txt
 
 step ".env"
 model_dir=$("$MEDBERT_VENV/bin/python" - <<'PY'
@@ -58,14 +54,12 @@ else
 fi
 . "$(dirname "$0")/env.sh"
 
-if [ $with_nccl = 1 ]; then
-  step "cargo build --release --features nccl -> target/release-nccl/ (the Docker image's binaries)"
-  cargo build --release --features nccl
-  mkdir -p target/release-nccl
-  cp target/release/medbert target/release/medbert-run target/release-nccl/
-  report=$(./target/release-nccl/medbert doctor --model "$MEDBERT_MODEL")
-  grep -q 'c10d backends:.*nccl' <<< "$report" || { echo "the nccl build does not report the NCCL backend" >&2; exit 1; }
-fi
 step "cargo build --release"
-cargo build --release
+cargo build --release --bins
+if [ -z "${LIBTORCH:-}" ]; then
+  # The venv's torch is a CUDA build and its CUDA headers are installed: NCCL must be in.
+  report=$(./target/release/medbert doctor)
+  grep -q 'c10d backends:.*nccl' <<< "$report" || {
+    printf '%s\nthe build does not report the NCCL backend\n' "$report" >&2; exit 1; }
+fi
 printf '\n==> [%ss] set-up done\n' "$SECONDS"

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# Sets everything up (as quickstart does, plus the NCCL build check), then runs the whole
-# test suite. CI runs exactly this.
+# Sets everything up (as quickstart does), then runs the whole test suite. CI runs exactly this.
 set -euo pipefail
-"$(dirname "$0")/setup.sh" --nccl
+"$(dirname "$0")/setup.sh"
 . "$(dirname "$0")/env.sh"
 printf '\n==> cargo test --release\n'
 cargo test --release

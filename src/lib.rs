@@ -1,4 +1,4 @@
-//! medbert: fine-tune BERT-family models on MedMCQA with libtorch (tch + rust-bert), on one
+//! medbert: fine-tune BERT-family models on MedMCQA with libtorch (tch and a BERT graph of our own), on one
 //! process or many, with gradients synchronised through PyTorch's own c10d.
 
 pub mod atomic;
@@ -14,6 +14,7 @@ pub mod launch;
 pub mod model;
 pub mod prep;
 pub mod settings;
+pub mod sys;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -70,6 +70,45 @@ fn transformers_multiple_choice_checkpoint_loads_whole() {
 }
 
 #[test]
+fn random_bert_base_saved_by_transformers_matches_its_logits() {
+    let (out, r) = &reference();
+    let (model, report) = MultipleChoiceModel::from_dir(&out.join("bert_base"), Device::Cpu).unwrap();
+    assert!(report.initialised.is_empty() && report.unexpected.is_empty(), "{report:?}");
+    assert_eq!(report.loaded, 201, "bert-base: 199 encoder tensors + the classifier's 2");
+    assert_eq!((model.config.hidden_size, model.config.num_hidden_layers), (768, 12));
+    assert!(r["attention_mask"].eq(0).any().int64_value(&[]) == 1, "the batch must hold padding");
+    let diff = max_abs_diff(&logits(&model, r), &r["bert_base_logits"]);
+    assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
+}
+
+/// The reference batch with `extra` padding tokens appended to every sequence; the mask marks
+/// them as padding unless `attend` (then they are attended to like text).
+fn padded(r: &HashMap<String, Tensor>, extra: i64, attend: bool) -> HashMap<String, Tensor> {
+    let pad = |name: &str, value: i64| {
+        let t = &r[name];
+        let (b, c, _) = t.size3().unwrap();
+        Tensor::cat(&[t.shallow_clone(), Tensor::full([b, c, extra], value, (t.kind(), t.device()))], 2)
+    };
+    HashMap::from([
+        ("input_ids".to_string(), pad("input_ids", 0)),
+        ("attention_mask".to_string(), pad("attention_mask", i64::from(attend))),
+        ("token_type_ids".to_string(), pad("token_type_ids", 0)),
+    ])
+}
+
+#[test]
+fn padding_tokens_do_not_change_a_choice_logit() {
+    let (out, r) = &reference();
+    let (model, _) = MultipleChoiceModel::from_dir(&out.join("mc_model"), Device::Cpu).unwrap();
+    let plain = logits(&model, r);
+    let diff = max_abs_diff(&logits(&model, &padded(r, 9, false)), &plain);
+    assert!(diff < TOLERANCE, "9 masked padding tokens moved a logit by {diff:e}");
+    // The same tokens attended to do change the logits: the comparison above can fail.
+    let unmasked = max_abs_diff(&logits(&model, &padded(r, 9, true)), &plain);
+    assert!(unmasked > 1e-3, "attending to padding changed logits only by {unmasked:e}");
+}
+
+#[test]
 fn pytorch_model_bin_checkpoint_loads_like_safetensors() {
     let (out, r) = &reference();
     let dir = out.join("mc_model_bin");
@@ -161,6 +200,10 @@ fn unreadable_files_are_errors_naming_them() {
     std::fs::write(dir.join(CONFIG_FILE), "{\"hidden_size\": \"big\"}").unwrap();
     let text = load_err(&dir).to_string();
     assert!(text.contains("invalid model config"), "{text}");
+
+    std::fs::write(dir.join(CONFIG_FILE), r#"{"hidden_size": 384, "num_attention_heads": 5}"#).unwrap();
+    let text = load_err(&dir).to_string();
+    assert!(text.contains(CONFIG_FILE) && text.contains("`num_attention_heads`") && text.contains("384"), "{text}");
 
     std::fs::copy(common::default_model().join(CONFIG_FILE), dir.join(CONFIG_FILE)).unwrap();
     std::fs::write(dir.join(WEIGHTS_FILE), b"not safetensors").unwrap();

@@ -15,7 +15,7 @@ pub struct MbWork {
     _private: [u8; 0],
 }
 
-pub type MbTensor = *mut torch_sys::C_tensor;
+pub use crate::sys::ffi::MbTensor;
 
 pub const GLOO_DEFAULT: c_int = 0;
 pub const GLOO_HOSTNAME: c_int = 1;
@@ -31,11 +31,7 @@ extern "C" {
         index: usize,
     ) -> *mut c_char;
     pub fn mb_clear_grad_ready(param: MbTensor) -> *mut c_char;
-    pub fn mb_string_free(s: *mut c_char);
-    pub fn mb_torch_version() -> *const c_char;
     pub fn mb_has_nccl() -> c_int;
-    pub fn mb_autocast_set_cuda_dtype(bf16: c_int);
-    pub fn mb_cuda_capability_major(device: c_int) -> c_int;
 
     pub fn mb_store_tcp_new(
         host: *const c_char,

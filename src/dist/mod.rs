@@ -7,7 +7,7 @@ mod ffi;
 pub use env::DistEnv;
 
 use crate::error::{Error, Result};
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::net::{IpAddr, UdpSocket};
 use std::os::raw::c_char;
 use std::ptr;
@@ -40,34 +40,12 @@ impl Backend {
     }
 }
 
-/// The libtorch version whose headers the shim was compiled against.
-pub fn torch_version() -> String {
-    // SAFETY: the shim returns a static NUL-terminated string.
-    unsafe { CStr::from_ptr(ffi::mb_torch_version()) }.to_string_lossy().into_owned()
-}
-
-/// Sets the dtype CUDA autocast casts to: bf16, else fp16.
-pub fn set_autocast_dtype(bf16: bool) {
-    // SAFETY: sets a thread-local autocast setting in libtorch.
-    unsafe { ffi::mb_autocast_set_cuda_dtype(bf16.into()) }
-}
-
-/// The compute capability major version of CUDA device `n`, when this build can tell.
-pub fn cuda_capability_major(n: usize) -> Option<i32> {
-    // SAFETY: the shim catches every error and returns -1.
-    let major = unsafe { ffi::mb_cuda_capability_major(n as i32) };
-    (major >= 0).then_some(major)
-}
-
 /// Turns a shim return value (NULL or an owned message) into a Result.
 fn check(err: *mut c_char) -> Result<()> {
-    if err.is_null() {
-        return Ok(());
+    match crate::sys::take_error(err) {
+        None => Ok(()),
+        Some(message) => Err(Error::Dist(message)),
     }
-    // SAFETY: non-NULL results are malloc'd NUL-terminated strings owned by us.
-    let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
-    unsafe { ffi::mb_string_free(err) };
-    Err(Error::Dist(message))
 }
 
 fn c_string(what: &str, s: &str) -> Result<CString> {
@@ -130,7 +108,7 @@ impl Store {
         // SAFETY: live store; on success the shim hands us a malloc'd buffer of `len` bytes.
         check(unsafe { ffi::mb_store_get(self.raw, key.as_ptr(), &mut buf, &mut len) })?;
         let value = unsafe { std::slice::from_raw_parts(buf, len) }.to_vec();
-        unsafe { ffi::mb_string_free(buf.cast()) };
+        unsafe { crate::sys::ffi::mb_string_free(buf.cast()) };
         Ok(value)
     }
 }

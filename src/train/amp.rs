@@ -19,8 +19,8 @@ impl Precision {
     /// The precision a run on `device` uses; mixed precision asked for on CPU is an error.
     pub fn resolve(self, device: Device) -> Result<Precision> {
         match (self, device) {
-            (Precision::Auto, Device::Cuda(n)) => Ok(match crate::dist::cuda_capability_major(n) {
-                Some(major) if major < 8 => Precision::Fp16,
+            (Precision::Auto, Device::Cuda(n)) => Ok(match crate::sys::cuda_capability(n) {
+                Some((major, _)) if major < 8 => Precision::Fp16,
                 _ => Precision::Bf16,
             }),
             (Precision::Auto, _) => Ok(Precision::Fp32),
@@ -35,7 +35,7 @@ impl Precision {
     pub fn autocast<T>(self, f: impl FnOnce() -> T) -> T {
         match self {
             Precision::Bf16 | Precision::Fp16 => {
-                crate::dist::set_autocast_dtype(self == Precision::Bf16);
+                crate::sys::set_autocast_dtype(self == Precision::Bf16);
                 tch::autocast(true, f)
             }
             _ => f(),

@@ -127,12 +127,14 @@ impl EvalResult {
 }
 
 /// Loss and accuracy of `model` on the labelled questions of `cache` among `questions`
-/// (all when None), in eval mode without a graph.
+/// (all when None), in eval mode without a graph, under `precision`'s autocast (as the HF
+/// Trainer evaluates a bf16 run in bf16).
 pub fn evaluate(
     model: &MultipleChoiceModel,
     cache: &PreparedCache,
     questions: Option<&[usize]>,
     batch_size: usize,
+    precision: Precision,
 ) -> Result<EvalResult> {
     let labels = cache.labels()?;
     let subjects = cache.subjects()?;
@@ -151,7 +153,7 @@ pub fn evaluate(
     tch::no_grad(|| -> Result<()> {
         for chunk in labelled.chunks(batch_size.max(1)) {
             let (batch, y) = collate(cache, chunk, model.vs.device())?;
-            let logits = model.forward(&batch, false)?;
+            let logits = precision.autocast(|| model.forward(&batch, false))?.to_kind(Kind::Float);
             let losses = logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0)?;
             out.loss_sum += losses.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
             let hits: Vec<bool> = Vec::try_from(logits.argmax(-1, false).eq_tensor(&y))?;
@@ -291,7 +293,8 @@ impl Tracker {
     ) -> Result<bool> {
         let Some((cache, questions)) = eval else { return Ok(false) };
         let started = Instant::now();
-        let r = evaluate_sharded(ctx.model, cache, questions, ctx.args.per_device_eval_batch_size, ctx.ddp)?;
+        let r =
+            evaluate_sharded(ctx.model, cache, questions, ctx.args.per_device_eval_batch_size, ctx.precision, ctx.ddp)?;
         metrics.write(serde_json::json!({"step": step, "epoch": epoch, "eval_loss": r.loss(),
             "eval_accuracy": r.accuracy(), "eval_questions": r.questions, "per_subject": r.per_subject}))?;
         if ctx.ddp.is_main() {
@@ -319,6 +322,7 @@ pub fn evaluate_sharded(
     cache: &PreparedCache,
     questions: Option<&[usize]>,
     batch_size: usize,
+    precision: Precision,
     ddp: &Ddp,
 ) -> Result<EvalResult> {
     let labels = cache.labels()?;
@@ -328,7 +332,7 @@ pub fn evaluate_sharded(
     };
     let mine: Vec<usize> =
         all.into_iter().filter(|&q| labels[q] >= 0).skip(ddp.rank()).step_by(ddp.world_size()).collect();
-    evaluate(model, cache, Some(&mine), batch_size)?.sum_over(ddp)
+    evaluate(model, cache, Some(&mine), batch_size, precision)?.sum_over(ddp)
 }
 
 /// Optimizer steps per epoch as the HF Trainer counts them (batches / accumulation, at least 1).
@@ -340,6 +344,7 @@ pub fn steps_per_epoch(questions: usize, batch_size: usize, accumulation: usize)
 struct Ctx<'a> {
     args: &'a TrainArgs,
     model: &'a MultipleChoiceModel,
+    precision: Precision,
     ddp: &'a Ddp,
 }
 
@@ -535,7 +540,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
         }
     }
     let mut metrics = MetricsLog::open(&args.output_dir, is_main, resume_from.as_ref().map(|_| step))?;
-    let ctx = Ctx { args, model: &model, ddp: &ddp };
+    let ctx = Ctx { args, model: &model, precision, ddp: &ddp };
     let params: Vec<Tensor> = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
     let started = Instant::now();
     let (mut stopped_early, mut last_loss) = (false, None);
@@ -545,7 +550,8 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
             shard.chunks(batch).map(|c| c.iter().map(|s| split.train_idx[s.index]).collect()).collect();
         let skipped = std::mem::take(&mut skip);
         for (g, group) in batches.chunks(args.gradient_accumulation_steps).take(per_epoch).enumerate().skip(skipped) {
-            let mut loss_sum = 0.0;
+            // The group's mean loss stays on the device; it is read only when logged.
+            let mut loss_sum = Tensor::zeros([], (Kind::Float, args.device));
             for (m, micro) in group.iter().enumerate() {
                 // Dropout masks depend only on (seed, step, micro-batch, rank), so a resumed run
                 // draws the same ones as an uninterrupted run.
@@ -556,7 +562,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                 }
                 let (loss, _) = precision.autocast(|| batch_loss(&model, &x, &y, true))?;
                 scaler.scale(&(&loss / group.len() as f64)).backward();
-                loss_sum += loss.double_value(&[]) / group.len() as f64;
+                loss_sum += loss.detach().to_kind(Kind::Float) / group.len() as f64;
                 seen += micro.len();
             }
             // Accumulation micro-steps stay local; the group's gradients are averaged once.
@@ -568,12 +574,13 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                 opt.step(lr)?;
             }
             scaler.update(found_inf);
-            opt.zero_grad();
+            opt.zero_grad()?;
             step += 1;
             let epoch_f = epoch as f64 + (g + 1) as f64 / per_epoch as f64;
             let qps = (seen * world) as f64 / (started.elapsed() - tracker.spent).as_secs_f64();
             if step % args.logging_steps.max(1) == 0 || step == total_steps {
-                let mut mean = [loss_sum / world as f64];
+                let mut mean = [loss_sum.double_value(&[]) / world as f64];
+                let grad_norm = grad_norm.double_value(&[]);
                 ddp.sum(&mut mean)?;
                 last_loss = Some(mean[0]);
                 bar.set_message(format!("loss {:.4} lr {lr:.2e} {qps:.1} q/s", mean[0]));

@@ -1,9 +1,11 @@
 //! AdamW, linear warm-up and decay, and gradient clipping, as torch and the HF Trainer do
-//! them. The optimizer is written here (a few tensor operations) because tch's wrapper
-//! cannot save or restore its moments, and an exact `--resume` needs them.
+//! them. The update is torch's own fused kernel (`torch.optim.AdamW(fused=True)`, the HF
+//! Trainer's default optimizer on torch 2.8+); the state lives here because tch's wrapper
+//! cannot save or restore the moments, and an exact `--resume` needs them.
 
 use crate::error::Result;
-use tch::{nn::VarStore, Tensor};
+use crate::sys::{self, AdamWGroup, AdamWHyper};
+use tch::{nn::VarStore, Kind, Tensor};
 
 /// torch.optim.AdamW's update with the HF Trainer's parameter groups: no weight decay on
 /// biases and LayerNorm weights.
@@ -23,6 +25,9 @@ struct Param {
     decay: bool,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// Updates applied to this parameter, a float scalar on its device (the fused kernel's
+    /// bias correction reads it there).
+    steps: Tensor,
 }
 
 /// The HF Trainer's rule: biases and LayerNorm parameters take no weight decay.
@@ -40,6 +45,7 @@ impl AdamW {
                 decay: takes_weight_decay(&name),
                 exp_avg: var.zeros_like(),
                 exp_avg_sq: var.zeros_like(),
+                steps: Tensor::zeros([], (Kind::Float, var.device())),
                 name,
                 var,
             })
@@ -52,35 +58,31 @@ impl AdamW {
         self.params.iter().map(|p| (p.name.as_str(), &p.var))
     }
 
-    /// One update at learning rate `lr` from the accumulated gradients.
+    /// One update at learning rate `lr` from the accumulated gradients; parameters without a
+    /// gradient are left alone, as torch does.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
-        let bias1 = 1.0 - self.beta1.powi(self.step as i32);
-        let bias2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
-        let step_size = lr / bias1;
-        tch::no_grad(|| -> Result<()> {
-            for p in &mut self.params {
-                let grad = p.var.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                if p.decay && self.weight_decay != 0.0 {
-                    let _ = p.var.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
-                }
-                let _ = p.exp_avg.f_lerp_(&grad, 1.0 - self.beta1)?;
-                let _ = p.exp_avg_sq.f_mul_scalar_(self.beta2)?;
-                let _ = p.exp_avg_sq.f_add_(&(&grad * &grad * (1.0 - self.beta2)))?;
-                let denom = p.exp_avg_sq.sqrt() / bias2_sqrt + self.eps;
-                let _ = p.var.f_sub_(&(&p.exp_avg * step_size / denom))?;
+        let grads: Vec<Tensor> = self.params.iter().map(|p| p.var.grad()).collect();
+        for decay in [true, false] {
+            let mut group =
+                AdamWGroup { params: vec![], grads: vec![], exp_avgs: vec![], exp_avg_sqs: vec![], steps: vec![] };
+            for (p, g) in self.params.iter().zip(&grads).filter(|(p, g)| p.decay == decay && g.defined()) {
+                group.params.push(&p.var);
+                group.grads.push(g);
+                group.exp_avgs.push(&p.exp_avg);
+                group.exp_avg_sqs.push(&p.exp_avg_sq);
+                group.steps.push(&p.steps);
             }
-            Ok(())
-        })
+            let weight_decay = if decay { self.weight_decay } else { 0.0 };
+            let hyper = AdamWHyper { lr, beta1: self.beta1, beta2: self.beta2, weight_decay, eps: self.eps };
+            tch::no_grad(|| sys::fused_adamw(&group, hyper))?;
+        }
+        Ok(())
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.var.zero_grad();
-        }
+    /// Drops the gradients (torch's `zero_grad(set_to_none=True)`).
+    pub fn zero_grad(&mut self) -> Result<()> {
+        sys::reset_grads(&self.params.iter().map(|p| &p.var).collect::<Vec<_>>())
     }
 
     /// The moments, named `exp_avg.<param>` and `exp_avg_sq.<param>`.
@@ -105,6 +107,7 @@ impl AdamW {
                 let src = state.get(&key).ok_or_else(|| crate::Error::Input(format!("optimizer state lacks {key}")))?;
                 tch::no_grad(|| dst.f_copy_(src))?;
             }
+            let _ = p.steps.f_fill_(step as f64)?;
         }
         self.step = step;
         Ok(())
@@ -112,24 +115,11 @@ impl AdamW {
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`, as
-/// torch.nn.utils.clip_grad_norm_ does; returns the norm before clipping.
-pub fn clip_grad_norm<'a>(vars: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Result<f64> {
+/// torch.nn.utils.clip_grad_norm_ does (its foreach kernels); returns the norm before clipping
+/// as a 0-dim tensor, so that nothing waits for the device until it is read.
+pub fn clip_grad_norm<'a>(vars: impl Iterator<Item = &'a Tensor>, max_norm: f64) -> Result<Tensor> {
     let grads: Vec<Tensor> = vars.map(|v| v.grad()).filter(|g| g.defined()).collect();
-    if grads.is_empty() {
-        return Ok(0.0);
-    }
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
-    let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-    let coef = max_norm / (total + 1e-6);
-    if coef < 1.0 {
-        tch::no_grad(|| -> Result<()> {
-            for g in &grads {
-                let _ = g.shallow_clone().f_mul_scalar_(coef)?;
-            }
-            Ok(())
-        })?;
-    }
-    Ok(total)
+    tch::no_grad(|| sys::clip_grad_norm(&grads.iter().collect::<Vec<_>>(), max_norm))
 }
 
 /// The HF Trainer's default schedule: linear warm-up from 0, then linear decay to 0.

@@ -2,16 +2,18 @@
 
 usage: bert_mc.py MODEL_DIR OUT_DIR
 
-Writes OUT_DIR/reference.safetensors (inputs, classifier, logits) and OUT_DIR/mc_model/ (the
-same model saved by save_pretrained, so with `bert.`-prefixed names and the classifier), and
-OUT_DIR/mc_model_bin/ (the same, as PyTorch's pickle pytorch_model.bin).
+Writes OUT_DIR/reference.safetensors (inputs, classifier, logits), OUT_DIR/mc_model/ (the
+same model saved by save_pretrained, so with `bert.`-prefixed names and the classifier),
+OUT_DIR/mc_model_bin/ (the same, as PyTorch's pickle pytorch_model.bin), and OUT_DIR/bert_base/:
+a randomly initialised model of bert-base's shape (transformers' BertConfig() defaults, seed 0)
+saved by save_pretrained, whose logits on the same padded batch are `bert_base_logits`.
 """
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import AutoTokenizer, BertForMultipleChoice
+from transformers import AutoTokenizer, BertConfig, BertForMultipleChoice
 
 QUESTIONS = [
     ("Which vitamin deficiency causes scurvy?", ["Vitamin A", "Vitamin B12", "Vitamin C", "Vitamin D"]),
@@ -31,17 +33,28 @@ def main(model_dir: str, out_dir: str) -> None:
     inputs = {k: enc[k].view(shape).contiguous() for k in ("input_ids", "attention_mask", "token_type_ids")}
     with torch.no_grad():
         logits = model(**inputs).logits
+    torch.manual_seed(0)
+    base = BertForMultipleChoice(BertConfig()).eval()
+    with torch.no_grad():
+        base_logits = base(**inputs).logits
+    base.save_pretrained(out / "bert_base")
     save_file(
         {
             **inputs,
             "classifier.weight": model.classifier.weight.detach().contiguous(),
             "classifier.bias": model.classifier.bias.detach().contiguous(),
             "logits": logits.contiguous(),
+            "bert_base_logits": base_logits.contiguous(),
         },
         str(out / "reference.safetensors"),
     )
     model.save_pretrained(out / "mc_model", safe_serialization=True)
-    model.save_pretrained(out / "mc_model_bin", safe_serialization=False)
+    # transformers 5 saves safetensors only; transformers 4's save_pretrained(safe_serialization=
+    # False) wrote torch.save of a plain dict of the tensors, as here. (A pickled OrderedDict, as
+    # torch.save(model.state_dict()) writes, is not read by libtorch's C++ unpickler.)
+    (out / "mc_model_bin").mkdir(exist_ok=True)
+    model.config.save_pretrained(out / "mc_model_bin")
+    torch.save(dict(model.state_dict()), out / "mc_model_bin" / "pytorch_model.bin")
 
 
 if __name__ == "__main__":

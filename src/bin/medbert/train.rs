@@ -150,19 +150,18 @@ pub enum BackendChoice {
 }
 
 impl GroupArgs {
-    /// The process group of this worker when a launcher started several; None for one process.
+    /// The process group of this worker when a launcher started it; None for a plain run.
     fn join(&self, device: tch::Device) -> Result<Option<ProcessGroup>> {
+        // Under a launcher a group is formed even for one process, as torchrun + DDP does, so
+        // that `--nproc-per-node 1` runs the same collectives as a larger group.
         let Some(env) = DistEnv::from_env()? else { return Ok(None) };
-        if env.world_size == 1 {
-            return Ok(None);
-        }
         let backend = match (self.ddp_backend, device.is_cuda()) {
             (BackendChoice::Gloo, _) | (BackendChoice::Auto, false) => Backend::Gloo,
             (BackendChoice::Nccl, _) | (BackendChoice::Auto, true) => Backend::Nccl,
         };
         anyhow::ensure!(
             Backend::compiled().contains(&backend),
-            "--ddp-backend {}: this binary was built without it (cargo build --features nccl)",
+            "--ddp-backend {}: this binary was built without it (`medbert doctor` says why)",
             backend.name()
         );
         anyhow::ensure!(
@@ -309,6 +308,10 @@ pub struct InferenceArgs {
     /// Where prepared caches of raw files go.
     #[arg(long, default_value = "runs/medbert/prepared")]
     pub cache_dir: PathBuf,
+    /// Autocast for the forward pass: auto is bf16 on a CUDA device of compute capability
+    /// 8.0+, fp16 on older ones, fp32 on CPU.
+    #[arg(long, value_enum, default_value_t = Precision::Auto, env = "MEDBERT_PRECISION")]
+    pub precision: Precision,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -340,7 +343,8 @@ pub fn run_eval(cli: EvalCli) -> Result<()> {
     let pg = cli.group.join(device(&cli.common.data.device)?)?;
     let (model, cache) = in_turn(pg.as_ref(), || cli.common.load(&cli.validation_file))?;
     let ddp = Ddp::from_group(pg);
-    let r = evaluate_sharded(&model, &cache, None, cli.common.per_device_eval_batch_size, &ddp)?;
+    let precision = cli.common.precision.resolve(model.vs.device())?;
+    let r = evaluate_sharded(&model, &cache, None, cli.common.per_device_eval_batch_size, precision, &ddp)?;
     if ddp.is_main() {
         println!(
             "{}",
@@ -366,16 +370,31 @@ pub struct PredictCli {
 pub fn run_predict(cli: PredictCli) -> Result<()> {
     let (model, cache) = cli.common.load(&cli.test_file)?;
     let device = model.vs.device();
-    let mut csv = String::from("id,prediction,p_opa,p_opb,p_opc,p_opd\n");
+    let precision = cli.common.precision.resolve(device)?;
+    let mut csv = String::from("id,prediction,p_opa,p_opb,p_opc,p_opd,logit_opa,logit_opb,logit_opc,logit_opd\n");
     let all: Vec<usize> = (0..cache.len()).collect();
     for chunk in all.chunks(cli.common.per_device_eval_batch_size.max(1)) {
         let (batch, _) = collate(&cache, chunk, device)?;
-        let probs =
-            tch::no_grad(|| model.forward(&batch, false))?.softmax(-1, tch::Kind::Float).to_device(tch::Device::Cpu);
-        let probs: Vec<Vec<f32>> = Vec::try_from(&probs)?;
-        for (&q, p) in chunk.iter().zip(probs) {
-            let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
-            csv.push_str(&format!("{},{},{:.6},{:.6},{:.6},{:.6}\n", cache.id(q)?, best + 1, p[0], p[1], p[2], p[3]));
+        let logits = tch::no_grad(|| precision.autocast(|| model.forward(&batch, false)))?
+            .to_kind(tch::Kind::Float)
+            .to_device(tch::Device::Cpu);
+        let probs: Vec<Vec<f32>> = Vec::try_from(&logits.softmax(-1, tch::Kind::Float))?;
+        let logits: Vec<Vec<f32>> = Vec::try_from(&logits)?;
+        for ((&q, p), l) in chunk.iter().zip(probs).zip(logits) {
+            let best = (0..p.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap_or(0);
+            csv.push_str(&format!(
+                "{},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{}\n",
+                cache.id(q)?,
+                best + 1,
+                p[0],
+                p[1],
+                p[2],
+                p[3],
+                l[0],
+                l[1],
+                l[2],
+                l[3]
+            ));
         }
     }
     medbert::atomic::write_file(&cli.output, csv.as_bytes())?;

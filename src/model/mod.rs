@@ -1,15 +1,21 @@
-//! rust-bert's `BertForMultipleChoice` built from a Hugging Face model directory.
+//! `BertForMultipleChoice` built from a Hugging Face model directory: our own BERT graph
+//! (bert.rs) under transformers' parameter names, and the weight loader.
 //!
 //! Checkpoint names follow transformers: a `BertForMultipleChoice` checkpoint carries
 //! `bert.*` and `classifier.*`; a bare `BertModel` checkpoint (most pretrained models) has
-//! no `bert.` prefix. Both load; a classifier absent from the file is initialised as
-//! transformers does (normal with std `initializer_range`, bias zero).
+//! no `bert.` prefix. Both load; a classifier absent from the file keeps transformers'
+//! initialisation (normal with std `initializer_range`, bias zero).
+
+pub mod bert;
+pub mod config;
 
 use crate::error::{Error, Result};
-use rust_bert::bert::{BertConfig, BertForMultipleChoice};
+use bert::BertModel;
+pub use config::{Activation, BertConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use tch::{nn, Device, Kind, Tensor};
+use tch::nn::{self, Module};
+use tch::{Device, Tensor};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -30,10 +36,9 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf> {
 }
 const CLASSIFIER_PREFIX: &str = "classifier.";
 
-/// Reads an HF `config.json` (unchanged) into rust-bert's config.
+/// Reads and checks an HF `config.json`.
 pub fn read_config(path: &Path) -> Result<BertConfig> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
+    BertConfig::from_file(path)
 }
 
 /// One batch of multiple-choice input, each tensor of shape [batch, choices, seq], int64.
@@ -63,6 +68,37 @@ pub struct LoadReport {
     pub unexpected: Vec<String>,
 }
 
+/// `BertForMultipleChoice`: each (question, option) sequence through BERT, the pooled [CLS]
+/// through dropout and a one-unit `classifier`, the scores of a question's options as logits.
+pub struct BertForMultipleChoice {
+    bert: BertModel,
+    classifier: nn::Linear,
+    dropout: f64,
+}
+
+impl BertForMultipleChoice {
+    pub fn new(p: nn::Path, c: &BertConfig) -> Self {
+        BertForMultipleChoice {
+            bert: BertModel::new(&p / "bert", c),
+            classifier: bert::linear(&p / "classifier", c, c.hidden_size, 1),
+            dropout: c.classifier_dropout.unwrap_or(c.hidden_dropout_prob),
+        }
+    }
+
+    /// Logits [batch, choices] from inputs of shape [batch, choices, seq].
+    pub fn forward(&self, batch: &ChoiceBatch, train: bool) -> Tensor {
+        let shape = batch.input_ids.size();
+        let flat = |t: &Tensor| t.view([-1, shape[2]]);
+        let pooled = self.bert.pooled(
+            &flat(&batch.input_ids),
+            &flat(&batch.attention_mask),
+            &flat(&batch.token_type_ids),
+            train,
+        );
+        self.classifier.forward(&pooled.dropout(self.dropout, train)).view([shape[0], shape[1]])
+    }
+}
+
 /// The model, its variables and its config, on one device.
 pub struct MultipleChoiceModel {
     pub vs: nn::VarStore,
@@ -71,18 +107,19 @@ pub struct MultipleChoiceModel {
 }
 
 impl MultipleChoiceModel {
-    /// A model with freshly initialised weights (rust-bert's initialisers).
-    pub fn new(config: BertConfig, device: Device) -> Self {
+    /// A model with freshly initialised weights (transformers' initialisation).
+    pub fn new(config: BertConfig, device: Device) -> Result<Self> {
+        config.check().map_err(|message| Error::Config { path: PathBuf::from(CONFIG_FILE), message })?;
         let vs = nn::VarStore::new(device);
         let net = BertForMultipleChoice::new(vs.root(), &config);
-        MultipleChoiceModel { vs, net, config }
+        Ok(MultipleChoiceModel { vs, net, config })
     }
 
     /// Loads `config.json` and the weights (model.safetensors or pytorch_model.bin) from an
     /// HF model directory.
     pub fn from_dir(dir: &Path, device: Device) -> Result<(Self, LoadReport)> {
         let config = read_config(&dir.join(CONFIG_FILE))?;
-        let mut model = MultipleChoiceModel::new(config, device);
+        let mut model = MultipleChoiceModel::new(config, device)?;
         let report = model.load_weights(&weights_file(dir)?)?;
         Ok((model, report))
     }
@@ -96,8 +133,7 @@ impl MultipleChoiceModel {
             false => Tensor::read_safetensors(path),
         }
         .map_err(|e| Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
-        let init_std = f64::from(self.config.initializer_range);
-        copy_into(&self.vs.variables(), tensors, path, init_std)
+        copy_into(&self.vs.variables(), tensors, path)
     }
 
     /// Logits of shape [batch, choices]. `train` turns dropout on.
@@ -122,9 +158,7 @@ impl MultipleChoiceModel {
         if want != got {
             return Err(Error::Input(format!("batch is on {got:?} but the model is on {want:?}")));
         }
-        let out =
-            self.net.forward_t(&batch.input_ids, Some(&batch.attention_mask), Some(&batch.token_type_ids), None, train);
-        Ok(out.logits)
+        Ok(self.net.forward(batch, train))
     }
 }
 
@@ -145,12 +179,7 @@ fn model_name(name: &str) -> String {
     }
 }
 
-fn copy_into(
-    variables: &HashMap<String, Tensor>,
-    tensors: Vec<(String, Tensor)>,
-    path: &Path,
-    init_std: f64,
-) -> Result<LoadReport> {
+fn copy_into(variables: &HashMap<String, Tensor>, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<LoadReport> {
     let mut by_name: BTreeMap<String, (String, Tensor)> = BTreeMap::new();
     for (name, tensor) in tensors {
         by_name.insert(model_name(&name), (name, tensor));
@@ -174,14 +203,7 @@ fn copy_into(
                     var.f_copy_(&src)?;
                     report.loaded += 1;
                 }
-                None if name.starts_with(CLASSIFIER_PREFIX) => {
-                    if name.ends_with(".bias") {
-                        let _ = var.f_zero_()?;
-                    } else {
-                        var.f_copy_(&(Tensor::randn(var.size(), (Kind::Float, Device::Cpu)) * init_std))?;
-                    }
-                    report.initialised.push(name.clone());
-                }
+                None if name.starts_with(CLASSIFIER_PREFIX) => report.initialised.push(name.clone()),
                 None => {
                     return Err(Error::MissingTensor {
                         path: path.to_path_buf(),
@@ -202,7 +224,7 @@ mod tests {
     use super::model_name;
 
     #[test]
-    fn checkpoint_names_map_to_rust_bert() {
+    fn checkpoint_names_map_to_the_model() {
         assert_eq!(model_name("encoder.layer.0.output.dense.weight"), "bert.encoder.layer.0.output.dense.weight");
         assert_eq!(model_name("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
         assert_eq!(model_name("classifier.weight"), "classifier.weight");

@@ -1,0 +1,111 @@
+// Implementation of torch_shim.h.
+#include "torch_shim.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Version.h>
+#include <ATen/autocast_mode.h>
+#include <torch/version.h>
+
+#include <dlfcn.h>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+char* dup(const std::string& s) {
+  char* out = static_cast<char*>(std::malloc(s.size() + 1));
+  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
+  return out;
+}
+
+template <typename F>
+char* guarded(F&& f) {
+  try {
+    f();
+    return nullptr;
+  } catch (const c10::Error& e) {
+    return dup(e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    return dup(e.what());
+  } catch (...) {
+    return dup("unknown C++ exception in libtorch");
+  }
+}
+
+std::vector<at::Tensor> collect(mb_tensor* tensors, size_t n) {
+  std::vector<at::Tensor> out;
+  out.reserve(n);
+  for (size_t i = 0; i < n; ++i) out.push_back(*static_cast<at::Tensor*>(tensors[i]));
+  return out;
+}
+
+}  // namespace
+
+extern "C" {
+
+void mb_string_free(char* s) { std::free(s); }
+
+const char* mb_torch_version(void) { return TORCH_VERSION; }
+
+char* mb_torch_config(void) {
+  try {
+    return dup(at::show_config());
+  } catch (...) {
+    return dup("");
+  }
+}
+
+void mb_autocast_set_cuda_dtype(int bf16) {
+  at::autocast::set_autocast_dtype(at::kCUDA, bf16 ? at::kBFloat16 : at::kHalf);
+}
+
+int mb_cuda_capability(int device, int* major, int* minor) {
+  // CUDA driver API (cuda.h): cuInit, cuDeviceGet, cuDeviceGetAttribute; the attributes
+  // COMPUTE_CAPABILITY_MAJOR = 75 and _MINOR = 76.
+  using init_fn = int (*)(unsigned);
+  using get_fn = int (*)(int*, int);
+  using attr_fn = int (*)(int*, int, int);
+  static void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (lib == nullptr) return -1;
+  auto init = reinterpret_cast<init_fn>(dlsym(lib, "cuInit"));
+  auto get = reinterpret_cast<get_fn>(dlsym(lib, "cuDeviceGet"));
+  auto attr = reinterpret_cast<attr_fn>(dlsym(lib, "cuDeviceGetAttribute"));
+  int handle = 0;
+  if (init == nullptr || get == nullptr || attr == nullptr || init(0) != 0 || get(&handle, device) != 0) return -1;
+  if (attr(major, 75, handle) != 0 || attr(minor, 76, handle) != 0) return -1;
+  return 0;
+}
+
+char* mb_fused_adamw(mb_tensor* params, mb_tensor* grads, mb_tensor* exp_avgs, mb_tensor* exp_avg_sqs,
+                     mb_tensor* steps, size_t n, double lr, double beta1, double beta2,
+                     double weight_decay, double eps) {
+  return guarded([&] {
+    if (n == 0) return;
+    auto step_counts = collect(steps, n);
+    at::_foreach_add_(step_counts, 1);
+    at::_fused_adamw_(collect(params, n), collect(grads, n), collect(exp_avgs, n), collect(exp_avg_sqs, n), {},
+                      step_counts, lr, beta1, beta2, weight_decay, eps, /*amsgrad=*/false, /*maximize=*/false);
+  });
+}
+
+char* mb_clip_grad_norm(mb_tensor* grads, size_t n, double max_norm, mb_tensor* total_norm) {
+  return guarded([&] {
+    auto list = collect(grads, n);
+    at::Tensor total = n == 0 ? at::zeros({}) : at::linalg_vector_norm(at::stack(at::_foreach_norm(list, 2)), 2);
+    if (n > 0) {
+      at::Tensor coef = at::clamp_max(max_norm / (total + 1e-6), 1.0);
+      at::_foreach_mul_(list, coef);
+    }
+    *total_norm = new at::Tensor(std::move(total));
+  });
+}
+
+char* mb_grads_reset(mb_tensor* params, size_t n) {
+  return guarded([&] {
+    for (size_t i = 0; i < n; ++i) static_cast<at::Tensor*>(params[i])->mutable_grad().reset();
+  });
+}
+
+}  // extern "C"

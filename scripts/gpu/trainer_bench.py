@@ -1,0 +1,52 @@
+"""The reference for check.py's speed step: the HF Trainer fine-tuning BertForMultipleChoice on
+the questions of a medbert cache, every sequence padded to the cache's max length (as
+`medbert train --pad-to-max-length`), with its defaults otherwise (SDPA attention, fused AdamW).
+
+usage: trainer_bench.py MODEL_DIR CACHE_DIR BATCH STEPS PRECISION(fp32|bf16) OUT_DIR
+Prints {"questions_per_second": ...} (the Trainer's train_samples_per_second).
+"""
+import json
+import sys
+
+import torch
+from safetensors.numpy import load_file
+from transformers import BertForMultipleChoice, Trainer, TrainingArguments
+
+
+class Questions(torch.utils.data.Dataset):
+    def __init__(self, cache):
+        t = load_file(f"{cache}/tokens.safetensors")
+        width = json.load(open(f"{cache}/manifest.json"))["encoding"]["max_length"]
+        offsets, n = t["offsets"], (len(t["offsets"]) - 1) // 4
+        self.x = {k: torch.zeros(n * 4, width, dtype=torch.long) for k in ("input_ids", "token_type_ids", "attention_mask")}
+        for s in range(n * 4):
+            a, b = offsets[s], offsets[s + 1]
+            self.x["input_ids"][s, : b - a] = torch.from_numpy(t["input_ids"][a:b].astype("int64"))
+            self.x["token_type_ids"][s, : b - a] = torch.from_numpy(t["token_type_ids"][a:b].astype("int64"))
+            self.x["attention_mask"][s, : b - a] = 1
+        self.x = {k: v.view(n, 4, width) for k, v in self.x.items()}
+        self.labels = torch.from_numpy(t["labels"].astype("int64"))
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return {**{k: v[i] for k, v in self.x.items()}, "labels": self.labels[i]}
+
+
+def main(model_dir, cache, batch, steps, precision, out):
+    model = BertForMultipleChoice.from_pretrained(model_dir)
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=int(batch), max_steps=int(steps), learning_rate=5e-5,
+        lr_scheduler_type="linear", save_strategy="no", eval_strategy="no", logging_strategy="no", report_to=[],
+        use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16", dataloader_num_workers=0, seed=42,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Questions(cache))
+    metrics = trainer.train().metrics
+    print(json.dumps({"questions_per_second": metrics["train_samples_per_second"], "optim": str(args.optim),
+                      "attention": model.config._attn_implementation}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:7])

@@ -1,0 +1,234 @@
+//! The BERT encoder, read top to bottom as transformers' modeling_bert.py: embeddings, a stack
+//! of layers (self-attention through `scaled_dot_product_attention`, then the feed-forward
+//! block), and the pooler. Variable names are the checkpoint's (`embeddings.word_embeddings.
+//! weight`, `encoder.layer.0.attention.self.query.weight`, ...); initialisation is
+//! transformers' `_init_weights`.
+//!
+//! Two things differ from transformers in how, never in what, is computed:
+//! - Padding is never computed on. Hidden states hold only the real tokens, packed as
+//!   [tokens, hidden]; they are laid out padded only around attention, which masks padding
+//!   keys. A padding token cannot change a real token's output, so the results are the same.
+//! - The last layer computes its attention output and feed-forward block for the [CLS] tokens
+//!   alone: nothing else reaches the pooler, so the pooled output is the same.
+
+use super::config::{Activation, BertConfig};
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// Linear layers as transformers initialises them: weights N(0, initializer_range), bias 0.
+pub(crate) fn linear(p: nn::Path, c: &BertConfig, input: i64, output: i64) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: c.initializer_range },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p, input, output, config)
+}
+
+fn layer_norm(p: nn::Path, c: &BertConfig) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![c.hidden_size], nn::LayerNormConfig { eps: c.layer_norm_eps, ..Default::default() })
+}
+
+/// An embedding table N(0, initializer_range); the padding row starts at zero and gets no
+/// gradient, as `nn.Embedding(padding_idx=...)`.
+fn embedding(p: nn::Path, c: &BertConfig, rows: i64, padding_idx: Option<i64>) -> nn::Embedding {
+    let config = nn::EmbeddingConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: c.initializer_range },
+        padding_idx: padding_idx.unwrap_or(-1),
+        ..Default::default()
+    };
+    let table = nn::embedding(p, rows, c.hidden_size, config);
+    if let Some(row) = padding_idx {
+        tch::no_grad(|| {
+            let _ = table.ws.get(row).zero_();
+        });
+    }
+    table
+}
+
+/// Where the real tokens of a padded [sequences, seq] batch are: their flat indices (in
+/// order) and the padding mask attention needs.
+pub struct Packing {
+    sequences: i64,
+    len: i64,
+    /// Flat indices (row * len + position) of the real tokens.
+    index: Tensor,
+    /// Each sequence's first token ([CLS]) among the packed tokens.
+    first: Tensor,
+    /// [sequences, 1, 1, seq], true where a key may be attended to.
+    mask: Tensor,
+}
+
+impl Packing {
+    pub fn new(attention_mask: &Tensor) -> Packing {
+        let (sequences, len) = attention_mask.size2().expect("attention_mask is [sequences, seq]");
+        let real = attention_mask.to_kind(Kind::Bool);
+        let index = real.view([-1]).nonzero().squeeze_dim(1);
+        let lengths = real.sum_dim_intlist(1, false, Kind::Int64);
+        let first = lengths.cumsum(0, Kind::Int64) - &lengths;
+        Packing { sequences, len, index, first, mask: real.view([sequences, 1, 1, len]) }
+    }
+
+    /// The real tokens' rows of a padded [sequences, seq, ...] tensor, as [tokens, ...].
+    fn pack(&self, padded: &Tensor) -> Tensor {
+        let mut flat = padded.size();
+        flat.splice(0..2, [self.sequences * self.len]);
+        padded.reshape(flat).index_select(0, &self.index)
+    }
+
+    /// Packed [tokens, width] rows laid out as [sequences, seq, width], zeros at padding.
+    fn unpack(&self, packed: &Tensor) -> Tensor {
+        let width = packed.size()[1];
+        let padded = Tensor::zeros([self.sequences * self.len, width], (packed.kind(), packed.device()));
+        padded.index_copy(0, &self.index, packed).view([self.sequences, self.len, width])
+    }
+
+    fn positions(&self) -> Tensor {
+        self.index.remainder(self.len)
+    }
+}
+
+pub struct Embeddings {
+    word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: nn::Embedding,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl Embeddings {
+    fn new(p: nn::Path, c: &BertConfig) -> Self {
+        Embeddings {
+            word_embeddings: embedding(&p / "word_embeddings", c, c.vocab_size, Some(c.pad_token_id)),
+            position_embeddings: embedding(&p / "position_embeddings", c, c.max_position_embeddings, None),
+            token_type_embeddings: embedding(&p / "token_type_embeddings", c, c.type_vocab_size, None),
+            layer_norm: layer_norm(&p / "LayerNorm", c),
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    /// The packed tokens' embeddings, [tokens, hidden].
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, packing: &Packing, train: bool) -> Tensor {
+        let embeddings = self.word_embeddings.forward(&packing.pack(input_ids))
+            + self.token_type_embeddings.forward(&packing.pack(token_type_ids))
+            + self.position_embeddings.forward(&packing.positions());
+        self.layer_norm.forward(&embeddings).dropout(self.dropout, train)
+    }
+}
+
+/// `attention.self` and `attention.output`: multi-head self-attention, projection, residual.
+struct Attention {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    heads: i64,
+    attention_dropout: f64,
+    dropout: f64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, c: &BertConfig) -> Self {
+        let (s, o, h) = (&p / "self", &p / "output", c.hidden_size);
+        Attention {
+            query: linear(&s / "query", c, h, h),
+            key: linear(&s / "key", c, h, h),
+            value: linear(&s / "value", c, h, h),
+            dense: linear(&o / "dense", c, h, h),
+            layer_norm: layer_norm(&o / "LayerNorm", c),
+            heads: c.num_attention_heads,
+            attention_dropout: c.attention_probs_dropout_prob,
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    /// `hidden`: the packed tokens, [tokens, hidden]. Every token attends to its sequence's
+    /// real tokens; with `cls_only` only the [CLS] tokens are computed, [sequences, hidden].
+    fn forward(&self, hidden: &Tensor, packing: &Packing, cls_only: bool, train: bool) -> Tensor {
+        let (n, width) = (packing.sequences, hidden.size()[1]);
+        let heads = |t: Tensor| t.view([n, -1, self.heads, width / self.heads]).transpose(1, 2);
+        let queries = if cls_only { hidden.index_select(0, &packing.first) } else { hidden.shallow_clone() };
+        let q = match cls_only {
+            true => heads(self.query.forward(&queries)),
+            false => heads(packing.unpack(&self.query.forward(hidden))),
+        };
+        let k = heads(packing.unpack(&self.key.forward(hidden)));
+        let v = heads(packing.unpack(&self.value.forward(hidden)));
+        let dropout_p = if train { self.attention_dropout } else { 0.0 };
+        let context =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&packing.mask), dropout_p, false, None, false);
+        let context = context.transpose(1, 2).reshape([n, -1, width]);
+        let context = if cls_only { context.view([n, width]) } else { packing.pack(&context) };
+        self.layer_norm.forward(&(self.dense.forward(&context).dropout(self.dropout, train) + queries))
+    }
+}
+
+/// One encoder layer: attention, then `intermediate` (dense + activation) and `output`
+/// (dense, dropout, residual, LayerNorm).
+struct Layer {
+    attention: Attention,
+    intermediate: nn::Linear,
+    activation: Activation,
+    output: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl Layer {
+    fn new(p: nn::Path, c: &BertConfig) -> Self {
+        Layer {
+            attention: Attention::new(&p / "attention", c),
+            intermediate: linear(&p / "intermediate" / "dense", c, c.hidden_size, c.intermediate_size),
+            activation: c.hidden_act,
+            output: linear(&p / "output" / "dense", c, c.intermediate_size, c.hidden_size),
+            layer_norm: layer_norm(&p / "output" / "LayerNorm", c),
+            dropout: c.hidden_dropout_prob,
+        }
+    }
+
+    fn forward(&self, hidden: &Tensor, packing: &Packing, cls_only: bool, train: bool) -> Tensor {
+        let attended = self.attention.forward(hidden, packing, cls_only, train);
+        let inner = activate(self.activation, &self.intermediate.forward(&attended));
+        self.layer_norm.forward(&(self.output.forward(&inner).dropout(self.dropout, train) + attended))
+    }
+}
+
+/// Each activation as one fused kernel.
+fn activate(activation: Activation, x: &Tensor) -> Tensor {
+    match activation {
+        Activation::Gelu => x.gelu("none"),
+        Activation::GeluTanh => x.gelu("tanh"),
+        Activation::Relu => x.relu(),
+        Activation::Silu => x.silu(),
+    }
+}
+
+/// `BertModel`: embeddings, encoder layers and the pooler (dense + tanh on [CLS]).
+pub struct BertModel {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: nn::Linear,
+}
+
+impl BertModel {
+    pub fn new(p: nn::Path, c: &BertConfig) -> Self {
+        let encoder = &p / "encoder" / "layer";
+        BertModel {
+            embeddings: Embeddings::new(&p / "embeddings", c),
+            layers: (0..c.num_hidden_layers).map(|i| Layer::new(&encoder / i, c)).collect(),
+            pooler: linear(&p / "pooler" / "dense", c, c.hidden_size, c.hidden_size),
+        }
+    }
+
+    /// The pooled [CLS] representation, [sequences, hidden]. Inputs are [sequences, seq];
+    /// `attention_mask` is 1 for tokens and 0 for padding.
+    pub fn pooled(&self, input_ids: &Tensor, attention_mask: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
+        let packing = Packing::new(attention_mask);
+        let mut hidden = self.embeddings.forward(input_ids, token_type_ids, &packing, train);
+        for (i, layer) in self.layers.iter().enumerate() {
+            hidden = layer.forward(&hidden, &packing, i + 1 == self.layers.len(), train);
+        }
+        self.pooler.forward(&hidden).tanh()
+    }
+}

@@ -1,0 +1,43 @@
+//! The GPU check kit builds within its size limit and its CPU run passes, so the kit that is
+//! run on CUDA machines cannot rot unnoticed (docs/gpu.md).
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn the_gpu_kit_builds_and_its_cpu_check_passes() {
+    let Some(data) = common::medmcqa_dir("the_gpu_kit_builds_and_its_cpu_check_passes") else { return };
+    let dir = common::scratch("kit");
+    let kit = dir.join("gpu-kit");
+    let out = Command::new("bash")
+        .arg(common::manifest_dir().join("scripts/gpu-kit.sh"))
+        .arg(&kit)
+        .env("MEDMCQA_DIR", &data)
+        .output()
+        .expect("run scripts/gpu-kit.sh");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "gpu-kit.sh: {said}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("MiB (limit 60 MiB)"), "{said}");
+    for file in ["check.sh", "check.py", "trainer_bench.py", "bin/medbert", "bin/medbert-run", "data/dev.json"] {
+        assert!(kit.join(file).is_file(), "the kit lacks {file}");
+    }
+
+    let out = Command::new("bash")
+        .arg(kit.join("check.sh"))
+        .args(["--cpu", "--work"])
+        .arg(dir.join("work"))
+        .env("PYTHON", common::venv_python())
+        .env_remove("OUT")
+        .output()
+        .expect("run the kit's check.sh");
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "check.sh --cpu failed:\n{log}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report = std::fs::read_to_string(kit.join("gpu-report.md")).expect("the report next to the script");
+    assert!(!report.contains("**FAIL**"), "{report}");
+    for step in
+        ["a. doctor", "b. logits bert-base fp32", "b. logits minilm fp32", "c. train fp32", "d. DDP", "e. speed"]
+    {
+        assert!(report.contains(&format!("| {step}")), "no row for {step}:\n{report}");
+    }
+}
