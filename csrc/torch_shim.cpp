@@ -57,8 +57,20 @@ char* mb_torch_config(void) {
   }
 }
 
-void mb_autocast_set_cuda_dtype(int bf16) {
+// The state packs whether autocast was on and its previous dtype (bf16 or not).
+int mb_autocast_enter(int bf16) {
+  int state = (at::autocast::is_autocast_enabled(at::kCUDA) ? 1 : 0) |
+              (at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16 ? 2 : 0);
   at::autocast::set_autocast_dtype(at::kCUDA, bf16 ? at::kBFloat16 : at::kHalf);
+  at::autocast::set_autocast_enabled(at::kCUDA, true);
+  at::autocast::increment_nesting();
+  return state;
+}
+
+void mb_autocast_exit(int state) {
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(at::kCUDA, (state & 1) != 0);
+  at::autocast::set_autocast_dtype(at::kCUDA, (state & 2) != 0 ? at::kBFloat16 : at::kHalf);
 }
 
 int mb_cuda_capability(int device, int* major, int* minor) {

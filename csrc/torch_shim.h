@@ -21,8 +21,10 @@ const char* mb_torch_version(void);
 /* torch.__config__.show(): build settings, and with a visible GPU the CUDA runtime and the
    architectures the kernels were compiled for. malloc'd, released with mb_string_free. */
 char* mb_torch_config(void);
-/* Autocast's CUDA dtype: bf16 when nonzero, else fp16. */
-void mb_autocast_set_cuda_dtype(int bf16);
+/* Enters CUDA autocast to bf16 (nonzero) or fp16 as torch.autocast("cuda", dtype) does, and
+   returns the state to pass to mb_autocast_exit. */
+int mb_autocast_enter(int bf16);
+void mb_autocast_exit(int state);
 /* A CUDA device's compute capability (CUDA driver API, loaded at run time, so every build
    reads it). Returns 0 and sets major/minor, or -1 when there is no driver or no such device. */
 int mb_cuda_capability(int device, int* major, int* minor);

@@ -12,7 +12,7 @@ use std::net::{IpAddr, UdpSocket};
 use std::os::raw::c_char;
 use std::ptr;
 use std::time::Duration;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// The collective backends a process group can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -158,6 +158,9 @@ pub struct ProcessGroup {
     rank: usize,
     world_size: usize,
     backend: Backend,
+    /// Where this group's collectives take their tensors: the CPU for Gloo, this rank's GPU
+    /// for NCCL (which accepts only CUDA tensors).
+    device: Device,
     // c10d holds its own reference to the store; ours serves `store()` for rendezvous checks.
     store: Store,
 }
@@ -188,14 +191,15 @@ impl ProcessGroup {
                 &mut raw,
             )
         })?;
-        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Gloo, store })
+        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Gloo, device: Device::Cpu, store })
     }
 
-    pub fn nccl(store: Store, rank: usize, world_size: usize, timeout: Duration) -> Result<Self> {
+    /// An NCCL group whose rank works on CUDA device `gpu`.
+    pub fn nccl(store: Store, rank: usize, world_size: usize, gpu: usize, timeout: Duration) -> Result<Self> {
         let mut raw = ptr::null_mut();
         // SAFETY: live store and out-pointer.
         check(unsafe { ffi::mb_pg_nccl_new(store.raw, rank as i32, world_size as i32, millis(timeout), &mut raw) })?;
-        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Nccl, store })
+        Ok(ProcessGroup { raw, rank, world_size, backend: Backend::Nccl, device: Device::Cuda(gpu), store })
     }
 
     /// Rendezvous through the TCPStore at the master from `env`, then build the group. As with
@@ -213,7 +217,7 @@ impl ProcessGroup {
                 let device = GlooDevice::for_master(&env.master_addr, env.master_port);
                 ProcessGroup::gloo(store, env.rank, env.world_size, &device, timeout)
             }
-            Backend::Nccl => ProcessGroup::nccl(store, env.rank, env.world_size, timeout),
+            Backend::Nccl => ProcessGroup::nccl(store, env.rank, env.world_size, env.local_rank, timeout),
         }
     }
 
@@ -228,6 +232,10 @@ impl ProcessGroup {
     }
     pub fn store(&self) -> &Store {
         &self.store
+    }
+    /// The device that tensors of host values (counts, flags, orders) go to for a collective.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// Starts an in-place sum over all ranks; the result is valid after `Work::wait`.

@@ -13,7 +13,7 @@
 
 use super::config::{Activation, BertConfig};
 use tch::nn::{self, Module};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Linear layers as transformers initialises them: weights N(0, initializer_range), bias 0.
 pub(crate) fn linear(p: nn::Path, c: &BertConfig, input: i64, output: i64) -> nn::Linear {
@@ -60,13 +60,21 @@ pub struct Packing {
 }
 
 impl Packing {
-    pub fn new(attention_mask: &Tensor) -> Packing {
+    /// Computed where the mask is (the CPU, for batches straight from the cache, so nothing
+    /// waits for the GPU) and placed on `device`.
+    pub fn new(attention_mask: &Tensor, device: Device) -> Packing {
         let (sequences, len) = attention_mask.size2().expect("attention_mask is [sequences, seq]");
         let real = attention_mask.to_kind(Kind::Bool);
         let index = real.view([-1]).nonzero().squeeze_dim(1);
         let lengths = real.sum_dim_intlist(1, false, Kind::Int64);
         let first = lengths.cumsum(0, Kind::Int64) - &lengths;
-        Packing { sequences, len, index, first, mask: real.view([sequences, 1, 1, len]) }
+        Packing {
+            sequences,
+            len,
+            index: super::upload(&index, device),
+            first: super::upload(&first, device),
+            mask: super::upload(&real.view([sequences, 1, 1, len]), device),
+        }
     }
 
     /// The real tokens' rows of a padded [sequences, seq, ...] tensor, as [tokens, ...].
@@ -107,7 +115,8 @@ impl Embeddings {
         }
     }
 
-    /// The packed tokens' embeddings, [tokens, hidden].
+    /// The packed tokens' embeddings, [tokens, hidden], from `input_ids` and `token_type_ids`
+    /// on `packing`'s device.
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, packing: &Packing, train: bool) -> Tensor {
         let embeddings = self.word_embeddings.forward(&packing.pack(input_ids))
             + self.token_type_embeddings.forward(&packing.pack(token_type_ids))
@@ -221,11 +230,14 @@ impl BertModel {
         }
     }
 
-    /// The pooled [CLS] representation, [sequences, hidden]. Inputs are [sequences, seq];
-    /// `attention_mask` is 1 for tokens and 0 for padding.
+    /// The pooled [CLS] representation, [sequences, hidden], on the model's device. Inputs are
+    /// right-padded [sequences, seq] on that device or on the CPU (then moved without
+    /// waiting); `attention_mask` is 1 for tokens and 0 for padding.
     pub fn pooled(&self, input_ids: &Tensor, attention_mask: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let packing = Packing::new(attention_mask);
-        let mut hidden = self.embeddings.forward(input_ids, token_type_ids, &packing, train);
+        let device = self.pooler.ws.device();
+        let packing = Packing::new(attention_mask, device);
+        let (input_ids, token_type_ids) = (super::upload(input_ids, device), super::upload(token_type_ids, device));
+        let mut hidden = self.embeddings.forward(&input_ids, &token_type_ids, &packing, train);
         for (i, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(&hidden, &packing, i + 1 == self.layers.len(), train);
         }

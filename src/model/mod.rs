@@ -41,6 +41,17 @@ pub fn read_config(path: &Path) -> Result<BertConfig> {
     BertConfig::from_file(path)
 }
 
+/// `t` on `device`. From the CPU to a GPU through pinned memory and without waiting, as a
+/// DataLoader with `pin_memory=True` and `.to(device, non_blocking=True)` do, so the host can
+/// queue the next step while the GPU still runs this one.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    match (t.device(), device) {
+        (from, to) if from == to => t.shallow_clone(),
+        (Device::Cpu, Device::Cuda(_)) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        _ => t.to_device(device),
+    }
+}
+
 /// One batch of multiple-choice input, each tensor of shape [batch, choices, seq], int64.
 pub struct ChoiceBatch {
     pub input_ids: Tensor,
@@ -136,7 +147,8 @@ impl MultipleChoiceModel {
         copy_into(&self.vs.variables(), tensors, path)
     }
 
-    /// Logits of shape [batch, choices]. `train` turns dropout on.
+    /// Logits of shape [batch, choices] on the model's device, from a batch on that device or
+    /// on the CPU. `train` turns dropout on.
     pub fn forward(&self, batch: &ChoiceBatch, train: bool) -> Result<Tensor> {
         let shape = batch.input_ids.size();
         if shape.len() != 3 {
@@ -155,7 +167,7 @@ impl MultipleChoiceModel {
             )));
         }
         let (want, got) = (self.vs.device(), batch.input_ids.device());
-        if want != got {
+        if want != got && got != Device::Cpu {
             return Err(Error::Input(format!("batch is on {got:?} but the model is on {want:?}")));
         }
         Ok(self.net.forward(batch, train))

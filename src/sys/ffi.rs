@@ -8,7 +8,8 @@ extern "C" {
     pub fn mb_string_free(s: *mut c_char);
     pub fn mb_torch_version() -> *const c_char;
     pub fn mb_torch_config() -> *mut c_char;
-    pub fn mb_autocast_set_cuda_dtype(bf16: c_int);
+    pub fn mb_autocast_enter(bf16: c_int) -> c_int;
+    pub fn mb_autocast_exit(state: c_int);
     pub fn mb_cuda_capability(device: c_int, major: *mut c_int, minor: *mut c_int) -> c_int;
     pub fn mb_fused_adamw(
         params: *mut MbTensor,

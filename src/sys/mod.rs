@@ -41,10 +41,19 @@ pub fn torch_config() -> String {
     take_error(raw).unwrap_or_default()
 }
 
-/// Sets the dtype CUDA autocast casts to: bf16, else fp16.
-pub fn set_autocast_dtype(bf16: bool) {
-    // SAFETY: sets a thread-local autocast setting in libtorch.
-    unsafe { ffi::mb_autocast_set_cuda_dtype(bf16.into()) }
+/// Runs `f` under CUDA autocast to bf16 (else fp16), as `with torch.autocast("cuda", dtype)`;
+/// the previous autocast state comes back afterwards, also when `f` panics.
+pub fn cuda_autocast<T>(bf16: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(std::os::raw::c_int);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the thread-local state that mb_autocast_enter returned.
+            unsafe { ffi::mb_autocast_exit(self.0) }
+        }
+    }
+    // SAFETY: sets thread-local autocast settings in libtorch.
+    let _restore = Restore(unsafe { ffi::mb_autocast_enter(bf16.into()) });
+    f()
 }
 
 /// The compute capability (major, minor) of CUDA device `n`, read from the driver; None

@@ -34,10 +34,7 @@ impl Precision {
     /// Runs `f` under autocast for this precision (a plain call for fp32).
     pub fn autocast<T>(self, f: impl FnOnce() -> T) -> T {
         match self {
-            Precision::Bf16 | Precision::Fp16 => {
-                crate::sys::set_autocast_dtype(self == Precision::Bf16);
-                tch::autocast(true, f)
-            }
+            Precision::Bf16 | Precision::Fp16 => crate::sys::cuda_autocast(self == Precision::Bf16, f),
             _ => f(),
         }
     }

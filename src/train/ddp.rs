@@ -8,7 +8,7 @@ use crate::dist::{ProcessGroup, Work};
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// PyTorch DDP's default bucket size.
 pub const DEFAULT_BUCKET_CAP_MB: f64 = 25.0;
@@ -127,7 +127,7 @@ impl Ddp {
         let local = tch::no_grad(|| Tensor::stack(&params.iter().map(|(_, p)| checksum(p)).collect::<Vec<_>>(), 0));
         let mut reference = local.copy();
         pg.broadcast(&mut [&mut reference], 0)?.wait()?;
-        let differs: Vec<bool> = Vec::try_from(local.ne_tensor(&reference))?;
+        let differs: Vec<bool> = Vec::try_from(local.ne_tensor(&reference).to_device(Device::Cpu))?;
         let first = differs.iter().position(|&d| d);
         if any_rank(pg, first.is_some())? {
             let which = match first {
@@ -266,9 +266,11 @@ impl Reducer {
                 order.push(i);
             }
         }
-        let mut t = Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let mut t =
+            Tensor::from_slice(&order.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(self.pg.device());
         self.pg.broadcast(&mut [&mut t], 0)?.wait()?;
-        let order: Vec<usize> = Vec::<i64>::try_from(&t)?.into_iter().map(|i| i as usize).collect();
+        let order: Vec<usize> =
+            Vec::<i64>::try_from(&t.to_device(Device::Cpu))?.into_iter().map(|i| i as usize).collect();
         let mut buckets: Vec<Vec<usize>> = Vec::new();
         let mut bytes = 0;
         for i in order {
@@ -316,9 +318,9 @@ impl Reducer {
 
 /// Sums `values` over the ranks of `pg` in place (f64: exact for counts below 2^53).
 fn sum_over(pg: &ProcessGroup, values: &mut [f64]) -> Result<()> {
-    let mut t = Tensor::from_slice(values);
+    let mut t = Tensor::from_slice(values).to_device(pg.device());
     pg.allreduce_sum(&mut [&mut t])?.wait()?;
-    values.copy_from_slice(&Vec::<f64>::try_from(&t)?);
+    values.copy_from_slice(&Vec::<f64>::try_from(&t.to_device(Device::Cpu))?);
     Ok(())
 }
 

@@ -11,7 +11,7 @@ pub mod report;
 use crate::batch::{collate, collate_to, question_lengths, Sampler};
 use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
-use crate::model::{ChoiceBatch, MultipleChoiceModel};
+use crate::model::{upload, ChoiceBatch, MultipleChoiceModel};
 use crate::prep::cache::PreparedCache;
 pub use amp::{GradScaler, Precision};
 pub use ddp::Ddp;
@@ -152,7 +152,8 @@ pub fn evaluate(
     let labelled: Vec<usize> = questions.iter().copied().filter(|&q| labels[q] >= 0).collect();
     tch::no_grad(|| -> Result<()> {
         for chunk in labelled.chunks(batch_size.max(1)) {
-            let (batch, y) = collate(cache, chunk, model.vs.device())?;
+            let (batch, y) = collate(cache, chunk, Device::Cpu)?;
+            let y = upload(&y, model.vs.device());
             let logits = precision.autocast(|| model.forward(&batch, false))?.to_kind(Kind::Float);
             let losses = logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0)?;
             out.loss_sum += losses.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]);
@@ -556,7 +557,9 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                 // Dropout masks depend only on (seed, step, micro-batch, rank), so a resumed run
                 // draws the same ones as an uninterrupted run.
                 tch::manual_seed(dropout_seed(args.seed, step, m, ddp.rank()));
-                let (x, y) = collate_to(&split.train, micro, pad_to, args.device)?;
+                // Collated on the CPU; the model and `upload` move it without waiting.
+                let (x, y) = collate_to(&split.train, micro, pad_to, Device::Cpu)?;
+                let y = upload(&y, args.device);
                 if m + 1 == group.len() {
                     ddp.prepare_sync();
                 }

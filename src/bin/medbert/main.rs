@@ -126,13 +126,14 @@ fn run() -> Result<()> {
     match Cli::parse().command {
         Command::Doctor { model } => {
             print!("{}", doctor::runtime_report());
-            let dir = model.with_context(|| {
-                format!(
-                    "no model: pass --model DIR or set {} (scripts/setup.sh writes it to .env)",
+            match model {
+                Some(dir) => print!("{}", doctor::forward_report(&hub::resolve_model(&dir)?)?),
+                None => println!(
+                    "model:          none given: pass --model DIR or set {} for a forward pass \
+                     (scripts/setup.sh writes it to .env)",
                     settings::MODEL_VAR
-                )
-            })?;
-            print!("{}", doctor::forward_report(&hub::resolve_model(&dir)?)?);
+                ),
+            }
             Ok(())
         }
         Command::Prep {

@@ -374,7 +374,7 @@ pub fn run_predict(cli: PredictCli) -> Result<()> {
     let mut csv = String::from("id,prediction,p_opa,p_opb,p_opc,p_opd,logit_opa,logit_opb,logit_opc,logit_opd\n");
     let all: Vec<usize> = (0..cache.len()).collect();
     for chunk in all.chunks(cli.common.per_device_eval_batch_size.max(1)) {
-        let (batch, _) = collate(&cache, chunk, device)?;
+        let (batch, _) = collate(&cache, chunk, tch::Device::Cpu)?;
         let logits = tch::no_grad(|| precision.autocast(|| model.forward(&batch, false)))?
             .to_kind(tch::Kind::Float)
             .to_device(tch::Device::Cpu);
