@@ -1,6 +1,7 @@
 // Implementation of c10d_shim.h. Each entry point catches every exception and returns it as
 // a string, so a failed rendezvous or collective becomes a Rust error, never an abort.
 #include "c10d_shim.h"
+#include "shim_util.h"
 
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -30,33 +31,9 @@ struct mb_work {
 
 namespace {
 
-char* dup(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
-  return out;
-}
-
-// Runs `f`, turning any exception into an error string (NULL means success).
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return dup(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return dup(e.what());
-  } catch (...) {
-    return dup("unknown C++ exception in c10d");
-  }
-}
-
-std::vector<at::Tensor> collect(mb_tensor* tensors, size_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) out.push_back(*static_cast<at::Tensor*>(tensors[i]));
-  return out;
-}
+using mb::collect;
+using mb::dup;
+using mb::guarded;
 
 // Calls back into Rust once autograd has accumulated a parameter's gradient, as PyTorch's
 // Reducer learns that a DDP bucket is ready.

@@ -1,5 +1,6 @@
 // Implementation of torch_shim.h.
 #include "torch_shim.h"
+#include "shim_util.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Version.h>
@@ -8,40 +9,10 @@
 
 #include <dlfcn.h>
 #include <cstdlib>
-#include <cstring>
-#include <string>
-#include <vector>
 
-namespace {
-
-char* dup(const std::string& s) {
-  char* out = static_cast<char*>(std::malloc(s.size() + 1));
-  if (out != nullptr) std::memcpy(out, s.c_str(), s.size() + 1);
-  return out;
-}
-
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const c10::Error& e) {
-    return dup(e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return dup(e.what());
-  } catch (...) {
-    return dup("unknown C++ exception in libtorch");
-  }
-}
-
-std::vector<at::Tensor> collect(mb_tensor* tensors, size_t n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) out.push_back(*static_cast<at::Tensor*>(tensors[i]));
-  return out;
-}
-
-}  // namespace
+using mb::collect;
+using mb::dup;
+using mb::guarded;
 
 extern "C" {
 

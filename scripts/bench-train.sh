@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: `medbert train` against the HF Trainer (transformers 4.44.2 + torch 2.4.0 in the
+# Benchmark: `medbert train` against the HF Trainer (transformers 5.17 + torch 2.11.0 in the
 # venv) on identical work: MiniLM-L6, the first 512 questions of the real dev split, every
 # batch padded to 128 tokens, 16 questions per step, 20 steps, the same threads. Then the
 # FLOP rate of a BERT-base-shaped training step against a libtorch fp32 matmul, same process.
