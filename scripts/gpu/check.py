@@ -210,7 +210,7 @@ def step_logits(c: Check, models, dev: Path):
             theirs[precision] = reference_logits(model, cache, c.sizes.device, precision == "bf16")
         fp32 = (ours["fp32"] - theirs["fp32"]).abs().max().item()
         c.record(f"b. logits {name} fp32", fp32 < 1e-4,
-                 f"{len(ours['fp32'])} questions, max |ours - transformers| = {fp32:.2e} (limit 1e-4)")
+                 f"{len(ours['fp32'])} questions, max abs(ours - transformers) = {fp32:.2e} (limit 1e-4)")
         if "bf16" in ours:
             # bf16 keeps 8 significant bits, so each implementation's bf16 logits stray from the
             # fp32 ones by rounding that depends on kernel choice and summation order. Ours pass
@@ -219,7 +219,7 @@ def step_logits(c: Check, models, dev: Path):
             ref_err = (theirs["bf16"] - theirs["fp32"]).abs().max().item()
             between = (ours["bf16"] - theirs["bf16"]).abs().max().item()
             c.record(f"b. logits {name} bf16", ours_err <= 1.5 * ref_err + 1e-3,
-                     f"max |ours_bf16 - fp32| = {ours_err:.2e}, transformers' own {ref_err:.2e} "
+                     f"max abs(ours_bf16 - fp32) = {ours_err:.2e}, transformers' own {ref_err:.2e} "
                      f"(limit 1.5x + 1e-3); ours vs transformers bf16 {between:.2e}")
 
 
