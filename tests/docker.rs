@@ -14,5 +14,8 @@ fn the_dockerfile_lints_clean_and_uses_the_ci_build_script() {
     for binary in ["medbert", "medbert-run"] {
         assert!(text.contains(&format!("target/release/{binary}")), "image lacks {binary}");
     }
-    assert!(!text.contains("nvidia ${SITE}/nvidia"), "the image copies libraries only, not the CUDA headers");
+    assert!(
+        text.contains("cp -a --parents torch/lib nvidia/*/lib") && !text.contains("${SITE}/nvidia ${SITE}/nvidia"),
+        "the runtime image takes the wheels' shared libraries only, not the CUDA headers"
+    );
 }
