@@ -121,6 +121,27 @@ fn pytorch_model_bin_checkpoint_loads_like_safetensors() {
 }
 
 #[test]
+fn torch_save_views_shared_storages_and_dtypes_read_as_saved() {
+    let (out, _) = &reference();
+    let dir = common::scratch("odd_tensors");
+    std::fs::copy(out.join("odd_tensors.bin"), dir.join("odd.bin")).unwrap();
+    // Read through a model directory's loader path: a checkpoint with only these tensors.
+    let read = |p: &Path| -> HashMap<String, Tensor> {
+        match medbert::model::read_tensors(p) {
+            Ok(t) => t.into_iter().collect(),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let ours = read(&dir.join("odd.bin"));
+    let want = read(&out.join("odd_tensors.safetensors"));
+    assert_eq!(ours.len(), 6, "{:?}", ours.keys());
+    for (name, t) in &want {
+        assert_eq!(ours[name].kind(), t.kind(), "{name}");
+        assert!(ours[name].equal(t), "{name} differs");
+    }
+}
+
+#[test]
 fn our_tokenization_matches_the_hf_tokenizer() {
     let (_, r) = &reference();
     let tokenizer = medbert::encode::load_tokenizer(&common::default_model(), 128).unwrap();
@@ -209,6 +230,12 @@ fn unreadable_files_are_errors_naming_them() {
     std::fs::write(dir.join(WEIGHTS_FILE), b"not safetensors").unwrap();
     let text = load_err(&dir).to_string();
     assert!(text.contains(WEIGHTS_FILE) && text.contains("cannot read weights"), "{text}");
+
+    std::fs::remove_file(dir.join(WEIGHTS_FILE)).unwrap();
+    let bin = medbert::model::PICKLE_WEIGHTS_FILE;
+    std::fs::write(dir.join(bin), b"\x80\x02not a zip archive").unwrap();
+    let text = load_err(&dir).to_string();
+    assert!(text.contains(bin) && text.contains("not a zip-format torch.save file"), "{text}");
 }
 
 #[test]

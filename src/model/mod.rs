@@ -8,6 +8,7 @@
 
 pub mod bert;
 pub mod config;
+mod torch_pickle;
 
 use crate::error::{Error, Result};
 use bert::BertModel;
@@ -50,6 +51,17 @@ pub fn upload(t: &Tensor, device: Device) -> Tensor {
         (Device::Cpu, Device::Cuda(_)) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
         _ => t.to_device(device),
     }
+}
+
+/// The named tensors of a weights file, on the CPU: safetensors, or what `torch.save` writes
+/// (`.bin`, `.pt`: a zip archive holding a pickled state dict).
+pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    let pickle = matches!(path.extension().and_then(|e| e.to_str()), Some("bin" | "pt"));
+    match pickle {
+        true => torch_pickle::read_state_dict(path),
+        false => Tensor::read_safetensors(path).map_err(|e| e.to_string()),
+    }
+    .map_err(|message| Error::Weights { path: path.to_path_buf(), message })
 }
 
 /// One batch of multiple-choice input, each tensor of shape [batch, choices, seq], int64.
@@ -138,13 +150,7 @@ impl MultipleChoiceModel {
     /// Copies an HF checkpoint (safetensors, or PyTorch's pickle format for `.bin`/`.pt`)
     /// into the variables.
     pub fn load_weights(&mut self, path: &Path) -> Result<LoadReport> {
-        let pickle = matches!(path.extension().and_then(|e| e.to_str()), Some("bin" | "pt"));
-        let tensors = match pickle {
-            true => Tensor::loadz_multi_with_device(path, Device::Cpu),
-            false => Tensor::read_safetensors(path),
-        }
-        .map_err(|e| Error::Weights { path: path.to_path_buf(), message: e.to_string() })?;
-        copy_into(&self.vs.variables(), tensors, path)
+        copy_into(&self.vs.variables(), read_tensors(path)?, path)
     }
 
     /// Logits of shape [batch, choices] on the model's device, from a batch on that device or

@@ -49,12 +49,18 @@ def main(model_dir: str, out_dir: str) -> None:
         str(out / "reference.safetensors"),
     )
     model.save_pretrained(out / "mc_model", safe_serialization=True)
-    # transformers 5 saves safetensors only; transformers 4's save_pretrained(safe_serialization=
-    # False) wrote torch.save of a plain dict of the tensors, as here. (A pickled OrderedDict, as
-    # torch.save(model.state_dict()) writes, is not read by libtorch's C++ unpickler.)
+    # transformers 5 saves safetensors only; hub checkpoints' pytorch_model.bin is torch.save of
+    # model.state_dict() (an OrderedDict with _metadata), as here.
     (out / "mc_model_bin").mkdir(exist_ok=True)
     model.config.save_pretrained(out / "mc_model_bin")
-    torch.save(dict(model.state_dict()), out / "mc_model_bin" / "pytorch_model.bin")
+    torch.save(model.state_dict(), out / "mc_model_bin" / "pytorch_model.bin")
+    # What else torch.save writes: a transposed view, views sharing one storage at an offset,
+    # half, bfloat16 and integer storages; and the same values, contiguous, as safetensors.
+    base = torch.arange(24, dtype=torch.float32).view(4, 6)
+    odd = {"transposed": base.t(), "row": base[2], "same": base, "half": base.half() / 7,
+           "bf16": base.bfloat16() / 3, "ids": torch.arange(5, dtype=torch.int64) - 2}
+    torch.save(odd, out / "odd_tensors.bin")
+    save_file({k: v.clone().contiguous() for k, v in odd.items()}, str(out / "odd_tensors.safetensors"))
 
 
 if __name__ == "__main__":
