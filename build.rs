@@ -67,6 +67,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=MEDBERT_NCCL");
+    // Tests that need the real MedMCQA data are compiled as ignored (with the reason) when
+    // MEDMCQA_DIR is not set, so `cargo test` reports them instead of passing them silently.
+    println!("cargo:rustc-check-cfg=cfg(medmcqa_dir)");
+    println!("cargo:rerun-if-env-changed=MEDMCQA_DIR");
+    if env::var_os("MEDMCQA_DIR").is_some_and(|v| !v.is_empty()) {
+        println!("cargo:rustc-cfg=medmcqa_dir");
+    }
 }
 
 /// "1" when libc10 exports its assert helper with `std::__cxx11::string`, "0" for the old ABI.

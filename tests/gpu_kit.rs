@@ -5,9 +5,10 @@ mod common;
 
 use std::process::Command;
 
+#[cfg_attr(not(medmcqa_dir), ignore = "MEDMCQA_DIR is not set: needs the real MedMCQA data (scripts/test.sh sets it)")]
 #[test]
 fn the_gpu_kit_builds_and_its_cpu_check_passes() {
-    let Some(data) = common::medmcqa_dir("the_gpu_kit_builds_and_its_cpu_check_passes") else { return };
+    let data = common::medmcqa_dir();
     let dir = common::scratch("kit");
     let kit = dir.join("gpu-kit");
     let out = Command::new("bash")
