@@ -12,7 +12,7 @@ use crate::model::ChoiceBatch;
 use crate::prep::cache::{PreparedCache, CHOICES};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 /// One position in a rank's shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,8 +103,9 @@ pub struct Tokens<'a> {
 }
 
 /// Questions `questions` (each `choices` consecutive sequences) as one batch of shape
-/// [questions, choices, max(longest, min_len)], padded with 0 and masked.
-pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, min_len: usize, device: Device) -> ChoiceBatch {
+/// [questions, choices, max(longest, min_len)], padded with 0 and masked, on the CPU (the
+/// model moves it to its device).
+pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, min_len: usize) -> ChoiceBatch {
     let span = |s: usize| tokens.offsets[s] as usize..tokens.offsets[s + 1] as usize;
     let sequences = || questions.iter().flat_map(move |&q| (0..choices).map(move |c| q * choices + c));
     let seq = sequences().map(|s| span(s).len()).max().unwrap_or(0).max(min_len);
@@ -118,24 +119,19 @@ pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, min_len: usize,
         }
     }
     let shape = [questions.len() as i64, choices as i64, seq as i64];
-    let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+    let tensor = |v: &[i64]| Tensor::from_slice(v).view(shape);
     ChoiceBatch { input_ids: tensor(&input_ids), attention_mask: tensor(&mask), token_type_ids: tensor(&type_ids) }
 }
 
 /// Cached questions `indices` as one batch padded to its longest sequence, with their labels
-/// (-1 where unlabelled).
-pub fn collate(cache: &PreparedCache, indices: &[usize], device: Device) -> Result<(ChoiceBatch, Tensor)> {
-    collate_to(cache, indices, 0, device)
+/// (-1 where unlabelled), on the CPU.
+pub fn collate(cache: &PreparedCache, indices: &[usize]) -> Result<(ChoiceBatch, Tensor)> {
+    collate_to(cache, indices, 0)
 }
 
 /// As `collate`, padded to at least `min_len` tokens (the cache's max length gives every batch
 /// one shape, as `--pad-to-max-length` asks).
-pub fn collate_to(
-    cache: &PreparedCache,
-    indices: &[usize],
-    min_len: usize,
-    device: Device,
-) -> Result<(ChoiceBatch, Tensor)> {
+pub fn collate_to(cache: &PreparedCache, indices: &[usize], min_len: usize) -> Result<(ChoiceBatch, Tensor)> {
     if let Some(&bad) = indices.iter().find(|&&q| q >= cache.len()) {
         return Err(Error::Input(format!("question {bad} is beyond the cache's {} questions", cache.len())));
     }
@@ -143,7 +139,7 @@ pub fn collate_to(
         Tokens { input_ids: cache.input_ids()?, token_type_ids: cache.token_type_ids()?, offsets: cache.offsets()? };
     let labels = cache.labels()?;
     let labels: Vec<i64> = indices.iter().map(|&q| labels[q]).collect();
-    Ok((pad(&tokens, indices, CHOICES, min_len, device), Tensor::from_slice(&labels).to_device(device)))
+    Ok((pad(&tokens, indices, CHOICES, min_len), Tensor::from_slice(&labels)))
 }
 
 #[cfg(test)]

@@ -85,5 +85,5 @@ pub fn encode_questions(tokenizer: &Tokenizer, questions: &[(&str, &[&str])]) ->
     }
     let tokens = Tokens { input_ids: &input_ids, token_type_ids: &token_type_ids, offsets: &offsets };
     let all: Vec<usize> = (0..questions.len()).collect();
-    Ok(pad(&tokens, &all, choices, 0, tch::Device::Cpu))
+    Ok(pad(&tokens, &all, choices, 0))
 }

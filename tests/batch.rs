@@ -38,7 +38,7 @@ fn collate_pads_like_the_tokenizer_and_keeps_labels() {
     let cache = PreparedCache::open(&opts.output).unwrap();
 
     let order = [2usize, 0];
-    let (batch, labels) = collate(&cache, &order, tch::Device::Cpu).unwrap();
+    let (batch, labels) = collate(&cache, &order).unwrap();
     let tokenizer = medbert::encode::load_tokenizer(&common::default_model(), 128).unwrap();
     let picked: Vec<(&str, &[&str])> = order.iter().map(|&i| (QUESTIONS[i].0, &QUESTIONS[i].1[..])).collect();
     let want = medbert::encode::encode_questions(&tokenizer, &picked).unwrap();
@@ -50,5 +50,5 @@ fn collate_pads_like_the_tokenizer_and_keeps_labels() {
     let lengths = question_lengths(&cache).unwrap();
     let longest = batch.input_ids.size()[2] as u32;
     assert_eq!(lengths[2].max(lengths[0]), longest, "padding is to the longest sequence in the batch");
-    assert!(collate(&cache, &[3], tch::Device::Cpu).is_err());
+    assert!(collate(&cache, &[3]).is_err());
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use medbert::model::{read_config, ChoiceBatch, MultipleChoiceModel, CONFIG_FILE, WEIGHTS_FILE};
+use medbert::model::{BertConfig, ChoiceBatch, MultipleChoiceModel, CONFIG_FILE, WEIGHTS_FILE};
 use medbert::train::batch_loss;
 use medbert::train::optim::{clip_grad_norm, AdamW};
 use std::collections::HashMap;
@@ -16,7 +16,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// MiniLM without dropout, from the pretrained weights and the reference's classifier.
 fn reference_model(model_dir: &Path, start: &HashMap<String, Tensor>) -> MultipleChoiceModel {
-    let config = read_config(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
+    let config = BertConfig::from_file(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
     let mut model = MultipleChoiceModel::new(config, Device::Cpu).unwrap();
     model.load_weights(&model_dir.join(WEIGHTS_FILE)).unwrap();
     let vars = model.vs.variables();
@@ -182,7 +182,7 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     let b = medbert::train::evaluate(&model, &cache, None, 8, medbert::train::Precision::Fp32).unwrap();
     assert_eq!(a, b, "two evaluations differ: dropout is on");
     assert_eq!(a.questions, 20);
-    let (batch, _) = medbert::batch::collate(&cache, &[0, 1], Device::Cpu).unwrap();
+    let (batch, _) = medbert::batch::collate(&cache, &[0, 1]).unwrap();
     let logits = tch::no_grad(|| model.forward(&batch, false)).unwrap();
     assert!(!logits.requires_grad(), "evaluation recorded an autograd graph");
 }

@@ -48,7 +48,7 @@ fn embedding(p: nn::Path, c: &BertConfig, rows: i64, padding_idx: Option<i64>) -
 
 /// Where the real tokens of a padded [sequences, seq] batch are: their flat indices (in
 /// order) and the padding mask attention needs.
-pub struct Packing {
+struct Packing {
     sequences: i64,
     len: i64,
     /// Flat indices (row * len + position) of the real tokens.
@@ -62,7 +62,7 @@ pub struct Packing {
 impl Packing {
     /// Computed where the mask is (the CPU, for batches straight from the cache, so nothing
     /// waits for the GPU) and placed on `device`.
-    pub fn new(attention_mask: &Tensor, device: Device) -> Packing {
+    fn new(attention_mask: &Tensor, device: Device) -> Packing {
         let (sequences, len) = attention_mask.size2().expect("attention_mask is [sequences, seq]");
         let real = attention_mask.to_kind(Kind::Bool);
         let index = real.view([-1]).nonzero().squeeze_dim(1);

@@ -37,11 +37,6 @@ pub fn weights_file(dir: &Path) -> Result<PathBuf> {
 }
 const CLASSIFIER_PREFIX: &str = "classifier.";
 
-/// Reads and checks an HF `config.json`.
-pub fn read_config(path: &Path) -> Result<BertConfig> {
-    BertConfig::from_file(path)
-}
-
 /// `t` on `device`. From the CPU to a GPU through pinned memory and without waiting, as a
 /// DataLoader with `pin_memory=True` and `.to(device, non_blocking=True)` do, so the host can
 /// queue the next step while the GPU still runs this one.
@@ -69,16 +64,6 @@ pub struct ChoiceBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub token_type_ids: Tensor,
-}
-
-impl ChoiceBatch {
-    pub fn to_device(&self, device: Device) -> ChoiceBatch {
-        ChoiceBatch {
-            input_ids: self.input_ids.to_device(device),
-            attention_mask: self.attention_mask.to_device(device),
-            token_type_ids: self.token_type_ids.to_device(device),
-        }
-    }
 }
 
 /// What a weight load did, for a one-time report.
@@ -141,7 +126,7 @@ impl MultipleChoiceModel {
     /// Loads `config.json` and the weights (model.safetensors or pytorch_model.bin) from an
     /// HF model directory.
     pub fn from_dir(dir: &Path, device: Device) -> Result<(Self, LoadReport)> {
-        let config = read_config(&dir.join(CONFIG_FILE))?;
+        let config = BertConfig::from_file(&dir.join(CONFIG_FILE))?;
         let mut model = MultipleChoiceModel::new(config, device)?;
         let report = model.load_weights(&weights_file(dir)?)?;
         Ok((model, report))

@@ -23,7 +23,7 @@ enum Value {
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
     Global(String, String),
-    /// A persistent id resolved to a storage: its dtype, archive key and element count.
+    /// A persistent id resolved to a storage: its dtype and archive key.
     Storage {
         kind: Kind,
         key: String,

@@ -152,7 +152,7 @@ pub fn evaluate(
     let labelled: Vec<usize> = questions.iter().copied().filter(|&q| labels[q] >= 0).collect();
     tch::no_grad(|| -> Result<()> {
         for chunk in labelled.chunks(batch_size.max(1)) {
-            let (batch, y) = collate(cache, chunk, Device::Cpu)?;
+            let (batch, y) = collate(cache, chunk)?;
             let y = upload(&y, model.vs.device());
             let logits = precision.autocast(|| model.forward(&batch, false))?.to_kind(Kind::Float);
             let losses = logits.f_cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0)?;
@@ -558,7 +558,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                 // draws the same ones as an uninterrupted run.
                 tch::manual_seed(dropout_seed(args.seed, step, m, ddp.rank()));
                 // Collated on the CPU; the model and `upload` move it without waiting.
-                let (x, y) = collate_to(&split.train, micro, pad_to, Device::Cpu)?;
+                let (x, y) = collate_to(&split.train, micro, pad_to)?;
                 let y = upload(&y, args.device);
                 if m + 1 == group.len() {
                     ddp.prepare_sync();

@@ -374,7 +374,7 @@ pub fn run_predict(cli: PredictCli) -> Result<()> {
     let mut csv = String::from("id,prediction,p_opa,p_opb,p_opc,p_opd,logit_opa,logit_opb,logit_opc,logit_opd\n");
     let all: Vec<usize> = (0..cache.len()).collect();
     for chunk in all.chunks(cli.common.per_device_eval_batch_size.max(1)) {
-        let (batch, _) = collate(&cache, chunk, tch::Device::Cpu)?;
+        let (batch, _) = collate(&cache, chunk)?;
         let logits = tch::no_grad(|| precision.autocast(|| model.forward(&batch, false)))?
             .to_kind(tch::Kind::Float)
             .to_device(tch::Device::Cpu);
@@ -382,19 +382,9 @@ pub fn run_predict(cli: PredictCli) -> Result<()> {
         let logits: Vec<Vec<f32>> = Vec::try_from(&logits)?;
         for ((&q, p), l) in chunk.iter().zip(probs).zip(logits) {
             let best = (0..p.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap_or(0);
-            csv.push_str(&format!(
-                "{},{},{:.6},{:.6},{:.6},{:.6},{},{},{},{}\n",
-                cache.id(q)?,
-                best + 1,
-                p[0],
-                p[1],
-                p[2],
-                p[3],
-                l[0],
-                l[1],
-                l[2],
-                l[3]
-            ));
+            let probs = p.iter().map(|v| format!(",{v:.6}"));
+            let row: String = probs.chain(l.iter().map(|v| format!(",{v}"))).collect();
+            csv.push_str(&format!("{},{}{row}\n", cache.id(q)?, best + 1));
         }
     }
     medbert::atomic::write_file(&cli.output, csv.as_bytes())?;
