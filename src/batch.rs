@@ -7,9 +7,11 @@
 //! does: shuffled, cut into mega-batches of 50 batches, each sorted longest first, and the
 //! mega-batch holding the longest question moved to the front (memory errors show at once).
 
+use crate::data::CHOICES;
+use crate::encode::Sequences;
 use crate::error::{Error, Result};
 use crate::model::ChoiceBatch;
-use crate::prep::cache::{PreparedCache, CHOICES};
+use crate::prep::cache::PreparedCache;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::Tensor;
@@ -95,17 +97,30 @@ pub fn question_lengths(cache: &PreparedCache) -> Result<Vec<u32>> {
         .collect())
 }
 
-/// Unpadded token arrays: sequence `s` is `input_ids[offsets[s]..offsets[s + 1]]`.
+/// A borrowed view of `Sequences` (a cache's memory-mapped arrays, or freshly encoded ones).
 pub struct Tokens<'a> {
     pub input_ids: &'a [i32],
     pub token_type_ids: &'a [u8],
     pub offsets: &'a [i64],
 }
 
-/// Questions `questions` (each `choices` consecutive sequences) as one batch of shape
-/// [questions, choices, max(longest, min_len)], padded with 0 and masked, on the CPU (the
+impl<'a> From<&'a Sequences> for Tokens<'a> {
+    fn from(s: &'a Sequences) -> Self {
+        Tokens { input_ids: &s.input_ids, token_type_ids: &s.token_type_ids, offsets: &s.offsets }
+    }
+}
+
+/// Every question of freshly encoded `Sequences` as one batch (see `pad`).
+pub fn pad_all(sequences: &Sequences) -> ChoiceBatch {
+    let questions: Vec<usize> = (0..sequences.offsets.len().saturating_sub(1) / CHOICES).collect();
+    pad(&sequences.into(), &questions, 0)
+}
+
+/// Questions `questions` (each `CHOICES` consecutive sequences) as one batch of shape
+/// [questions, CHOICES, max(longest, min_len)], padded with 0 and masked, on the CPU (the
 /// model moves it to its device).
-pub fn pad(tokens: &Tokens, questions: &[usize], choices: usize, min_len: usize) -> ChoiceBatch {
+pub fn pad(tokens: &Tokens, questions: &[usize], min_len: usize) -> ChoiceBatch {
+    let choices = CHOICES;
     let span = |s: usize| tokens.offsets[s] as usize..tokens.offsets[s + 1] as usize;
     let sequences = || questions.iter().flat_map(move |&q| (0..choices).map(move |c| q * choices + c));
     let seq = sequences().map(|s| span(s).len()).max().unwrap_or(0).max(min_len);
@@ -139,7 +154,7 @@ pub fn collate_to(cache: &PreparedCache, indices: &[usize], min_len: usize) -> R
         Tokens { input_ids: cache.input_ids()?, token_type_ids: cache.token_type_ids()?, offsets: cache.offsets()? };
     let labels = cache.labels()?;
     let labels: Vec<i64> = indices.iter().map(|&q| labels[q]).collect();
-    Ok((pad(&tokens, indices, CHOICES, min_len), Tensor::from_slice(&labels)))
+    Ok((pad(&tokens, indices, min_len), Tensor::from_slice(&labels)))
 }
 
 #[cfg(test)]

@@ -130,7 +130,7 @@ pub fn forward_report(dir: &Path) -> Result<String> {
         report.unexpected.join(", ")
     );
     let tokenizer = encode::load_tokenizer(dir, 128)?;
-    let batch = encode::encode_questions(&tokenizer, &[(SAMPLE_QUESTION, &SAMPLE_OPTIONS)])?;
+    let batch = crate::batch::pad_all(&encode::encode_questions(&tokenizer, &[(SAMPLE_QUESTION, &SAMPLE_OPTIONS)])?);
     let started = Instant::now();
     let logits = tch::no_grad(|| model.forward(&batch, false))?;
     let took = started.elapsed();

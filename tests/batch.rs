@@ -41,7 +41,7 @@ fn collate_pads_like_the_tokenizer_and_keeps_labels() {
     let (batch, labels) = collate(&cache, &order).unwrap();
     let tokenizer = medbert::encode::load_tokenizer(&common::default_model(), 128).unwrap();
     let picked: Vec<(&str, &[&str])> = order.iter().map(|&i| (QUESTIONS[i].0, &QUESTIONS[i].1[..])).collect();
-    let want = medbert::encode::encode_questions(&tokenizer, &picked).unwrap();
+    let want = medbert::batch::pad_all(&medbert::encode::encode_questions(&tokenizer, &picked).unwrap());
     assert!(batch.input_ids.equal(&want.input_ids), "input_ids differ");
     assert!(batch.attention_mask.equal(&want.attention_mask), "attention_mask differs");
     assert!(batch.token_type_ids.equal(&want.token_type_ids), "token_type_ids differ");

@@ -156,7 +156,7 @@ fn our_tokenization_matches_the_hf_tokenizer() {
             &["Upper third", "Middle third", "Lower third", "Gastro-oesophageal junction"],
         ),
     ];
-    let batch = medbert::encode::encode_questions(&tokenizer, &questions).unwrap();
+    let batch = medbert::batch::pad_all(&medbert::encode::encode_questions(&tokenizer, &questions).unwrap());
     for (name, ours) in [
         ("input_ids", &batch.input_ids),
         ("attention_mask", &batch.attention_mask),

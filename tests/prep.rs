@@ -2,7 +2,8 @@
 
 mod common;
 
-use medbert::prep::cache::{PreparedCache, CHOICES};
+use medbert::data::CHOICES;
+use medbert::prep::cache::PreparedCache;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -146,11 +146,13 @@ fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
     let (model, report) = MultipleChoiceModel::from_dir(&ckpt, Device::Cpu).unwrap();
     assert!(report.initialised.is_empty(), "{report:?}");
     let tokenizer = medbert::encode::load_tokenizer(&ckpt, 128).unwrap();
-    let batch = medbert::encode::encode_questions(
-        &tokenizer,
-        &[("Which option names the liver?", &["heart", "liver", "skin", "colon"])],
-    )
-    .unwrap();
+    let batch = medbert::batch::pad_all(
+        &medbert::encode::encode_questions(
+            &tokenizer,
+            &[("Which option names the liver?", &["heart", "liver", "skin", "colon"])],
+        )
+        .unwrap(),
+    );
     let inputs = dir.join("inputs.safetensors");
     Tensor::write_safetensors(
         &[

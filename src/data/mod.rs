@@ -13,8 +13,11 @@ pub use validate::{validate, FileCounts, IdRegistry, Question};
 
 use crate::error::Loc;
 
+/// Options per question: every question has exactly this many (MedMCQA's four).
+pub const CHOICES: usize = 4;
+
 /// Options per question, in the order opa, opb, opc, opd.
-pub const OPTION_FIELDS: [&str; 4] = ["opa", "opb", "opc", "opd"];
+pub const OPTION_FIELDS: [&str; CHOICES] = ["opa", "opb", "opc", "opd"];
 
 /// One question as read from a file, before validation.
 #[derive(Clone, Debug, Default, PartialEq)]

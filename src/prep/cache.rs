@@ -2,7 +2,8 @@
 //! subjects, ids) and `manifest.json`. Written to a temporary sibling directory and renamed
 //! into place only when complete; read back through a memory map without copying.
 
-use crate::data::FileCounts;
+use crate::data::{FileCounts, CHOICES};
+use crate::encode::{EncodeSettings, Sequences};
 use crate::error::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,6 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 pub const TOKENS_FILE: &str = "tokens.safetensors";
 /// Bumped whenever the cache layout or the encoding changes.
 pub const CACHE_VERSION: u32 = 1;
-pub const CHOICES: usize = 4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InputInfo {
@@ -23,20 +23,6 @@ pub struct InputInfo {
     pub cop_base: u8,
     pub sha256: String,
     pub counts: FileCounts,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EncodeSettings {
-    pub tokenizer: PathBuf,
-    pub tokenizer_sha256: String,
-    pub max_length: usize,
-    /// `[CLS] question [SEP] option [SEP]` instead of `[CLS] question option [SEP]`.
-    pub pair: bool,
-    /// `exp` as the first segment: `[CLS] exp [SEP] question option [SEP]`.
-    pub context_exp: bool,
-    /// Text lemmatised with WordNet before encoding.
-    #[serde(default)]
-    pub lemmatize: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -62,14 +48,12 @@ pub struct Manifest {
     pub lengths: LengthStats,
 }
 
-/// The arrays of a cache. Sequence `4 q + c` is option `c` of question `q`; its tokens are
-/// `input_ids[offsets[i]..offsets[i + 1]]`. Labels are 0-based, -1 where unlabelled;
-/// subjects index `Manifest::subjects`, -1 where absent.
+/// The arrays of a cache: the encoded sequences (see `Sequences`), then per question its
+/// label (0-based, -1 where unlabelled), subject (an index into `Manifest::subjects`, -1
+/// where absent) and id.
 #[derive(Debug, Default, PartialEq)]
 pub struct Arrays {
-    pub input_ids: Vec<i32>,
-    pub token_type_ids: Vec<u8>,
-    pub offsets: Vec<i64>,
+    pub tokens: Sequences,
     pub labels: Vec<i64>,
     pub subjects: Vec<i32>,
     pub id_bytes: Vec<u8>,
@@ -83,11 +67,11 @@ fn view<'a>(dtype: Dtype, len: usize, bytes: &'a [u8]) -> Result<TensorView<'a>>
 /// Writes the cache into `dest` atomically (see `crate::atomic`).
 pub fn write(dest: &Path, manifest: &Manifest, arrays: &Arrays) -> Result<()> {
     let staged = crate::atomic::StagedDir::new(dest)?;
-    let a = arrays;
+    let (a, t) = (arrays, &arrays.tokens);
     let tensors: BTreeMap<&str, TensorView> = [
-        ("input_ids", view(Dtype::I32, a.input_ids.len(), bytemuck::cast_slice(&a.input_ids))?),
-        ("token_type_ids", view(Dtype::U8, a.token_type_ids.len(), &a.token_type_ids)?),
-        ("offsets", view(Dtype::I64, a.offsets.len(), bytemuck::cast_slice(&a.offsets))?),
+        ("input_ids", view(Dtype::I32, t.input_ids.len(), bytemuck::cast_slice(&t.input_ids))?),
+        ("token_type_ids", view(Dtype::U8, t.token_type_ids.len(), &t.token_type_ids)?),
+        ("offsets", view(Dtype::I64, t.offsets.len(), bytemuck::cast_slice(&t.offsets))?),
         ("labels", view(Dtype::I64, a.labels.len(), bytemuck::cast_slice(&a.labels))?),
         ("subjects", view(Dtype::I32, a.subjects.len(), bytemuck::cast_slice(&a.subjects))?),
         ("id_bytes", view(Dtype::U8, a.id_bytes.len(), &a.id_bytes)?),
@@ -183,9 +167,11 @@ impl PreparedCache {
     /// All arrays copied out (for comparisons and small caches).
     pub fn to_arrays(&self) -> Result<Arrays> {
         Ok(Arrays {
-            input_ids: self.input_ids()?.to_vec(),
-            token_type_ids: self.token_type_ids()?.to_vec(),
-            offsets: self.offsets()?.to_vec(),
+            tokens: Sequences {
+                input_ids: self.input_ids()?.to_vec(),
+                token_type_ids: self.token_type_ids()?.to_vec(),
+                offsets: self.offsets()?.to_vec(),
+            },
             labels: self.labels()?.to_vec(),
             subjects: self.subjects()?.to_vec(),
             id_bytes: self.array::<u8>("id_bytes")?.to_vec(),

@@ -5,16 +5,14 @@
 //! write atomically).
 
 pub mod cache;
-mod tokenize;
 
-use crate::data::{self, FileCounts, Format, IdRegistry, Question};
-use crate::encode;
+use crate::data::{self, FileCounts, Format, IdRegistry, Question, CHOICES};
+use crate::encode::{self, EncodeSettings, Encoder, Sequences};
 use crate::error::{Error, Result};
-use cache::{Arrays, EncodeSettings, InputInfo, LengthStats, Manifest, CACHE_VERSION, CHOICES};
+use cache::{Arrays, InputInfo, LengthStats, Manifest, CACHE_VERSION};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use tokenize::{Encoder, Layout};
 use tokenizers::Tokenizer;
 
 /// Everything `prep` needs to know.
@@ -155,7 +153,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
     }
     let tokenizer = encode::load_tokenizer(&opts.model_dir, opts.max_length)?;
     let started = std::time::Instant::now();
-    let (arrays, subjects, lengths) = encode_all(&tokenizer, &questions, opts)?;
+    let (arrays, subjects, lengths) = encode_all(&tokenizer, &questions, &settings, opts.progress)?;
     tracing::info!(sequences = lengths.sequences, secs = started.elapsed().as_secs_f64(), "encoded");
     let manifest = Manifest {
         version: CACHE_VERSION,
@@ -178,15 +176,16 @@ const CHUNK: usize = 2048;
 fn encode_all(
     tokenizer: &Tokenizer,
     questions: &[Question],
-    opts: &PrepOptions,
+    settings: &EncodeSettings,
+    progress: bool,
 ) -> Result<(Arrays, Vec<String>, LengthStats)> {
-    let encoder = Encoder::new(tokenizer, Layout::from_options(opts))?;
+    let encoder = Encoder::new(tokenizer, settings.layout())?;
     let subjects: Vec<String> = {
         let set: std::collections::BTreeSet<&String> = questions.iter().filter_map(|q| q.subject.as_ref()).collect();
         set.into_iter().cloned().collect()
     };
     let mut a = Arrays {
-        offsets: vec![0],
+        tokens: Sequences { offsets: vec![0], ..Sequences::default() },
         id_offsets: vec![0],
         labels: Vec::with_capacity(questions.len()),
         subjects: Vec::with_capacity(questions.len()),
@@ -194,11 +193,8 @@ fn encode_all(
     };
     let mut lengths: Vec<u32> = Vec::with_capacity(questions.len() * CHOICES);
     let mut truncated = 0usize;
-    let bar = if opts.progress {
-        indicatif::ProgressBar::new(questions.len() as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let bar =
+        if progress { indicatif::ProgressBar::new(questions.len() as u64) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(
         indicatif::ProgressStyle::with_template("encoding {bar:40} {pos}/{len} questions, {per_sec}, eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -206,9 +202,7 @@ fn encode_all(
     for chunk in questions.chunks(CHUNK) {
         let encodings = encoder.encode(chunk)?;
         for enc in &encodings {
-            a.input_ids.extend_from_slice(&enc.ids);
-            a.token_type_ids.extend_from_slice(&enc.type_ids);
-            a.offsets.push(a.input_ids.len() as i64);
+            a.tokens.push(enc);
             lengths.push(enc.ids.len() as u32);
             truncated += usize::from(enc.truncated);
         }

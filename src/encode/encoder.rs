@@ -1,4 +1,4 @@
-//! Encoding questions with an HF tokenizer, each piece of text tokenized once.
+//! The encoder behind every model input: each piece of a question's text tokenized once.
 //!
 //! A question's four inputs share its text, so the question, each option (and the context)
 //! are tokenized once and then joined by the tokenizer's own truncation and post-processor
@@ -7,34 +7,12 @@
 //! pre-tokenizer splits at the space between them (BERT's does); for any other tokenizer the
 //! joined text is tokenized whole.
 
-use super::cache::CHOICES;
-use super::PrepOptions;
-use crate::data::Question;
+use super::Layout;
+use crate::data::{Question, CHOICES};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{EncodeInput, Encoding, Tokenizer};
-
-/// How a question's model inputs are laid out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// `[CLS] question option [SEP]` (the MedMCQA paper's).
-    Joined,
-    /// `[CLS] question [SEP] option [SEP]`.
-    Pair,
-    /// `[CLS] exp [SEP] question option [SEP]`.
-    ContextExp,
-}
-
-impl Layout {
-    pub fn from_options(opts: &PrepOptions) -> Layout {
-        match (opts.pair, opts.context_exp) {
-            (true, _) => Layout::Pair,
-            (false, true) => Layout::ContextExp,
-            (false, false) => Layout::Joined,
-        }
-    }
-}
 
 pub struct Encoder<'t> {
     /// Truncates at max_length and adds special tokens.
@@ -158,6 +136,9 @@ impl<'t> Encoder<'t> {
 
     /// The four encoded inputs of each question, question by question.
     pub fn encode(&self, questions: &[Question]) -> Result<Vec<Encoded>> {
+        if questions.is_empty() {
+            return Ok(Vec::new());
+        }
         match &self.template {
             Some(t) => self.encode_joined(questions, t),
             None => self.encode_pieces(questions),

@@ -1,0 +1,150 @@
+//! Questions to model input, in one place for `prep`, `doctor` and the tests: the model's
+//! tokenizer, the layouts of a question's inputs, the settings a cache records, and the
+//! encoder (`encoder.rs`).
+
+mod encoder;
+
+pub use encoder::{Encoded, Encoder};
+
+use crate::data::{Question, CHOICES};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const VOCAB_FILE: &str = "vocab.txt";
+
+/// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
+/// How a question's model inputs are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `[CLS] question option [SEP]` (the MedMCQA paper's).
+    Joined,
+    /// `[CLS] question [SEP] option [SEP]`.
+    Pair,
+    /// `[CLS] exp [SEP] question option [SEP]`.
+    ContextExp,
+}
+
+/// How a cache was encoded; part of its fingerprint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncodeSettings {
+    pub tokenizer: PathBuf,
+    pub tokenizer_sha256: String,
+    pub max_length: usize,
+    /// `[CLS] question [SEP] option [SEP]` instead of `[CLS] question option [SEP]`.
+    pub pair: bool,
+    /// `exp` as the first segment: `[CLS] exp [SEP] question option [SEP]`.
+    pub context_exp: bool,
+    /// Text lemmatised with WordNet before encoding.
+    #[serde(default)]
+    pub lemmatize: bool,
+}
+
+impl EncodeSettings {
+    pub fn layout(&self) -> Layout {
+        match (self.pair, self.context_exp) {
+            (true, _) => Layout::Pair,
+            (false, true) => Layout::ContextExp,
+            (false, false) => Layout::Joined,
+        }
+    }
+}
+
+/// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
+pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
+    crate::model::first_file(model_dir, &[TOKENIZER_FILE, VOCAB_FILE]).ok_or_else(|| Error::Tokenizer {
+        path: model_dir.to_path_buf(),
+        message: format!("neither {TOKENIZER_FILE} nor {VOCAB_FILE} found"),
+    })
+}
+
+/// Loads a model directory's tokenizer, truncating longest-first at `max_length`.
+/// tokenizer.json is used as it is; a bare vocab.txt becomes the standard BERT WordPiece
+/// pipeline, lower-casing unless tokenizer_config.json says `"do_lower_case": false`.
+pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> {
+    let path = tokenizer_source(model_dir)?;
+    let err = |message: String| Error::Tokenizer { path: path.clone(), message };
+    let mut tokenizer = if path.ends_with(TOKENIZER_FILE) {
+        Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?
+    } else {
+        wordpiece_tokenizer(&path, lower_case(model_dir)).map_err(err)?
+    };
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length,
+            strategy: TruncationStrategy::LongestFirst,
+            ..Default::default()
+        }))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(tokenizer)
+}
+
+fn lower_case(model_dir: &Path) -> bool {
+    std::fs::read_to_string(model_dir.join("tokenizer_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v.get("do_lower_case").and_then(serde_json::Value::as_bool))
+        .unwrap_or(true)
+}
+
+fn wordpiece_tokenizer(vocab: &Path, lowercase: bool) -> std::result::Result<Tokenizer, String> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::bert::BertProcessing;
+    use tokenizers::Model;
+    let model =
+        WordPiece::from_file(&vocab.to_string_lossy()).unk_token("[UNK]".into()).build().map_err(|e| e.to_string())?;
+    let id = |token: &str| model.token_to_id(token).ok_or_else(|| format!("{token} is not in the vocabulary"));
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    let mut tokenizer = Tokenizer::new(model);
+    tokenizer
+        .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    Ok(tokenizer)
+}
+
+/// Unpadded token arrays: sequence `s` is `input_ids[offsets[s]..offsets[s + 1]]`, and
+/// sequence `CHOICES * q + c` is option `c` of question `q`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sequences {
+    pub input_ids: Vec<i32>,
+    pub token_type_ids: Vec<u8>,
+    pub offsets: Vec<i64>,
+}
+
+impl Sequences {
+    /// Appends one sequence (to an empty value or one whose offsets start with 0).
+    pub fn push(&mut self, e: &Encoded) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        self.input_ids.extend_from_slice(&e.ids);
+        self.token_type_ids.extend_from_slice(&e.type_ids);
+        self.offsets.push(self.input_ids.len() as i64);
+    }
+}
+
+/// Encodes questions, each with its four options, in the joined layout (as `prep` does by
+/// default), ready for `batch::pad`.
+pub fn encode_questions(tokenizer: &Tokenizer, questions: &[(&str, &[&str])]) -> Result<Sequences> {
+    let questions = questions
+        .iter()
+        .map(|&(question, options)| {
+            let options: [String; CHOICES] =
+                options.iter().map(|o| o.to_string()).collect::<Vec<_>>().try_into().map_err(|o: Vec<String>| {
+                    Error::Input(format!("every question needs {CHOICES} options, one has {}", o.len()))
+                })?;
+            Ok(Question { question: question.to_string(), options, ..Question::default() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = Sequences::default();
+    for e in Encoder::new(tokenizer, Layout::Joined)?.encode(&questions)? {
+        out.push(&e);
+    }
+    Ok(out)
+}
