@@ -7,8 +7,6 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
-#include <torch/csrc/autograd/function_hook.h>
-#include <torch/csrc/autograd/variable.h>
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
@@ -35,33 +33,9 @@ using mb::collect;
 using mb::dup;
 using mb::guarded;
 
-// Calls back into Rust once autograd has accumulated a parameter's gradient, as PyTorch's
-// Reducer learns that a DDP bucket is ready.
-struct GradReadyHook : torch::autograd::PostAccumulateGradHook {
-  mb_grad_ready_fn fn;
-  void* ctx;
-  size_t index;
-  GradReadyHook(mb_grad_ready_fn f, void* c, size_t i) : fn(f), ctx(c), index(i) {}
-  void operator()(const torch::autograd::Variable&) override { fn(ctx, index); }
-};
-
 }  // namespace
 
 extern "C" {
-
-char* mb_register_grad_ready(mb_tensor param, mb_grad_ready_fn fn, void* ctx, size_t index) {
-  return guarded([&] {
-    const at::Tensor& t = *static_cast<at::Tensor*>(param);
-    torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<GradReadyHook>(fn, ctx, index));
-  });
-}
-
-char* mb_clear_grad_ready(mb_tensor param) {
-  return guarded([&] {
-    const at::Tensor& t = *static_cast<at::Tensor*>(param);
-    torch::autograd::impl::set_post_acc_grad_hooks(t, nullptr);
-  });
-}
 
 int mb_has_nccl(void) {
 #ifdef USE_C10D_NCCL

@@ -45,11 +45,6 @@ char* mb_pg_broadcast(mb_pg* pg, mb_tensor* tensors, size_t n, int root, mb_work
 char* mb_pg_barrier(mb_pg* pg, mb_work** out);
 char* mb_work_wait(mb_work* work);
 
-/* Called after autograd accumulated the gradient of the parameter registered with `index`. */
-typedef void (*mb_grad_ready_fn)(void* ctx, size_t index);
-/* Installs (replacing any) the post-accumulate-grad hook of a leaf parameter. */
-char* mb_register_grad_ready(mb_tensor param, mb_grad_ready_fn fn, void* ctx, size_t index);
-char* mb_clear_grad_ready(mb_tensor param);
 void mb_work_free(mb_work* work);
 
 #ifdef __cplusplus

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/version.h>
 
 #include <dlfcn.h>
@@ -13,6 +15,20 @@
 using mb::collect;
 using mb::dup;
 using mb::guarded;
+
+namespace {
+
+// Calls back into Rust once autograd has accumulated a parameter's gradient, as PyTorch's
+// Reducer learns that a DDP bucket is ready.
+struct GradReadyHook : torch::autograd::PostAccumulateGradHook {
+  mb_grad_ready_fn fn;
+  void* ctx;
+  size_t index;
+  GradReadyHook(mb_grad_ready_fn f, void* c, size_t i) : fn(f), ctx(c), index(i) {}
+  void operator()(const torch::autograd::Variable&) override { fn(ctx, index); }
+};
+
+}  // namespace
 
 extern "C" {
 
@@ -88,6 +104,20 @@ char* mb_clip_grad_norm(mb_tensor* grads, size_t n, double max_norm, mb_tensor* 
 char* mb_grads_reset(mb_tensor* params, size_t n) {
   return guarded([&] {
     for (size_t i = 0; i < n; ++i) static_cast<at::Tensor*>(params[i])->mutable_grad().reset();
+  });
+}
+
+char* mb_register_grad_ready(mb_tensor param, mb_grad_ready_fn fn, void* ctx, size_t index) {
+  return guarded([&] {
+    const at::Tensor& t = *static_cast<at::Tensor*>(param);
+    torch::autograd::impl::set_post_acc_grad_hooks(t, std::make_unique<GradReadyHook>(fn, ctx, index));
+  });
+}
+
+char* mb_clear_grad_ready(mb_tensor param) {
+  return guarded([&] {
+    const at::Tensor& t = *static_cast<at::Tensor*>(param);
+    torch::autograd::impl::set_post_acc_grad_hooks(t, nullptr);
   });
 }
 

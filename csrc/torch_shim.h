@@ -1,7 +1,7 @@
 // C ABI over the parts of libtorch that tch does not expose and that have nothing to do with
-// distribution: build and device facts, autocast's CUDA dtype, and the fused multi-tensor
+// distribution: build and device facts, autocast's CUDA dtype, the fused multi-tensor
 // kernels the optimizer step uses (torch.optim.AdamW(fused=True), clip_grad_norm_'s foreach
-// path). Tensors arrive as `at::Tensor*` (tch's `Tensor::as_mut_ptr()`).
+// path), and post-accumulate-grad hooks. Tensors arrive as `at::Tensor*` (tch's `Tensor::as_mut_ptr()`).
 //
 // Every fallible call returns NULL on success or a heap-allocated error message that the
 // caller releases with mb_string_free; no C++ exception ever crosses this boundary.
@@ -39,6 +39,14 @@ char* mb_fused_adamw(mb_tensor* params, mb_tensor* grads, mb_tensor* exp_avgs, m
 char* mb_clip_grad_norm(mb_tensor* grads, size_t n, double max_norm, mb_tensor* total_norm);
 /* Sets each tensor's .grad to undefined (zero_grad(set_to_none=True)). */
 char* mb_grads_reset(mb_tensor* params, size_t n);
+
+/* Called after autograd accumulated the gradient of the parameter registered with `index`;
+   it must not throw or unwind. */
+typedef void (*mb_grad_ready_fn)(void* ctx, size_t index);
+/* Installs (replacing any) the post-accumulate-grad hook of a leaf parameter; `ctx` must stay
+   valid until mb_clear_grad_ready. */
+char* mb_register_grad_ready(mb_tensor param, mb_grad_ready_fn fn, void* ctx, size_t index);
+char* mb_clear_grad_ready(mb_tensor param);
 
 #ifdef __cplusplus
 }

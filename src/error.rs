@@ -36,6 +36,9 @@ pub enum Error {
     #[error("c10d: {0}")]
     Dist(String),
 
+    #[error("{0}")]
+    Hook(String),
+
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }

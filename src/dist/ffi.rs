@@ -21,16 +21,7 @@ pub const GLOO_DEFAULT: c_int = 0;
 pub const GLOO_HOSTNAME: c_int = 1;
 pub const GLOO_INTERFACE: c_int = 2;
 
-pub type MbGradReadyFn = unsafe extern "C" fn(ctx: *mut std::ffi::c_void, index: usize);
-
 extern "C" {
-    pub fn mb_register_grad_ready(
-        param: MbTensor,
-        f: MbGradReadyFn,
-        ctx: *mut std::ffi::c_void,
-        index: usize,
-    ) -> *mut c_char;
-    pub fn mb_clear_grad_ready(param: MbTensor) -> *mut c_char;
     pub fn mb_has_nccl() -> c_int;
 
     pub fn mb_store_tcp_new(

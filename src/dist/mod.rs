@@ -272,26 +272,6 @@ impl Drop for ProcessGroup {
     }
 }
 
-/// Calls `f(ctx, index)` each time autograd has accumulated `param`'s gradient (replacing any
-/// such hook). `ctx` must stay valid until `clear_grad_ready`.
-pub(crate) fn register_grad_ready(
-    param: &Tensor,
-    f: ffi::MbGradReadyFn,
-    ctx: *mut std::ffi::c_void,
-    index: usize,
-) -> Result<()> {
-    let mut p = param.shallow_clone();
-    // SAFETY: a live tensor handle; the shim stores only the callback and its arguments.
-    check(unsafe { ffi::mb_register_grad_ready(p.as_mut_ptr(), f, ctx, index) })
-}
-
-/// Removes the hook `register_grad_ready` installed.
-pub(crate) fn clear_grad_ready(param: &Tensor) -> Result<()> {
-    let mut p = param.shallow_clone();
-    // SAFETY: a live tensor handle.
-    check(unsafe { ffi::mb_clear_grad_ready(p.as_mut_ptr()) })
-}
-
 /// A pending collective.
 pub struct Work {
     raw: *mut ffi::MbWork,

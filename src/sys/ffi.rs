@@ -4,6 +4,8 @@ use std::os::raw::{c_char, c_int};
 
 pub type MbTensor = *mut torch_sys::C_tensor;
 
+pub type MbGradReadyFn = unsafe extern "C" fn(ctx: *mut std::ffi::c_void, index: usize);
+
 extern "C" {
     pub fn mb_string_free(s: *mut c_char);
     pub fn mb_torch_version() -> *const c_char;
@@ -26,4 +28,11 @@ extern "C" {
     ) -> *mut c_char;
     pub fn mb_clip_grad_norm(grads: *mut MbTensor, n: usize, max_norm: f64, total_norm: *mut MbTensor) -> *mut c_char;
     pub fn mb_grads_reset(params: *mut MbTensor, n: usize) -> *mut c_char;
+    pub fn mb_register_grad_ready(
+        param: MbTensor,
+        f: MbGradReadyFn,
+        ctx: *mut std::ffi::c_void,
+        index: usize,
+    ) -> *mut c_char;
+    pub fn mb_clear_grad_ready(param: MbTensor) -> *mut c_char;
 }

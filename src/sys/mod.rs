@@ -1,8 +1,11 @@
 //! What libtorch offers beyond tch, through csrc/torch_shim: build and device facts, autocast's
-//! CUDA dtype, and the fused multi-tensor kernels of the optimizer step. The distributed half
-//! of the shim is `crate::dist`.
+//! CUDA dtype, the fused multi-tensor kernels of the optimizer step, and gradient hooks. The
+//! distributed half of the shim is `crate::dist`.
 
 pub(crate) mod ffi;
+mod grad_hooks;
+
+pub use grad_hooks::GradHooks;
 
 use crate::error::{Error, Result};
 use std::ffi::CStr;

@@ -6,6 +6,7 @@
 
 use crate::dist::{ProcessGroup, Work};
 use crate::error::{Error, Result};
+use crate::sys::GradHooks;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -33,19 +34,21 @@ pub fn buckets(sizes: &[usize], cap_bytes: usize) -> Vec<std::ops::Range<usize>>
 
 pub struct Ddp {
     pg: Option<Arc<ProcessGroup>>,
-    reducer: Option<Box<Reducer>>,
+    reducer: Option<Arc<Reducer>>,
+    /// With overlap: the hooks that tell the reducer which gradients are ready.
+    hooks: Option<GradHooks>,
 }
 
 impl Ddp {
     /// One process: nothing to synchronise.
     pub fn single() -> Ddp {
-        Ddp { pg: None, reducer: None }
+        Ddp { pg: None, reducer: None, hooks: None }
     }
 
     /// Data parallelism over `pg` (one process when None). Collectives on plain values work
     /// at once; gradients once `attach` has run.
     pub fn from_group(pg: Option<ProcessGroup>) -> Ddp {
-        Ddp { pg: pg.map(Arc::new), reducer: None }
+        Ddp { pg: pg.map(Arc::new), reducer: None, hooks: None }
     }
 
     /// Takes charge of `params` (name, variable) in the optimizer's order: checks that every
@@ -69,9 +72,10 @@ impl Ddp {
             // Without hooks, the buckets follow the reverse of the optimizer's order.
             state.set_buckets(buckets(&sizes, cap_bytes).into_iter().map(|r| r.collect()).collect(), tensors.len());
         }
-        let reducer = Box::new(Reducer { pg: pg.clone(), params: tensors, sizes, cap_bytes, state: Mutex::new(state) });
+        let reducer = Arc::new(Reducer { pg: pg.clone(), params: tensors, sizes, cap_bytes, state: Mutex::new(state) });
         if overlap {
-            reducer.install_hooks()?;
+            let ready = Arc::clone(&reducer);
+            self.hooks = Some(GradHooks::install(&reducer.params, move |i| ready.ready(i))?);
         }
         self.reducer = Some(reducer);
         Ok(())
@@ -98,6 +102,9 @@ impl Ddp {
     /// Replaces each gradient by its mean over the ranks: starts the buckets backward did not
     /// (all of them without overlap), waits for every all-reduce and copies the results back.
     pub fn average_gradients(&self) -> Result<()> {
+        if let Some(hooks) = &self.hooks {
+            hooks.check()?;
+        }
         match &self.reducer {
             Some(r) => r.finish(),
             None => Ok(()),
@@ -140,14 +147,6 @@ impl Ddp {
     }
 }
 
-impl Drop for Ddp {
-    fn drop(&mut self) {
-        if let Some(r) = &self.reducer {
-            r.remove_hooks();
-        }
-    }
-}
-
 /// PyTorch's Reducer in small: buckets of parameters in the order backward produces their
 /// gradients (observed on the first synchronised step and taken from rank 0, so every rank
 /// issues the same collectives in the same order), each all-reduced once complete.
@@ -159,6 +158,11 @@ struct Reducer {
     cap_bytes: usize,
     state: Mutex<State>,
 }
+
+// SAFETY: hooks call `ready` from autograd's threads. `params` are tensor handles that are
+// only read (libtorch's reference counts are atomic) and everything mutable is in `state`,
+// behind its mutex; the process group is Sync.
+unsafe impl Sync for Reducer {}
 
 #[derive(Default)]
 struct State {
@@ -192,30 +196,9 @@ impl State {
     }
 }
 
-unsafe extern "C" fn grad_ready(ctx: *mut std::ffi::c_void, index: usize) {
-    // SAFETY: ctx is the boxed Reducer whose hooks are removed before it is freed.
-    let reducer = unsafe { &*(ctx as *const Reducer) };
-    // A panic must not unwind into libtorch's autograd engine.
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reducer.ready(index)));
-}
-
 impl Reducer {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn install_hooks(&self) -> Result<()> {
-        let ctx = self as *const Reducer as *mut std::ffi::c_void;
-        for (i, p) in self.params.iter().enumerate() {
-            crate::dist::register_grad_ready(p, grad_ready, ctx, i)?;
-        }
-        Ok(())
-    }
-
-    fn remove_hooks(&self) {
-        for p in &self.params {
-            let _ = crate::dist::clear_grad_ready(p);
-        }
     }
 
     /// A hook: parameter `index` has its gradient for this backward.
@@ -395,6 +378,72 @@ pub fn first_difference(rank0: &[(String, Vec<i64>)], ours: &[(String, Vec<i64>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::{GlooDevice, Store};
+
+    /// Runs `f(rank, group)` on `world` threads, each a rank of one Gloo group on 127.0.0.1.
+    fn on_ranks<T: Send>(world: usize, f: impl Fn(usize, ProcessGroup) -> T + Sync) -> Vec<T> {
+        let timeout = Duration::from_secs(30);
+        let server = Store::tcp("127.0.0.1", 0, true, 0, timeout).unwrap();
+        let port = server.port();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    let f = &f;
+                    s.spawn(move || {
+                        let store = Store::tcp("127.0.0.1", port, false, 0, timeout).unwrap();
+                        let device = GlooDevice::Host("127.0.0.1".into());
+                        f(rank, ProcessGroup::gloo(store, rank, world, &device, timeout).unwrap())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    }
+
+    /// Two accumulation micro-steps per optimizer step; rank r's gradients are (r + 1) and
+    /// 2 (r + 1) per micro-step, so the averages over two ranks are 3 and 6 (1.5 and 3 if the
+    /// first micro-step were reduced on its own).
+    fn reduced_gradients(overlap: bool) -> Vec<(Vec<f32>, Vec<f32>, usize)> {
+        on_ranks(2, |rank, pg| {
+            let opts = (Kind::Float, Device::Cpu);
+            let a = Tensor::zeros([3], opts).set_requires_grad(true);
+            let b = Tensor::zeros([5], opts).set_requires_grad(true);
+            let mut ddp = Ddp::from_group(Some(pg));
+            // A cap below one parameter's size: one bucket per parameter.
+            ddp.attach(&[("a", &a), ("b", &b)], 1e-6, overlap).unwrap();
+            let scale = rank as f64 + 1.0;
+            let mut out = Vec::new();
+            for _step in 0..2 {
+                for micro in 0..2 {
+                    if micro == 1 {
+                        ddp.prepare_sync();
+                    }
+                    ((&a * scale).sum(Kind::Float) + (&b * (2.0 * scale)).sum(Kind::Float)).backward();
+                }
+                ddp.average_gradients().unwrap();
+                let buckets = ddp.exposed_communication().unwrap().0;
+                out.push((Vec::try_from(a.grad()).unwrap(), Vec::try_from(b.grad()).unwrap(), buckets));
+                crate::sys::reset_grads(&[&a, &b]).unwrap();
+            }
+            out
+        })
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    #[test]
+    fn the_reducer_averages_each_accumulation_group_once_with_and_without_overlap() {
+        for overlap in [true, false] {
+            let steps = reduced_gradients(overlap);
+            assert_eq!(steps.len(), 4, "two steps on two ranks");
+            for (a, b, buckets) in steps {
+                assert_eq!(a, [3.0; 3], "overlap {overlap}");
+                assert_eq!(b, [6.0; 5], "overlap {overlap}");
+                assert_eq!(buckets, 2, "overlap {overlap}");
+            }
+        }
+    }
 
     #[test]
     fn buckets_cover_every_parameter_in_reverse_within_the_cap() {
