@@ -4,6 +4,7 @@
 //! Deciding (which workers, with which variables) is apart from doing (spawning, watching,
 //! tearing down), so the first is tested without processes.
 
+use crate::dist::{DistEnv, Store};
 use crate::error::{Error, Result};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -46,27 +47,22 @@ impl GroupSpec {
         (0..self.nproc_per_node)
             .map(|local_rank| {
                 let rank = self.node_rank * self.nproc_per_node + local_rank;
-                let mut env: Vec<(String, String)> = [
-                    ("RANK", rank.to_string()),
-                    ("LOCAL_RANK", local_rank.to_string()),
-                    ("WORLD_SIZE", self.world_size().to_string()),
-                    ("LOCAL_WORLD_SIZE", self.nproc_per_node.to_string()),
-                    ("GROUP_RANK", self.node_rank.to_string()),
-                    ("GROUP_WORLD_SIZE", self.nnodes.to_string()),
-                    ("ROLE_RANK", rank.to_string()),
-                    ("ROLE_WORLD_SIZE", self.world_size().to_string()),
-                    ("ROLE_NAME", "default".to_string()),
-                    ("MASTER_ADDR", self.master_addr.clone()),
-                    ("MASTER_PORT", self.master_port.to_string()),
-                    ("TORCHELASTIC_RESTART_COUNT", restart_count.to_string()),
-                    ("TORCHELASTIC_MAX_RESTARTS", self.max_restarts.to_string()),
-                    ("TORCHELASTIC_RUN_ID", self.run_id.clone()),
+                let dist = DistEnv {
+                    rank,
+                    world_size: self.world_size(),
+                    local_rank,
+                    local_world_size: self.nproc_per_node,
+                    group_rank: self.node_rank,
+                    group_world_size: self.nnodes,
+                    master_addr: self.master_addr.clone(),
+                    master_port: self.master_port,
                     // Node 0's launcher hosts the rendezvous store, as torchrun's agent does.
-                    ("TORCHELASTIC_USE_AGENT_STORE", "True".to_string()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+                    agent_store: true,
+                    restart_count,
+                    max_restarts: self.max_restarts,
+                    run_id: self.run_id.clone(),
+                };
+                let mut env: Vec<(String, String)> = dist.vars().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
                 if let Some(n) = omp_threads {
                     env.push(("OMP_NUM_THREADS".to_string(), n.to_string()));
                 }
@@ -219,6 +215,59 @@ pub fn run_attempt(
     Ok(outcome)
 }
 
+/// Everything one launch needs: the group, the command each worker runs, how they are
+/// watched, and OMP_NUM_THREADS for them when the caller did not set it.
+#[derive(Clone, Debug)]
+pub struct LaunchConfig {
+    pub spec: GroupSpec,
+    pub program: Vec<String>,
+    pub supervision: Supervision,
+    pub omp_threads: Option<usize>,
+}
+
+/// torchrun's `elastic_launch` in small: node 0 hosts the rendezvous store for the whole
+/// launch (so it outlives every restart; each attempt keeps its keys under its own prefix),
+/// then the group runs, and is restarted after a failure up to `max_restarts` times. A master
+/// port of 0 picks a free one. Returns the launcher's exit code: 0, 128 + the signal that
+/// interrupted it, or 1 when the group failed for good.
+pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32> {
+    let LaunchConfig { mut spec, program, supervision, omp_threads } = config;
+    let store = match spec.node_rank {
+        0 => Some(Store::tcp(&spec.master_addr, spec.master_port, true, 0, Duration::from_secs(60))?),
+        _ => None,
+    };
+    if let Some(store) = &store {
+        spec.master_port = store.port();
+    }
+    eprintln!(
+        "medbert-run: {} worker(s) on node {}/{} (world size {}), master {}:{}",
+        spec.nproc_per_node,
+        spec.node_rank,
+        spec.nnodes,
+        spec.world_size(),
+        spec.master_addr,
+        spec.master_port
+    );
+    for attempt in 0..=spec.max_restarts {
+        let workers = spec.workers(attempt, omp_threads);
+        match run_attempt(&program, &workers, attempt, &supervision, signal)? {
+            Outcome::Succeeded => return Ok(0),
+            Outcome::Interrupted(sig) => {
+                eprintln!("medbert-run: got signal {sig}; stopped the workers");
+                return Ok(128 + sig);
+            }
+            Outcome::Failed { rank, exit } => {
+                eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers");
+                if attempt < spec.max_restarts {
+                    eprintln!("medbert-run: restarting the group ({}/{})", attempt + 1, spec.max_restarts);
+                }
+            }
+        }
+    }
+    eprintln!("medbert-run: error: the worker group failed after {} restart(s)", spec.max_restarts);
+    Ok(1)
+}
+
 /// SIGTERM to every live worker, then SIGKILL to those still alive after `deadline`.
 fn stop_all(running: &mut Vec<(usize, Child)>, deadline: Duration) {
     for (_, child) in running.iter() {
@@ -268,6 +317,7 @@ fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::var;
 
     fn spec() -> GroupSpec {
         GroupSpec {
@@ -281,7 +331,7 @@ mod tests {
         }
     }
 
-    fn var<'a>(w: &'a WorkerSpec, name: &str) -> &'a str {
+    fn value<'a>(w: &'a WorkerSpec, name: &str) -> &'a str {
         &w.env.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{name} not set")).1
     }
 
@@ -292,16 +342,16 @@ mod tests {
         let w = &workers[2];
         assert_eq!(
             [
-                var(w, "RANK"),
-                var(w, "LOCAL_RANK"),
-                var(w, "WORLD_SIZE"),
-                var(w, "LOCAL_WORLD_SIZE"),
-                var(w, "GROUP_RANK"),
-                var(w, "MASTER_ADDR"),
-                var(w, "MASTER_PORT"),
-                var(w, "TORCHELASTIC_RESTART_COUNT"),
-                var(w, "TORCHELASTIC_MAX_RESTARTS"),
-                var(w, "OMP_NUM_THREADS"),
+                value(w, var::RANK),
+                value(w, var::LOCAL_RANK),
+                value(w, var::WORLD_SIZE),
+                value(w, var::LOCAL_WORLD_SIZE),
+                value(w, var::GROUP_RANK),
+                value(w, var::MASTER_ADDR),
+                value(w, var::MASTER_PORT),
+                value(w, var::RESTART_COUNT),
+                value(w, var::MAX_RESTARTS),
+                value(w, "OMP_NUM_THREADS"),
             ],
             ["5", "2", "6", "3", "1", "10.1.0.1", "29400", "1", "2", "2"]
         );

@@ -2,8 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use medbert::dist::Store;
-use medbert::launch::{self, GroupSpec, Outcome, Supervision};
+use medbert::launch::{self, GroupSpec, LaunchConfig, Supervision};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -57,10 +56,21 @@ struct Args {
     /// Training flags for `medbert train`.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "TRAIN_FLAGS")]
     train_flags: Vec<String>,
+    /// A command each worker runs instead of `medbert train`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 fn main() {
-    match run() {
+    let launched = config_from_args(Args::parse()).and_then(|config| {
+        let signal = Arc::new(AtomicUsize::new(0));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
+                .context("installing signal handlers")?;
+        }
+        Ok(launch::elastic_launch(config, &signal)?)
+    });
+    match launched {
         Ok(code) => std::process::exit(code),
         Err(err) => {
             eprintln!("medbert-run: error: {err:#}");
@@ -69,103 +79,53 @@ fn main() {
     }
 }
 
-fn run() -> Result<i32> {
-    let argv: Vec<String> = std::env::args().collect();
-    let split = argv.iter().position(|a| a == "--");
-    let (ours, command) = match split {
-        Some(i) => (&argv[..i], argv[i + 1..].to_vec()),
-        None => (&argv[..], Vec::new()),
-    };
-    let args = Args::parse_from(ours);
-    let program = match (command.is_empty(), args.train_flags.is_empty()) {
+/// What to launch, from the flags (torchrun's `config_from_args`).
+fn config_from_args(args: Args) -> Result<LaunchConfig> {
+    let program = match (args.command.is_empty(), args.train_flags.is_empty()) {
         (false, false) => bail!("give training flags or a command after `--`, not both"),
-        (false, true) => command,
+        (false, true) => args.command,
         (true, _) => {
             let medbert = std::env::current_exe()?.with_file_name("medbert");
             [medbert.to_string_lossy().into_owned(), "train".to_string()].into_iter().chain(args.train_flags).collect()
         }
     };
-
     let nproc = nproc_per_node(&args.nproc_per_node)?;
     if args.nnodes == 0 || args.node_rank >= args.nnodes {
         bail!("--node-rank {} must be below --nnodes {}", args.node_rank, args.nnodes);
     }
-    let (master_addr, port) = if args.standalone {
-        if args.nnodes != 1 {
-            bail!("--standalone is for a single node; use --master-addr with --nnodes {}", args.nnodes);
+    let (master_addr, master_port) = match args.standalone {
+        true if args.nnodes != 1 => {
+            bail!("--standalone is for a single node; use --master-addr with --nnodes {}", args.nnodes)
         }
-        ("127.0.0.1".to_string(), 0)
-    } else {
-        (args.master_addr, args.master_port)
+        true => ("127.0.0.1".to_string(), 0),
+        false => (args.master_addr, args.master_port),
     };
-    // Node 0 hosts the rendezvous store for the launcher's lifetime, so that it outlives every
-    // restart of the workers (each attempt uses its own key prefix).
-    let store = match args.node_rank {
-        0 => Some(
-            Store::tcp(&master_addr, port, true, 0, Duration::from_secs(60))
-                .with_context(|| format!("hosting the rendezvous store on port {port}"))?,
-        ),
-        _ => None,
-    };
-    let master_port = store.as_ref().map_or(port, Store::port);
-    let spec = GroupSpec {
-        nnodes: args.nnodes,
-        node_rank: args.node_rank,
-        nproc_per_node: nproc,
-        master_addr,
-        master_port,
-        max_restarts: args.max_restarts,
-        run_id: args.run_id,
-    };
-    let omp = match std::env::var_os("OMP_NUM_THREADS") {
-        Some(_) => None,
-        None => Some(launch::omp_threads_per_worker(cores(), nproc)),
-    };
-    let sup = Supervision {
-        monitor_interval: Duration::from_secs_f64(args.monitor_interval.max(0.001)),
-        term_timeout: Duration::from_secs_f64(args.term_timeout.max(0.0)),
-        log_dir: args.log_dir,
-    };
-
-    let signal = Arc::new(AtomicUsize::new(0));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
-            .context("installing signal handlers")?;
-    }
-
-    eprintln!(
-        "medbert-run: {} worker(s) on node {}/{} (world size {}), master {}:{}",
-        nproc,
-        spec.node_rank,
-        spec.nnodes,
-        spec.world_size(),
-        spec.master_addr,
-        spec.master_port
-    );
-    for attempt in 0..=spec.max_restarts {
-        let workers = spec.workers(attempt, omp);
-        match launch::run_attempt(&program, &workers, attempt, &sup, &signal)? {
-            Outcome::Succeeded => return Ok(0),
-            Outcome::Interrupted(sig) => {
-                eprintln!("medbert-run: got signal {sig}; stopped the workers");
-                return Ok(128 + sig);
-            }
-            Outcome::Failed { rank, exit } => {
-                eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers");
-                if attempt < spec.max_restarts {
-                    eprintln!("medbert-run: restarting the group ({}/{})", attempt + 1, spec.max_restarts);
-                }
-            }
-        }
-    }
-    eprintln!("medbert-run: error: the worker group failed after {} restart(s)", spec.max_restarts);
-    Ok(1)
+    Ok(LaunchConfig {
+        spec: GroupSpec {
+            nnodes: args.nnodes,
+            node_rank: args.node_rank,
+            nproc_per_node: nproc,
+            master_addr,
+            master_port,
+            max_restarts: args.max_restarts,
+            run_id: args.run_id,
+        },
+        program,
+        supervision: Supervision {
+            monitor_interval: Duration::from_secs_f64(args.monitor_interval.max(0.001)),
+            term_timeout: Duration::from_secs_f64(args.term_timeout.max(0.0)),
+            log_dir: args.log_dir,
+        },
+        omp_threads: match std::env::var_os("OMP_NUM_THREADS") {
+            Some(_) => None,
+            None => Some(launch::omp_threads_per_worker(cores(), nproc)),
+        },
+    })
 }
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
-
 fn nproc_per_node(value: &str) -> Result<usize> {
     let gpus = || usize::try_from(tch::Cuda::device_count()).unwrap_or(0);
     let n = match value {

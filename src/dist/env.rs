@@ -1,7 +1,27 @@
-//! The launcher's contract: the variables torchrun (and medbert-run) set for each worker.
+//! The launcher's contract: the variables torchrun (and medbert-run) set for each worker,
+//! written (`DistEnv::vars`) and read (`DistEnv::from_env`) here alone.
 
 use crate::error::{Error, Result};
 use std::str::FromStr;
+
+/// The variables' names, as torchrun spells them.
+pub mod var {
+    pub const RANK: &str = "RANK";
+    pub const WORLD_SIZE: &str = "WORLD_SIZE";
+    pub const LOCAL_RANK: &str = "LOCAL_RANK";
+    pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+    pub const GROUP_RANK: &str = "GROUP_RANK";
+    pub const GROUP_WORLD_SIZE: &str = "GROUP_WORLD_SIZE";
+    pub const ROLE_RANK: &str = "ROLE_RANK";
+    pub const ROLE_WORLD_SIZE: &str = "ROLE_WORLD_SIZE";
+    pub const ROLE_NAME: &str = "ROLE_NAME";
+    pub const MASTER_ADDR: &str = "MASTER_ADDR";
+    pub const MASTER_PORT: &str = "MASTER_PORT";
+    pub const RESTART_COUNT: &str = "TORCHELASTIC_RESTART_COUNT";
+    pub const MAX_RESTARTS: &str = "TORCHELASTIC_MAX_RESTARTS";
+    pub const RUN_ID: &str = "TORCHELASTIC_RUN_ID";
+    pub const USE_AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
+}
 
 /// Where this process stands in the worker group.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -10,12 +30,18 @@ pub struct DistEnv {
     pub world_size: usize,
     pub local_rank: usize,
     pub local_world_size: usize,
+    /// This node's rank among the nodes, and their number (0 and 1 when not given).
+    pub group_rank: usize,
+    pub group_world_size: usize,
     pub master_addr: String,
     pub master_port: u16,
     /// The launcher hosts the rendezvous store (TORCHELASTIC_USE_AGENT_STORE=True).
     pub agent_store: bool,
     /// Restarts of the worker group so far (TORCHELASTIC_RESTART_COUNT).
     pub restart_count: usize,
+    pub max_restarts: usize,
+    /// The job's id (TORCHELASTIC_RUN_ID; "none" when not given, as torchrun's default).
+    pub run_id: String,
 }
 
 impl DistEnv {
@@ -28,48 +54,77 @@ impl DistEnv {
 
     /// As `from_env`, over any variable lookup (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
-        if get("WORLD_SIZE").is_none() {
+        if get(var::WORLD_SIZE).is_none() {
             return Ok(None);
         }
         let num = |name: &'static str| -> Result<usize> { parse(name, get(name)) };
-        let world_size = num("WORLD_SIZE")?;
-        let rank = num("RANK")?;
+        let num_or = |name: &'static str, default: usize| get(name).map_or(Ok(default), |v| parse(name, Some(v)));
+        let world_size = num(var::WORLD_SIZE)?;
+        let rank = num(var::RANK)?;
         if world_size == 0 {
-            return Err(Error::Env { name: "WORLD_SIZE", message: "must be at least 1".into() });
+            return Err(Error::Env { name: var::WORLD_SIZE, message: "must be at least 1".into() });
         }
         if rank >= world_size {
-            return Err(Error::Env { name: "RANK", message: format!("{rank} is not below WORLD_SIZE {world_size}") });
+            return Err(Error::Env {
+                name: var::RANK,
+                message: format!("{rank} is not below WORLD_SIZE {world_size}"),
+            });
         }
-        let local_rank = get("LOCAL_RANK").map_or(Ok(rank), |v| parse("LOCAL_RANK", Some(v)))?;
-        let local_world_size =
-            get("LOCAL_WORLD_SIZE").map_or(Ok(world_size), |v| parse("LOCAL_WORLD_SIZE", Some(v)))?;
+        let local_rank = num_or(var::LOCAL_RANK, rank)?;
+        let local_world_size = num_or(var::LOCAL_WORLD_SIZE, world_size)?;
         if local_rank >= local_world_size {
             return Err(Error::Env {
-                name: "LOCAL_RANK",
+                name: var::LOCAL_RANK,
                 message: format!("{local_rank} is not below LOCAL_WORLD_SIZE {local_world_size}"),
             });
         }
-        let master_addr = get("MASTER_ADDR")
+        let master_addr = get(var::MASTER_ADDR)
             .filter(|s| !s.trim().is_empty())
-            .ok_or(Error::Env { name: "MASTER_ADDR", message: "not set (the launcher sets it)".into() })?;
-        let master_port = parse("MASTER_PORT", get("MASTER_PORT"))?;
-        let agent_store = get("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
-        let restart_count =
-            get("TORCHELASTIC_RESTART_COUNT").map_or(Ok(0), |v| parse("TORCHELASTIC_RESTART_COUNT", Some(v)))?;
+            .ok_or(Error::Env { name: var::MASTER_ADDR, message: "not set (the launcher sets it)".into() })?;
         Ok(Some(DistEnv {
             rank,
             world_size,
             local_rank,
             local_world_size,
+            group_rank: num_or(var::GROUP_RANK, 0)?,
+            group_world_size: num_or(var::GROUP_WORLD_SIZE, 1)?,
             master_addr,
-            master_port,
-            agent_store,
-            restart_count,
+            master_port: parse(var::MASTER_PORT, get(var::MASTER_PORT))?,
+            agent_store: get(var::USE_AGENT_STORE).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
+            restart_count: num_or(var::RESTART_COUNT, 0)?,
+            max_restarts: num_or(var::MAX_RESTARTS, 0)?,
+            run_id: get(var::RUN_ID).unwrap_or_else(|| "none".into()),
         }))
+    }
+
+    /// The variables a launcher sets for this worker (what `from_env` reads back).
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (var::RANK, self.rank.to_string()),
+            (var::LOCAL_RANK, self.local_rank.to_string()),
+            (var::WORLD_SIZE, self.world_size.to_string()),
+            (var::LOCAL_WORLD_SIZE, self.local_world_size.to_string()),
+            (var::GROUP_RANK, self.group_rank.to_string()),
+            (var::GROUP_WORLD_SIZE, self.group_world_size.to_string()),
+            (var::ROLE_RANK, self.rank.to_string()),
+            (var::ROLE_WORLD_SIZE, self.world_size.to_string()),
+            (var::ROLE_NAME, "default".to_string()),
+            (var::MASTER_ADDR, self.master_addr.clone()),
+            (var::MASTER_PORT, self.master_port.to_string()),
+            (var::RESTART_COUNT, self.restart_count.to_string()),
+            (var::MAX_RESTARTS, self.max_restarts.to_string()),
+            (var::RUN_ID, self.run_id.clone()),
+            (var::USE_AGENT_STORE, if self.agent_store { "True" } else { "False" }.to_string()),
+        ]
     }
 
     pub fn is_main(&self) -> bool {
         self.rank == 0
+    }
+
+    /// Whether the launcher restarted the worker group (a run then resumes by itself).
+    pub fn restarted(&self) -> bool {
+        self.restart_count > 0
     }
 }
 
@@ -124,6 +179,16 @@ mod tests {
         let bad: Vec<(&str, &str)> =
             pairs.iter().map(|&(k, v)| if k == "TORCHELASTIC_RESTART_COUNT" { (k, "x") } else { (k, v) }).collect();
         assert!(lookup(&bad).unwrap_err().to_string().contains("TORCHELASTIC_RESTART_COUNT"));
+    }
+
+    #[test]
+    fn what_a_launcher_writes_reads_back_unchanged() {
+        let mut env = lookup(&FULL).unwrap().unwrap();
+        (env.agent_store, env.restart_count, env.max_restarts, env.run_id) = (true, 2, 3, "job".into());
+        (env.group_rank, env.group_world_size) = (1, 2);
+        let vars = env.vars();
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        assert_eq!(lookup(&pairs).unwrap().unwrap(), env);
     }
 
     #[test]

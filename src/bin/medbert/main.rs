@@ -108,7 +108,7 @@ enum ContextField {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(match std::env::var("RANK").is_ok_and(|r| r.trim() != "0") {
+        .with_env_filter(match DistEnv::from_env().ok().flatten().is_some_and(|env| !env.is_main()) {
             // Rank 0 alone logs progress; the other workers of a group report only problems.
             true => "warn".into(),
             false => tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -188,10 +188,7 @@ fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<Path
     let env = DistEnv::from_env()?.context("WORLD_SIZE is not set: start this under medbert-run or torchrun")?;
     let pg = ProcessGroup::init(&env, backend, timeout)?;
     let (rank, world) = (env.rank as f64, env.world_size as f64);
-    let device = match backend {
-        Backend::Nccl => tch::Device::Cuda(env.local_rank),
-        Backend::Gloo => tch::Device::Cpu,
-    };
+    let device = pg.device();
     let base = Tensor::arange(numel, (Kind::Float, device));
 
     let mut summed = &base * (rank + 1.0);

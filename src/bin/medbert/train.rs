@@ -1,10 +1,10 @@
 //! `medbert train`, `eval` and `predict`: flags named like the HF Trainer's TrainingArguments,
 //! each also settable through the environment or .env (MEDBERT_<FLAG>).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use medbert::batch::collate;
-use medbert::dist::{Backend, DistEnv, ProcessGroup};
+use medbert::dist::{in_turn, Backend, DistEnv, ProcessGroup};
 use medbert::model::MultipleChoiceModel;
 use medbert::prep::cache::PreparedCache;
 use medbert::prep::{self, PrepOptions};
@@ -151,10 +151,10 @@ pub enum BackendChoice {
 
 impl GroupArgs {
     /// The process group of this worker when a launcher started it; None for a plain run.
-    fn join(&self, device: tch::Device) -> Result<Option<ProcessGroup>> {
+    fn join(&self, env: Option<&DistEnv>, device: tch::Device) -> Result<Option<ProcessGroup>> {
         // Under a launcher a group is formed even for one process, as torchrun + DDP does, so
         // that `--nproc-per-node 1` runs the same collectives as a larger group.
-        let Some(env) = DistEnv::from_env()? else { return Ok(None) };
+        let Some(env) = env else { return Ok(None) };
         let backend = match (self.ddp_backend, device.is_cuda()) {
             (BackendChoice::Gloo, _) | (BackendChoice::Auto, false) => Backend::Gloo,
             (BackendChoice::Nccl, _) | (BackendChoice::Auto, true) => Backend::Nccl,
@@ -168,37 +168,13 @@ impl GroupArgs {
             backend != Backend::Nccl || device.is_cuda(),
             "--ddp-backend nccl needs --device cuda; this run is on {device:?}"
         );
-        Ok(Some(ProcessGroup::init(&env, backend, std::time::Duration::from_secs(self.ddp_timeout))?))
+        Ok(Some(ProcessGroup::init(env, backend, std::time::Duration::from_secs(self.ddp_timeout))?))
     }
 }
 
-/// Runs `prepare` on every worker without two writing one cache at once: rank 0 first, then
-/// the first worker of every other node (a cache hit where the directory is shared), then the
-/// rest, which find what is there.
-fn in_turn<T>(pg: Option<&ProcessGroup>, prepare: impl FnOnce() -> Result<T>) -> Result<T> {
-    let Some(pg) = pg else { return prepare() };
-    let local_first = std::env::var("LOCAL_RANK").is_ok_and(|r| r.trim() == "0");
-    let turn = match (pg.rank(), local_first) {
-        (0, _) => 0,
-        (_, true) => 1,
-        _ => 2,
-    };
-    let mut prepare = Some(prepare);
-    let mut out = None;
-    for phase in 0..3 {
-        if phase == turn {
-            out = prepare.take().map(|f| f());
-        }
-        if phase < 2 {
-            pg.barrier()?;
-        }
-    }
-    out.context("no turn to prepare")?
-}
-
-/// Resolves `--device`.
-pub fn device(spec: &str) -> Result<tch::Device> {
-    let local_rank = std::env::var("LOCAL_RANK").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+/// Resolves `--device`; `auto` and `cuda` are this worker's GPU (its local rank).
+pub fn device(spec: &str, env: Option<&DistEnv>) -> Result<tch::Device> {
+    let local_rank = env.map_or(0, |e| e.local_rank);
     let cuda = |n: usize| -> Result<tch::Device> {
         let count = tch::Cuda::device_count() as usize;
         anyhow::ensure!(n < count, "--device cuda:{n}: {count} CUDA device(s) visible");
@@ -229,20 +205,21 @@ fn cache_for(path: &Path, cache_root: &Path, model: &Path, max_length: usize) ->
 }
 
 pub fn run_train(mut cli: TrainCli) -> Result<()> {
+    let env = DistEnv::from_env()?;
     // A worker group restarted by the launcher (torchrun's contract) picks up where it stopped.
-    let restarted = std::env::var("TORCHELASTIC_RESTART_COUNT").is_ok_and(|v| v.trim() != "0" && !v.is_empty());
-    let device = device(&cli.data.device)?;
+    let restarted = env.as_ref().is_some_and(DistEnv::restarted);
+    let device = device(&cli.data.device, env.as_ref())?;
     cli.model = hub::resolve_model(&cli.model)?;
-    let pg = cli.ddp.group.join(device)?;
+    let pg = cli.ddp.group.join(env.as_ref(), device)?;
     let cache_root = cli.output_dir.join("prepared");
-    let (train_cache, eval_cache) = in_turn(pg.as_ref(), || {
+    let (train_cache, eval_cache) = in_turn(pg.as_ref(), env.as_ref().map_or(0, |e| e.local_rank), || {
         let train = cache_for(&cli.train_file, &cache_root, &cli.model, cli.data.max_length)?;
         let eval = cli
             .validation_file
             .as_deref()
             .map(|p| cache_for(p, &cache_root, &cli.model, cli.data.max_length))
             .transpose()?;
-        Ok((train, eval))
+        anyhow::Ok((train, eval))
     })?;
     let args = TrainArgs {
         model_dir: cli.model,
@@ -318,8 +295,8 @@ pub struct InferenceArgs {
 
 impl InferenceArgs {
     /// The model on its device and the cache of `file`.
-    fn load(&self, file: &Path) -> Result<(MultipleChoiceModel, PreparedCache)> {
-        let device = device(&self.data.device)?;
+    fn load(&self, file: &Path, env: Option<&DistEnv>) -> Result<(MultipleChoiceModel, PreparedCache)> {
+        let device = device(&self.data.device, env)?;
         let dir = hub::resolve_model(&self.model)?;
         let cache = PreparedCache::open(&cache_for(file, &self.cache_dir, &dir, self.data.max_length)?)?;
         let (model, _) = MultipleChoiceModel::from_dir(&dir, device)?;
@@ -340,8 +317,10 @@ pub struct EvalCli {
 }
 
 pub fn run_eval(cli: EvalCli) -> Result<()> {
-    let pg = cli.group.join(device(&cli.common.data.device)?)?;
-    let (model, cache) = in_turn(pg.as_ref(), || cli.common.load(&cli.validation_file))?;
+    let env = DistEnv::from_env()?;
+    let pg = cli.group.join(env.as_ref(), device(&cli.common.data.device, env.as_ref())?)?;
+    let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
+    let (model, cache) = in_turn(pg.as_ref(), local_rank, || cli.common.load(&cli.validation_file, env.as_ref()))?;
     let ddp = Ddp::from_group(pg);
     let precision = cli.common.precision.resolve(model.vs.device())?;
     let r = evaluate_sharded(&model, &cache, None, cli.common.per_device_eval_batch_size, precision, &ddp)?;
@@ -368,7 +347,7 @@ pub struct PredictCli {
 }
 
 pub fn run_predict(cli: PredictCli) -> Result<()> {
-    let (model, cache) = cli.common.load(&cli.test_file)?;
+    let (model, cache) = cli.common.load(&cli.test_file, None)?;
     let device = model.vs.device();
     let precision = cli.common.precision.resolve(device)?;
     let mut csv = String::from("id,prediction,p_opa,p_opb,p_opc,p_opd,logit_opa,logit_opb,logit_opc,logit_opd\n");
