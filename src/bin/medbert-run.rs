@@ -54,7 +54,7 @@ struct Args {
     #[arg(long, alias = "rdzv_id", default_value = "none")]
     run_id: String,
     /// Training flags for `medbert train`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "TRAIN_FLAGS")]
+    #[arg(allow_hyphen_values = true, num_args = 0.., value_name = "TRAIN_FLAGS")]
     train_flags: Vec<String>,
     /// A command each worker runs instead of `medbert train`.
     #[arg(last = true, value_name = "COMMAND")]
@@ -81,10 +81,13 @@ fn main() {
 
 /// What to launch, from the flags (torchrun's `config_from_args`).
 fn config_from_args(args: Args) -> Result<LaunchConfig> {
-    let program = match (args.command.is_empty(), args.train_flags.is_empty()) {
-        (false, false) => bail!("give training flags or a command after `--`, not both"),
-        (false, true) => args.command,
-        (true, _) => {
+    // Once training flags have begun, clap keeps a later `--` among them.
+    if !args.command.is_empty() && !args.train_flags.is_empty() || args.train_flags.iter().any(|a| a == "--") {
+        bail!("give training flags or a command after `--`, not both");
+    }
+    let program = match args.command.is_empty() {
+        false => args.command,
+        true => {
             let medbert = std::env::current_exe()?.with_file_name("medbert");
             [medbert.to_string_lossy().into_owned(), "train".to_string()].into_iter().chain(args.train_flags).collect()
         }
