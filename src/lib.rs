@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod batch;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod doctor;
 pub mod encode;

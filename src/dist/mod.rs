@@ -3,8 +3,10 @@
 
 mod env;
 mod ffi;
+mod join;
 
 pub use env::{var, DistEnv};
+pub use join::{in_turn, BackendChoice, GroupArgs};
 
 use crate::error::{Error, Result};
 use std::ffi::CString;
@@ -270,33 +272,6 @@ impl Drop for ProcessGroup {
         // SAFETY: created by mb_pg_*_new, freed once; `store` is dropped after this body runs.
         unsafe { ffi::mb_pg_free(self.raw) }
     }
-}
-
-/// Runs `prepare` on every worker without two writing one cache at once: rank 0 first, then
-/// the first worker of every other node (a cache hit where the directory is shared), then the
-/// rest, which find what is there. Without a group it simply runs.
-pub fn in_turn<T, E: From<Error>>(
-    pg: Option<&ProcessGroup>,
-    local_rank: usize,
-    prepare: impl FnOnce() -> Result<T, E>,
-) -> Result<T, E> {
-    let Some(pg) = pg else { return prepare() };
-    let turn = match (pg.rank(), local_rank) {
-        (0, _) => 0,
-        (_, 0) => 1,
-        _ => 2,
-    };
-    let mut prepare = Some(prepare);
-    let mut out = None;
-    for phase in 0..3 {
-        if phase == turn {
-            out = prepare.take().map(|f| f());
-        }
-        if phase < 2 {
-            pg.barrier()?;
-        }
-    }
-    out.unwrap_or_else(|| Err(Error::Dist(format!("rank {} had no turn to prepare", pg.rank())).into()))
 }
 
 /// A pending collective.

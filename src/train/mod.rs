@@ -3,6 +3,7 @@
 //! gradient accumulation, evaluation every N steps and each epoch, early stopping.
 
 pub mod amp;
+mod args;
 pub mod checkpoint;
 pub mod ddp;
 pub mod optim;
@@ -14,13 +15,14 @@ use crate::error::{Error, Result};
 use crate::model::{upload, ChoiceBatch, MultipleChoiceModel};
 use crate::prep::cache::PreparedCache;
 pub use amp::{GradScaler, Precision};
+pub use args::{DataArgs, DdpArgs, Resume, TrainArgs, TrainInputs};
 pub use ddp::Ddp;
 use optim::{clip_grad_norm, AdamW, LinearSchedule};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Mean cross-entropy of a batch and its logits; dropout on when `train`.
 pub fn batch_loss(
@@ -32,67 +34,6 @@ pub fn batch_loss(
     let logits = model.forward(batch, train)?;
     let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?;
     Ok((loss, logits))
-}
-
-/// Everything a training run is told, named as the HF Trainer's TrainingArguments.
-#[derive(Clone, Debug, Serialize)]
-pub struct TrainArgs {
-    pub model_dir: PathBuf,
-    pub train_cache: PathBuf,
-    pub eval_cache: Option<PathBuf>,
-    /// Without an evaluation cache: hold out the last N training questions (file order).
-    pub holdout: Option<usize>,
-    pub output_dir: PathBuf,
-    pub learning_rate: f64,
-    pub per_device_train_batch_size: usize,
-    pub per_device_eval_batch_size: usize,
-    pub gradient_accumulation_steps: usize,
-    pub num_train_epochs: f64,
-    pub max_steps: Option<usize>,
-    pub weight_decay: f64,
-    pub adam_epsilon: f64,
-    pub warmup_ratio: f64,
-    pub warmup_steps: Option<usize>,
-    pub max_grad_norm: f64,
-    pub seed: u64,
-    pub group_by_length: bool,
-    /// Pad every training batch to the cache's max length instead of its longest question.
-    pub pad_to_max_length: bool,
-    pub patience: Option<usize>,
-    pub eval_steps: Option<usize>,
-    pub logging_steps: usize,
-    #[serde(serialize_with = "device_name")]
-    pub device: Device,
-    pub precision: Precision,
-    pub progress: bool,
-    /// Save a resumable `checkpoint-<step>` every N optimizer steps.
-    pub save_steps: Option<usize>,
-    /// Keep only the newest K resumable checkpoints.
-    pub save_total_limit: Option<usize>,
-    /// Whether to continue from the newest resumable checkpoint in the output directory.
-    pub resume: Resume,
-    /// Gradient bucket size for the all-reduce, in MiB.
-    pub ddp_bucket_cap_mb: f64,
-    /// Start each bucket's all-reduce from autograd hooks during backward.
-    pub ddp_overlap: bool,
-    /// Compare a parameter checksum across ranks every N steps.
-    pub verify_sync: Option<usize>,
-}
-
-/// Whether a run continues from a `checkpoint-<step>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Resume {
-    /// Start from the model.
-    No,
-    /// From the newest checkpoint; none is an error (`--resume`).
-    Required,
-    /// From the newest checkpoint when there is one (a restart by the launcher).
-    IfAny,
-}
-
-fn device_name<S: serde::Serializer>(d: &Device, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&format!("{d:?}").to_lowercase())
 }
 
 /// Accuracy and loss over a split; sums, so that ranks can add them up exactly.
@@ -305,7 +246,7 @@ impl Tracker {
             self.best = Some(r.loss());
             self.bad = 0;
             if ctx.ddp.is_main() {
-                checkpoint::save(&ctx.args.output_dir.join("best"), &ctx.model.vs, &ctx.args.model_dir)?;
+                checkpoint::save(&ctx.args.output_dir.join("best"), &ctx.model.vs, &ctx.inputs.model_dir)?;
             }
         } else {
             self.bad += 1;
@@ -344,6 +285,7 @@ pub fn steps_per_epoch(questions: usize, batch_size: usize, accumulation: usize)
 /// What the step and evaluation helpers share.
 struct Ctx<'a> {
     args: &'a TrainArgs,
+    inputs: &'a TrainInputs,
     model: &'a MultipleChoiceModel,
     precision: Precision,
     ddp: &'a Ddp,
@@ -359,14 +301,14 @@ struct Split {
 }
 
 impl Split {
-    fn open(args: &TrainArgs) -> Result<Split> {
-        let train = PreparedCache::open(&args.train_cache)?;
-        let eval = args.eval_cache.as_deref().map(PreparedCache::open).transpose()?;
+    fn open(inputs: &TrainInputs, holdout: Option<usize>) -> Result<Split> {
+        let train = PreparedCache::open(&inputs.train_cache)?;
+        let eval = inputs.eval_cache.as_deref().map(PreparedCache::open).transpose()?;
         if train.labels()?.iter().any(|&l| l < 0) {
-            return Err(Error::Input(format!("{}: training data must be labelled", args.train_cache.display())));
+            return Err(Error::Input(format!("{}: training data must be labelled", inputs.train_cache.display())));
         }
         let n = train.len();
-        let held = match (args.holdout, &eval) {
+        let held = match (holdout, &eval) {
             (Some(_), Some(_)) => {
                 return Err(Error::Input("--holdout and a validation file exclude each other".into()))
             }
@@ -392,8 +334,8 @@ impl Split {
 }
 
 /// The newest resumable checkpoint, chosen by rank 0 so that every rank resumes from the same.
-fn checkpoint_to_resume(args: &TrainArgs, ddp: &Ddp) -> Result<Option<PathBuf>> {
-    if args.resume == Resume::No {
+fn checkpoint_to_resume(args: &TrainArgs, resume: Resume, ddp: &Ddp) -> Result<Option<PathBuf>> {
+    if resume == Resume::No {
         return Ok(None);
     }
     let newest = checkpoint::resumable(&args.output_dir)?.pop();
@@ -402,7 +344,7 @@ fn checkpoint_to_resume(args: &TrainArgs, ddp: &Ddp) -> Result<Option<PathBuf>> 
         _ => 0.0,
     }];
     ddp.sum(&mut chosen)?;
-    if chosen[0] == 0.0 && args.resume == Resume::IfAny {
+    if chosen[0] == 0.0 && resume == Resume::IfAny {
         return Ok(None);
     }
     if chosen[0] == 0.0 {
@@ -490,12 +432,13 @@ fn restore(dir: &Path, world: usize, opt: &mut AdamW, scaler: &mut GradScaler) -
 /// Writes `checkpoint-<step>` and drops the oldest beyond `--save-total-limit`.
 fn save_checkpoint(
     args: &TrainArgs,
+    inputs: &TrainInputs,
     model: &MultipleChoiceModel,
     opt: &AdamW,
     state: &checkpoint::TrainerState,
 ) -> Result<()> {
     let dir = checkpoint::dir_for_step(&args.output_dir, state.step);
-    checkpoint::save_resumable(&dir, &model.vs, &args.model_dir, state, opt)?;
+    checkpoint::save_resumable(&dir, &model.vs, &inputs.model_dir, state, opt)?;
     match args.save_total_limit {
         Some(keep) => checkpoint::prune(&args.output_dir, keep),
         None => Ok(()),
@@ -504,30 +447,30 @@ fn save_checkpoint(
 
 /// Fine-tunes as `args` says: on one process when `pg` is None, else data-parallel over `pg`
 /// (each process one shard of every batch; rank 0 alone writes).
-pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary> {
+pub fn train(args: &TrainArgs, inputs: &TrainInputs, pg: Option<ProcessGroup>) -> Result<TrainSummary> {
     if args.per_device_train_batch_size == 0 || args.gradient_accumulation_steps == 0 {
         return Err(Error::Input("batch size and gradient accumulation steps must be at least 1".into()));
     }
-    let precision = args.precision.resolve(args.device)?;
+    let precision = args.precision.resolve(inputs.device)?;
     std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::io(&args.output_dir, e))?;
     tch::manual_seed(args.seed as i64);
     let mut ddp = Ddp::from_group(pg);
-    let resume_from = checkpoint_to_resume(args, &ddp)?;
+    let resume_from = checkpoint_to_resume(args, inputs.resume, &ddp)?;
     let (model, report) =
-        MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&args.model_dir), args.device)?;
+        MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&inputs.model_dir), inputs.device)?;
     let mut opt = AdamW::new(&model.vs, args.weight_decay, (0.9, 0.999), args.adam_epsilon);
-    ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp_bucket_cap_mb, args.ddp_overlap)?;
+    ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, args.ddp.ddp_overlap)?;
     let is_main = ddp.is_main();
     if is_main && (!report.initialised.is_empty() || !report.unexpected.is_empty()) {
         tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
     }
-    let split = Split::open(args)?;
+    let split = Split::open(inputs, args.holdout)?;
     let batch = args.per_device_train_batch_size;
     let world = ddp.world_size();
     let Plan { sampler, per_epoch, total_steps, schedule } = Plan::new(args, &split, &ddp)?;
     let mut scaler = GradScaler::new(precision == Precision::Fp16);
     let pad_to = if args.pad_to_max_length { split.train.manifest.encoding.max_length } else { 0 };
-    let bar = progress_bar(total_steps, args.progress && is_main);
+    let bar = progress_bar(total_steps, is_main);
 
     let (mut step, mut seen, mut epoch, mut skip) = (0usize, 0usize, 0u64, 0usize);
     let mut tracker = Tracker::default();
@@ -541,7 +484,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
         }
     }
     let mut metrics = MetricsLog::open(&args.output_dir, is_main, resume_from.as_ref().map(|_| step))?;
-    let ctx = Ctx { args, model: &model, precision, ddp: &ddp };
+    let ctx = Ctx { args, inputs, model: &model, precision, ddp: &ddp };
     let params: Vec<Tensor> = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
     let started = Instant::now();
     let (mut stopped_early, mut last_loss) = (false, None);
@@ -552,14 +495,14 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
         let skipped = std::mem::take(&mut skip);
         for (g, group) in batches.chunks(args.gradient_accumulation_steps).take(per_epoch).enumerate().skip(skipped) {
             // The group's mean loss stays on the device; it is read only when logged.
-            let mut loss_sum = Tensor::zeros([], (Kind::Float, args.device));
+            let mut loss_sum = Tensor::zeros([], (Kind::Float, inputs.device));
             for (m, micro) in group.iter().enumerate() {
                 // Dropout masks depend only on (seed, step, micro-batch, rank), so a resumed run
                 // draws the same ones as an uninterrupted run.
                 tch::manual_seed(dropout_seed(args.seed, step, m, ddp.rank()));
                 // Collated on the CPU; the model and `upload` move it without waiting.
                 let (x, y) = collate_to(&split.train, micro, pad_to)?;
-                let y = upload(&y, args.device);
+                let y = upload(&y, inputs.device);
                 if m + 1 == group.len() {
                     ddp.prepare_sync();
                 }
@@ -592,7 +535,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                     "grad_norm": grad_norm, "questions_per_second": qps, "skipped_step": found_inf}))?;
             }
             bar.inc(1);
-            if args.verify_sync.is_some_and(|n| step % n == 0) {
+            if args.ddp.verify_sync.is_some_and(|n| step % n == 0) {
                 ddp.verify_sync(step, &opt.variables().collect::<Vec<_>>())?;
             }
             if is_main && args.save_steps.is_some_and(|n| step % n == 0) {
@@ -607,7 +550,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
                     optimizer_step: Some(opt.step as usize),
                     scaler: Some(scaler.clone()),
                 };
-                save_checkpoint(args, &model, &opt, &state)?;
+                save_checkpoint(args, inputs, &model, &opt, &state)?;
             }
             if args.eval_steps.is_some_and(|n| step % n == 0)
                 && tracker.evaluate(&ctx, split.eval_set(), &mut metrics, step, epoch_f)?
@@ -631,7 +574,7 @@ pub fn train(args: &TrainArgs, pg: Option<ProcessGroup>) -> Result<TrainSummary>
     let checkpoint = args.output_dir.join("final");
     let mut plot = None;
     if is_main {
-        checkpoint::save(&checkpoint, &model.vs, &args.model_dir)?;
+        checkpoint::save(&checkpoint, &model.vs, &inputs.model_dir)?;
         let png = args.output_dir.join(PLOT_FILE);
         report::plot(&report::Curves::read(&args.output_dir.join(METRICS_FILE))?, &png)?;
         plot = Some(png);

@@ -66,7 +66,7 @@ enum Command {
         wordnet_dir: PathBuf,
     },
     /// Fine-tune on MedMCQA (flags as the HF Trainer's TrainingArguments).
-    Train(Box<train::TrainCli>),
+    Train(Box<medbert::train::TrainArgs>),
     /// Loss and accuracy of a model or checkpoint on labelled questions.
     Eval(train::EvalCli),
     /// Write a CSV of predictions: id, option (1-4), and the four probabilities.

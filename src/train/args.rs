@@ -1,0 +1,171 @@
+//! The flags of `medbert train`, declared once: clap parses them, serde records them, and the
+//! training loop reads them.
+
+use crate::device::DeviceSpec;
+use crate::dist::GroupArgs;
+use crate::settings;
+use crate::train::Precision;
+use serde::Serialize;
+use std::path::PathBuf;
+use tch::Device;
+
+/// Everything a training run is told, named as the HF Trainer's TrainingArguments; each flag
+/// also settable through the environment or .env (MEDBERT_<FLAG>).
+#[derive(Clone, Debug, Serialize, clap::Args)]
+pub struct TrainArgs {
+    /// Model to start from: an HF model directory or a hub id (e.g. dmis-lab/biobert-base-cased-v1.2).
+    #[arg(long, env = settings::MODEL_VAR)]
+    pub model: PathBuf,
+    /// Training data: a raw MedMCQA file (prepared automatically) or a prepared cache.
+    #[arg(long, env = "MEDBERT_TRAIN_FILE")]
+    pub train_file: PathBuf,
+    /// Evaluation data, as --train-file.
+    #[arg(long, env = "MEDBERT_VALIDATION_FILE")]
+    pub validation_file: Option<PathBuf>,
+    /// Without --validation-file: evaluate on the last N questions of the training file
+    /// (file order) and train on the rest.
+    #[arg(long, env = "MEDBERT_HOLDOUT")]
+    pub holdout: Option<usize>,
+    /// Where metrics, the plot, the summary and checkpoints go.
+    #[arg(long, env = "MEDBERT_OUTPUT_DIR", default_value = "runs/medbert")]
+    pub output_dir: PathBuf,
+    /// Peak learning rate of AdamW (after warm-up).
+    #[arg(long, env = "MEDBERT_LEARNING_RATE", default_value_t = 5e-5)]
+    pub learning_rate: f64,
+    /// Questions per training micro-batch on each process.
+    #[arg(long, env = "MEDBERT_PER_DEVICE_TRAIN_BATCH_SIZE", default_value_t = 16)]
+    pub per_device_train_batch_size: usize,
+    /// Questions per evaluation batch on each process.
+    #[arg(long, env = "MEDBERT_PER_DEVICE_EVAL_BATCH_SIZE", default_value_t = 32)]
+    pub per_device_eval_batch_size: usize,
+    /// Micro-batches per optimizer step (gradients accumulate locally, sync once).
+    #[arg(long, env = "MEDBERT_GRADIENT_ACCUMULATION_STEPS", default_value_t = 1)]
+    pub gradient_accumulation_steps: usize,
+    /// Passes over the training data (fractions allowed).
+    #[arg(long, env = "MEDBERT_NUM_TRAIN_EPOCHS", default_value_t = 3.0)]
+    pub num_train_epochs: f64,
+    /// Stop after this many optimizer steps (overrides --num-train-epochs).
+    #[arg(long, env = "MEDBERT_MAX_STEPS")]
+    pub max_steps: Option<usize>,
+    /// AdamW weight decay (not applied to biases and LayerNorm weights).
+    #[arg(long, env = "MEDBERT_WEIGHT_DECAY", default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// AdamW epsilon.
+    #[arg(long, env = "MEDBERT_ADAM_EPSILON", default_value_t = 1e-8)]
+    pub adam_epsilon: f64,
+    /// Share of the steps spent warming the learning rate up linearly from 0.
+    #[arg(long, env = "MEDBERT_WARMUP_RATIO", default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// Warm-up steps (overrides --warmup-ratio).
+    #[arg(long, env = "MEDBERT_WARMUP_STEPS")]
+    pub warmup_steps: Option<usize>,
+    /// Clip gradients to this global L2 norm.
+    #[arg(long, env = "MEDBERT_MAX_GRAD_NORM", default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed of the data order, dropout and the classifier's initialisation.
+    #[arg(long, env = "MEDBERT_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Batch questions of similar length (less padding).
+    #[arg(long, env = "MEDBERT_GROUP_BY_LENGTH")]
+    pub group_by_length: bool,
+    /// Pad every training batch to --max-length instead of its longest question (one shape
+    /// for every step; slower, as benchmarks against fixed-shape references need).
+    #[arg(long, env = "MEDBERT_PAD_TO_MAX_LENGTH")]
+    pub pad_to_max_length: bool,
+    /// Stop after this many evaluations without a lower evaluation loss.
+    #[arg(long, env = "MEDBERT_PATIENCE")]
+    pub patience: Option<usize>,
+    /// Evaluate every N optimizer steps (and at the end of each epoch).
+    #[arg(long, env = "MEDBERT_EVAL_STEPS")]
+    pub eval_steps: Option<usize>,
+    /// Write a metrics.jsonl line every N optimizer steps.
+    #[arg(long, env = "MEDBERT_LOGGING_STEPS", default_value_t = 10)]
+    pub logging_steps: usize,
+    /// Save a resumable checkpoint-<step> (weights, optimizer moments, position) every N steps.
+    #[arg(long, env = "MEDBERT_SAVE_STEPS")]
+    pub save_steps: Option<usize>,
+    /// Keep only the newest K checkpoint-<step> directories.
+    #[arg(long, env = "MEDBERT_SAVE_TOTAL_LIMIT")]
+    pub save_total_limit: Option<usize>,
+    /// Continue from the newest checkpoint-<step> in --output-dir, at the exact next batch
+    /// (same flags, data and number of processes as the interrupted run). A run restarted by
+    /// medbert-run --max-restarts resumes by itself when a checkpoint exists.
+    #[arg(long, env = "MEDBERT_RESUME")]
+    pub resume: bool,
+    /// Arithmetic: auto is bf16 autocast on CUDA devices that support it (fp16 with a dynamic
+    /// loss scaler on older ones) and fp32 on CPU.
+    #[arg(long, env = "MEDBERT_PRECISION", value_enum, default_value = "auto")]
+    pub precision: Precision,
+    #[command(flatten)]
+    pub ddp: DdpArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// What every command that reads data shares.
+#[derive(Clone, Debug, Serialize, clap::Args)]
+pub struct DataArgs {
+    /// Longest sequence in tokens when raw files are prepared.
+    #[arg(long, env = "MEDBERT_MAX_LENGTH", default_value_t = 128)]
+    pub max_length: usize,
+    /// Device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N.
+    #[arg(long, env = "MEDBERT_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+/// Data-parallel training settings.
+#[derive(Clone, Debug, Serialize, clap::Args)]
+pub struct DdpArgs {
+    #[command(flatten)]
+    pub group: GroupArgs,
+    /// Gradient bucket size for the all-reduce, in MiB (PyTorch DDP's bucket_cap_mb).
+    #[arg(long, env = "MEDBERT_DDP_BUCKET_CAP_MB", default_value_t = super::ddp::DEFAULT_BUCKET_CAP_MB)]
+    pub ddp_bucket_cap_mb: f64,
+    /// Start each bucket's all-reduce from autograd hooks while backward runs (false: all
+    /// buckets after backward, for comparison).
+    #[arg(long, env = "MEDBERT_DDP_OVERLAP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ddp_overlap: bool,
+    /// Every N optimizer steps, check that all ranks hold bitwise identical parameters
+    /// (an error naming the step otherwise).
+    #[arg(long, env = "MEDBERT_VERIFY_SYNC")]
+    pub verify_sync: Option<usize>,
+}
+
+/// What the caller settles before training: the model and the data as local paths (hub ids
+/// downloaded, raw files prepared), the device, and whether the run resumes.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainInputs {
+    pub model_dir: PathBuf,
+    pub train_cache: PathBuf,
+    pub eval_cache: Option<PathBuf>,
+    #[serde(serialize_with = "device_name")]
+    pub device: Device,
+    pub resume: Resume,
+}
+
+/// Whether a run continues from a `checkpoint-<step>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resume {
+    /// Start from the model.
+    No,
+    /// From the newest checkpoint; none is an error (`--resume`).
+    Required,
+    /// From the newest checkpoint when there is one (a restart by the launcher).
+    IfAny,
+}
+
+impl Resume {
+    /// `--resume`, or a worker group the launcher restarted (which picks up where it stopped).
+    pub fn from_flags(resume: bool, restarted: bool) -> Resume {
+        match (resume, restarted) {
+            (true, _) => Resume::Required,
+            (false, true) => Resume::IfAny,
+            (false, false) => Resume::No,
+        }
+    }
+}
+
+fn device_name<S: serde::Serializer>(d: &Device, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{d:?}").to_lowercase())
+}
