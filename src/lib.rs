@@ -14,6 +14,7 @@ pub mod hub;
 pub mod launch;
 pub mod model;
 pub mod prep;
+pub mod progress;
 pub mod settings;
 pub mod sys;
 pub mod train;

@@ -180,8 +180,24 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     medbert::prep::run(&opts).unwrap();
     let cache = medbert::prep::cache::PreparedCache::open(&opts.output).unwrap();
     let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
-    let a = medbert::train::evaluate(&model, &cache, None, 8, medbert::train::Precision::Fp32).unwrap();
-    let b = medbert::train::evaluate(&model, &cache, None, 8, medbert::train::Precision::Fp32).unwrap();
+    let a = medbert::train::evaluate(
+        &model,
+        &cache,
+        None,
+        8,
+        medbert::train::Precision::Fp32,
+        &medbert::train::Ddp::single(),
+    )
+    .unwrap();
+    let b = medbert::train::evaluate(
+        &model,
+        &cache,
+        None,
+        8,
+        medbert::train::Precision::Fp32,
+        &medbert::train::Ddp::single(),
+    )
+    .unwrap();
     assert_eq!(a, b, "two evaluations differ: dropout is on");
     assert_eq!(a.questions, 20);
     let (batch, _) = medbert::batch::collate(&cache, &[0, 1]).unwrap();

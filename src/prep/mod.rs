@@ -193,11 +193,10 @@ fn encode_all(
     };
     let mut lengths: Vec<u32> = Vec::with_capacity(questions.len() * CHOICES);
     let mut truncated = 0usize;
-    let bar =
-        if progress { indicatif::ProgressBar::new(questions.len() as u64) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("encoding {bar:40} {pos}/{len} questions, {per_sec}, eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    let bar = crate::progress::bar(
+        questions.len(),
+        progress,
+        "encoding {bar:40} {pos}/{len} questions, {per_sec}, eta {eta}",
     );
     for chunk in questions.chunks(CHUNK) {
         let encodings = encoder.encode(chunk)?;

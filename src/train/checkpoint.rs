@@ -3,7 +3,9 @@
 //! loads them. Written into a temporary sibling and renamed into place: a crash never leaves
 //! a half-written checkpoint where a good one was.
 
+use super::amp::GradScaler;
 use super::optim::AdamW;
+use super::{Ddp, Resume};
 use crate::atomic::StagedDir;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -15,8 +17,9 @@ use tch::nn::VarStore;
 const MODEL_FILES: [&str; 5] =
     ["config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
 
-/// Where a run stands, saved beside the weights of `checkpoint-<step>` for `--resume`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// Where a run stands: the training loop's state, saved beside the weights of
+/// `checkpoint-<step>` for `--resume` (as the HF Trainer's `TrainerState`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainerState {
     /// Optimizer steps taken.
     pub step: usize,
@@ -70,6 +73,57 @@ pub fn load_resumable(dir: &Path) -> Result<(TrainerState, HashMap<String, tch::
         .into_iter()
         .collect();
     Ok((state, moments))
+}
+
+/// The newest resumable checkpoint, chosen by rank 0 so that every rank resumes from the same.
+pub(crate) fn to_resume(output_dir: &Path, resume: Resume, ddp: &Ddp) -> Result<Option<PathBuf>> {
+    if resume == Resume::No {
+        return Ok(None);
+    }
+    let newest = resumable(output_dir)?.pop();
+    let mut chosen = [match (ddp.is_main(), &newest) {
+        (true, Some((step, _))) => *step as f64 + 1.0,
+        _ => 0.0,
+    }];
+    ddp.sum(&mut chosen)?;
+    if chosen[0] == 0.0 && resume == Resume::IfAny {
+        return Ok(None);
+    }
+    if chosen[0] == 0.0 {
+        return Err(Error::Input(format!(
+            "--resume: no checkpoint-<step> with a trainer state in {}",
+            output_dir.display()
+        )));
+    }
+    let dir = dir_for_step(output_dir, chosen[0] as usize - 1);
+    if !dir.join(STATE_FILE).is_file() {
+        return Err(Error::Input(format!(
+            "--resume: rank {} cannot see {} that rank 0 resumes from (the output directory must be shared)",
+            ddp.rank(),
+            dir.display()
+        )));
+    }
+    Ok(Some(dir))
+}
+
+/// Loads a resumable checkpoint's optimizer moments and loss-scaler state; returns where the
+/// run stood. A checkpoint of another world size is refused: the data order depends on it.
+pub(crate) fn restore(dir: &Path, world: usize, opt: &mut AdamW, scaler: &mut GradScaler) -> Result<TrainerState> {
+    let (state, moments) = load_resumable(dir)?;
+    if state.world_size != world {
+        return Err(Error::Input(format!(
+            "--resume: {} was written by {} process(es), this run has {world}; resume at the same world size \
+             (the data order depends on it) or start a new run from {}",
+            dir.display(),
+            state.world_size,
+            dir.display()
+        )));
+    }
+    opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64)?;
+    if let Some(s) = &state.scaler {
+        *scaler = s.clone();
+    }
+    Ok(state)
 }
 
 /// The `checkpoint-<step>` directories under `dir` that hold a trainer state, by step.

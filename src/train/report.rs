@@ -1,9 +1,100 @@
-//! What a run shows at its end: a PNG of the loss and accuracy curves drawn from
-//! metrics.jsonl (so a resumed run's plot covers the whole history) and a summary table.
+//! What a run reports: metrics.jsonl as it goes (written and read here), and at its end a PNG
+//! of the loss and accuracy curves drawn from it (so a resumed run's plot covers the whole
+//! history) and a summary table.
 
+use super::{EvalResult, Precision};
 use crate::error::{Error, Result};
 use plotters::prelude::*;
-use std::path::Path;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Appends one JSON object per line to `metrics.jsonl`; rank 0 only (a no-op elsewhere).
+pub(crate) struct MetricsLog(Option<std::fs::File>);
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const PLOT_FILE: &str = "curves.png";
+
+impl MetricsLog {
+    /// Opens the log for appending. On resume from `resumed_step`, records of later steps (from
+    /// the interrupted run, which will be redone) are dropped first.
+    pub(crate) fn open(dir: &Path, is_main: bool, resumed_step: Option<usize>) -> Result<Self> {
+        if !is_main {
+            return Ok(MetricsLog(None));
+        }
+        let path = dir.join(METRICS_FILE);
+        if let (Some(step), Ok(text)) = (resumed_step, std::fs::read_to_string(&path)) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_none_or(|s| s as usize <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::atomic::write_file(&path, kept.as_bytes())?;
+        }
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog(Some(file)))
+    }
+    pub(crate) fn write(&mut self, value: serde_json::Value) -> Result<()> {
+        let Some(file) = &mut self.0 else { return Ok(()) };
+        writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| Error::Input(format!("{METRICS_FILE}: {e}")))
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Serialize)]
+pub struct TrainSummary {
+    pub steps: usize,
+    pub epochs_run: f64,
+    pub world_size: usize,
+    pub precision: Precision,
+    /// Questions per second over all ranks, evaluation and checkpointing excluded.
+    pub train_questions_per_second: f64,
+    pub final_train_loss: Option<f64>,
+    pub final_eval: Option<EvalResult>,
+    pub best_eval_loss: Option<f64>,
+    pub stopped_early: bool,
+    pub checkpoint: PathBuf,
+    pub best_checkpoint: Option<PathBuf>,
+    pub plot: Option<PathBuf>,
+    /// Under DDP: gradient buckets, and the mean time per step spent waiting for their
+    /// all-reduce after backward (the communication that overlap did not hide).
+    pub ddp_buckets: Option<usize>,
+    pub ddp_exposed_ms_per_step: Option<f64>,
+}
+
+impl TrainSummary {
+    /// The run at a glance, as a plain-text table.
+    pub fn table(&self) -> String {
+        let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"));
+        let eval = self.final_eval.as_ref();
+        let rows = [
+            ("optimizer steps", self.steps.to_string()),
+            ("epochs", format!("{:.2}", self.epochs_run)),
+            ("processes", self.world_size.to_string()),
+            ("precision", format!("{:?}", self.precision).to_lowercase()),
+            ("train questions/s", format!("{:.1}", self.train_questions_per_second)),
+            ("last train loss", opt(self.final_train_loss, 4)),
+            ("eval questions", eval.map_or_else(|| "-".into(), |e| e.questions.to_string())),
+            ("eval loss", opt(eval.map(EvalResult::loss), 4)),
+            ("eval accuracy", opt(eval.map(EvalResult::accuracy), 4)),
+            ("best eval loss", opt(self.best_eval_loss, 4)),
+            ("stopped early", self.stopped_early.to_string()),
+            ("final checkpoint", self.checkpoint.display().to_string()),
+            ("best checkpoint", self.best_checkpoint.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
+            ("plot", self.plot.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
+            ("DDP buckets", self.ddp_buckets.map_or_else(|| "-".into(), |b| b.to_string())),
+            ("DDP comm. wait/step", self.ddp_exposed_ms_per_step.map_or_else(|| "-".into(), |t| format!("{t:.1} ms"))),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    }
+}
 
 /// One metrics.jsonl series: (step, value) pairs.
 type Series = Vec<(f64, f64)>;

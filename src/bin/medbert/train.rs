@@ -8,7 +8,7 @@ use medbert::dist::{in_turn, DistEnv, GroupArgs};
 use medbert::model::MultipleChoiceModel;
 use medbert::prep::cache::PreparedCache;
 use medbert::prep::{self, PrepOptions};
-use medbert::train::{self, evaluate_sharded, DataArgs, Ddp, Precision, Resume, TrainArgs, TrainInputs};
+use medbert::train::{self, evaluate, DataArgs, Ddp, Precision, Resume, TrainArgs, TrainInputs};
 use medbert::{hub, settings};
 use std::path::{Path, PathBuf};
 
@@ -112,7 +112,7 @@ pub fn run_eval(cli: EvalCli) -> Result<()> {
     let (model, cache) = in_turn(pg.as_ref(), local_rank, || cli.common.load(&cli.validation_file, env.as_ref()))?;
     let ddp = Ddp::from_group(pg);
     let precision = cli.common.precision.resolve(model.vs.device())?;
-    let r = evaluate_sharded(&model, &cache, None, cli.common.per_device_eval_batch_size, precision, &ddp)?;
+    let r = evaluate(&model, &cache, None, cli.common.per_device_eval_batch_size, precision, &ddp)?;
     if ddp.is_main() {
         println!(
             "{}",

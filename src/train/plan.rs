@@ -1,0 +1,160 @@
+//! What a run covers: the training questions and the evaluation set, this rank's share of
+//! each epoch, the number of optimizer steps and the learning-rate schedule.
+
+use super::optim::LinearSchedule;
+use super::{Ddp, TrainArgs, TrainInputs};
+use crate::batch::{question_lengths, Sampler};
+use crate::error::{Error, Result};
+use crate::prep::cache::PreparedCache;
+
+/// The questions one evaluation covers.
+pub(crate) type EvalSet<'a> = (&'a PreparedCache, Option<&'a [usize]>);
+
+/// The training questions and the evaluation set (a validation cache, or the last `holdout`
+/// questions of the training file).
+pub(crate) struct Split {
+    pub train: PreparedCache,
+    eval: Option<PreparedCache>,
+    pub train_idx: Vec<usize>,
+    holdout_idx: Vec<usize>,
+}
+
+impl Split {
+    pub fn open(inputs: &TrainInputs, holdout: Option<usize>) -> Result<Split> {
+        let train = PreparedCache::open(&inputs.train_cache)?;
+        let eval = inputs.eval_cache.as_deref().map(PreparedCache::open).transpose()?;
+        if train.labels()?.iter().any(|&l| l < 0) {
+            return Err(Error::Input(format!("{}: training data must be labelled", inputs.train_cache.display())));
+        }
+        let n = train.len();
+        let held = match (holdout, &eval) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Input("--holdout and a validation file exclude each other".into()))
+            }
+            (Some(h), None) if h == 0 || h >= n => {
+                return Err(Error::Input(format!(
+                    "--holdout {h} must be between 1 and {} (the training questions)",
+                    n.saturating_sub(1)
+                )))
+            }
+            (Some(h), None) => h,
+            (None, _) => 0,
+        };
+        Ok(Split { train, eval, train_idx: (0..n - held).collect(), holdout_idx: (n - held..n).collect() })
+    }
+
+    pub fn eval_set(&self) -> Option<EvalSet<'_>> {
+        match (&self.eval, self.holdout_idx.is_empty()) {
+            (Some(cache), _) => Some((cache, None)),
+            (None, true) => None,
+            (None, false) => Some((&self.train, Some(self.holdout_idx.as_slice()))),
+        }
+    }
+}
+
+/// The run's shape: this rank's sampler, optimizer steps per epoch and in all, learning rates.
+pub(crate) struct Plan {
+    sampler: Sampler,
+    batch: usize,
+    pub per_epoch: usize,
+    pub total_steps: usize,
+    pub schedule: LinearSchedule,
+}
+
+impl Plan {
+    pub fn new(args: &TrainArgs, split: &Split, ddp: &Ddp) -> Result<Plan> {
+        let (batch, world) = (args.per_device_train_batch_size, ddp.world_size());
+        if batch == 0 || args.gradient_accumulation_steps == 0 {
+            return Err(Error::Input("batch size and gradient accumulation steps must be at least 1".into()));
+        }
+        if args.gradient_accumulation_steps > MAX_MICRO_STEPS || world > MAX_RANKS {
+            return Err(Error::Input(format!(
+                "at most {MAX_MICRO_STEPS} accumulation steps and {MAX_RANKS} processes are supported"
+            )));
+        }
+        let group_by_length = match args.group_by_length {
+            true => {
+                let lengths = question_lengths(&split.train)?;
+                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), batch * world))
+            }
+            false => None,
+        };
+        let sampler = Sampler {
+            len: split.train_idx.len(),
+            world_size: world,
+            rank: ddp.rank(),
+            shuffle: true,
+            seed: args.seed,
+            drop_last: false,
+            group_by_length,
+        };
+        let per_epoch = steps_per_epoch(sampler.num_samples(), batch, args.gradient_accumulation_steps);
+        let total_steps =
+            args.max_steps.unwrap_or_else(|| (args.num_train_epochs * per_epoch as f64).ceil() as usize).max(1);
+        let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
+        let schedule = LinearSchedule { base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
+        if total_steps as u64 > MAX_STEPS {
+            return Err(Error::Input(format!("{total_steps} optimizer steps: at most {MAX_STEPS} are supported")));
+        }
+        Ok(Plan { sampler, batch, per_epoch, total_steps, schedule })
+    }
+
+    /// This rank's micro-batches of `epoch`, as question indices of the training cache.
+    pub fn batches(&self, split: &Split, epoch: u64) -> Vec<Vec<usize>> {
+        let shard = self.sampler.shard(epoch);
+        shard.chunks(self.batch).map(|c| c.iter().map(|s| split.train_idx[s.index]).collect()).collect()
+    }
+}
+
+/// The bounds that keep `dropout_seed` one-to-one.
+const MAX_MICRO_STEPS: usize = 1 << 16;
+const MAX_RANKS: usize = 1 << 16;
+const MAX_STEPS: u64 = 1 << 32;
+
+/// The seed of one micro-batch's dropout masks: for a given run seed, a one-to-one function of
+/// (optimizer step, micro-step, rank), so no two micro-batches of a run share masks and a
+/// resumed run draws the same ones as an uninterrupted run. `Plan::new` keeps the three
+/// within their bit fields.
+pub(crate) fn dropout_seed(seed: u64, step: usize, micro: usize, rank: usize) -> i64 {
+    let packed = (step as u64) << 32 | (micro as u64) << 16 | rank as u64;
+    splitmix64(packed ^ splitmix64(seed)) as i64
+}
+
+/// SplitMix64's finaliser: a bijection of u64 that scatters neighbouring inputs.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Optimizer steps per epoch as the HF Trainer counts them (batches / accumulation, at least 1).
+pub fn steps_per_epoch(questions: usize, batch_size: usize, accumulation: usize) -> usize {
+    (questions.div_ceil(batch_size.max(1)) / accumulation.max(1)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_seeds_never_collide_within_a_run() {
+        let mut seen = std::collections::HashSet::new();
+        for step in 0..50 {
+            for micro in 0..130 {
+                for rank in 0..3 {
+                    assert!(seen.insert(dropout_seed(42, step, micro, rank)), "({step}, {micro}, {rank}) collides");
+                }
+            }
+        }
+        assert_ne!(dropout_seed(42, 0, 64, 0), dropout_seed(42, 1, 0, 0), "64 micro-steps reach the next step");
+        assert_ne!(dropout_seed(1, 0, 0, 0), dropout_seed(2, 0, 0, 0));
+    }
+
+    #[test]
+    fn the_hf_trainer_counts_steps_per_epoch() {
+        assert_eq!(steps_per_epoch(10, 4, 1), 3);
+        assert_eq!(steps_per_epoch(10, 4, 2), 1);
+        assert_eq!(steps_per_epoch(3, 4, 8), 1);
+    }
+}
