@@ -6,6 +6,8 @@
 
 use crate::dist::{DistEnv, Store};
 use crate::error::{Error, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -104,16 +106,7 @@ impl std::fmt::Display for Exit {
 }
 
 fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGHUP => "SIGHUP",
-        _ => "signal",
-    }
+    Signal::try_from(sig).map_or("signal", Signal::as_str)
 }
 
 /// The end of one attempt of the group.
@@ -271,8 +264,8 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
 /// SIGTERM to every live worker, then SIGKILL to those still alive after `deadline`.
 fn stop_all(running: &mut Vec<(usize, Child)>, deadline: Duration) {
     for (_, child) in running.iter() {
-        // SAFETY: plain kill(2) on a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        // A child we have not reaped yet: its pid is still ours.
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
     }
     let until = Instant::now() + deadline;
     while !running.is_empty() && Instant::now() < until {

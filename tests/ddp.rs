@@ -213,7 +213,7 @@ fn run_and_kill_a_worker(out: &Path, max_restarts: &str) -> (Output, Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let victim = *workers_of(child.id()).last().expect("a worker to kill");
-    unsafe { libc::kill(victim, libc::SIGKILL) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
     let killed = Instant::now();
     let output = child.wait_with_output().unwrap();
     (output, killed.elapsed())
@@ -259,7 +259,7 @@ impl TwoHosts {
     /// None (after saying why) when namespaces cannot be made because we are not root; a
     /// failure as root is a test failure.
     fn create() -> Option<TwoHosts> {
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             eprintln!("two-node test: skipped: network namespaces need root (CI runs as root)");
             return None;
         }
@@ -369,7 +369,7 @@ fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() 
     }
     // `ip netns exec` execs the launcher, so its pid is the child's.
     let victim = *workers_of(nodes[1].id()).last().expect("node 1's worker");
-    unsafe { libc::kill(victim, libc::SIGKILL) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
     for (node, text) in wait_all(nodes).iter().enumerate() {
         assert!(text.contains("restarting the group (1/1)"), "node {node} did not restart:\n{text}");
     }

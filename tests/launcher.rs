@@ -107,9 +107,9 @@ fn sigterm_to_the_launcher_is_forwarded_to_the_workers() {
     }
     std::thread::sleep(Duration::from_millis(100));
     // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert_eq!(status.code(), Some(128 + nix::sys::signal::Signal::SIGTERM as i32));
     for rank in 0..2 {
         let pid = std::fs::read_to_string(dir.path().join(rank.to_string())).unwrap();
         assert!(!std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "rank {rank} survived");

@@ -180,29 +180,79 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     medbert::prep::run(&opts).unwrap();
     let cache = medbert::prep::cache::PreparedCache::open(&opts.output).unwrap();
     let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
-    let a = medbert::train::evaluate(
-        &model,
-        &cache,
-        None,
-        8,
-        medbert::train::Precision::Fp32,
-        &medbert::train::Ddp::single(),
-    )
-    .unwrap();
-    let b = medbert::train::evaluate(
-        &model,
-        &cache,
-        None,
-        8,
-        medbert::train::Precision::Fp32,
-        &medbert::train::Ddp::single(),
-    )
-    .unwrap();
+    let evaluate = || {
+        let single = medbert::train::Ddp::single();
+        medbert::train::evaluate(&model, &cache, None, 8, medbert::train::Precision::Fp32, &single).unwrap()
+    };
+    let (a, b) = (evaluate(), evaluate());
     assert_eq!(a, b, "two evaluations differ: dropout is on");
     assert_eq!(a.questions, 20);
     let (batch, _) = medbert::batch::collate(&cache, &[0, 1]).unwrap();
     let logits = tch::no_grad(|| model.forward(&batch, false)).unwrap();
     assert!(!logits.requires_grad(), "evaluation recorded an autograd graph");
+}
+
+/// `medbert predict` writes one CSV row per question, quoted where an id needs it, with the
+/// logits of our forward pass, their softmax, and the argmax as a 1-based option.
+#[test]
+fn predictions_are_a_quoted_csv_of_the_models_logits() {
+    let dir = common::scratch("predict");
+    let data = dir.join("d.json");
+    common::synthetic_task(&data, 6, 5);
+    let ids = ["plain", "with,comma", "with \"quotes\"", "s5-3", "s5-4", "s5-5"];
+    let text = std::fs::read_to_string(&data).unwrap();
+    let lines: Vec<String> = text
+        .lines()
+        .zip(ids)
+        .map(|(line, id)| {
+            let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+            v["id"] = id.into();
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    // A checkpoint with a classifier, so that the binary and this test load the same weights.
+    let checkpoint = dir.join("model");
+    let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
+    medbert::train::checkpoint::save(&checkpoint, &model.vs, &common::default_model()).unwrap();
+    let csv_path = dir.join("predictions.csv");
+    let out = std::process::Command::new(common::medbert_bin())
+        .args(["predict", "--device", "cpu", "--model"])
+        .arg(&checkpoint)
+        .arg("--test-file")
+        .arg(&data)
+        .arg("--cache-dir")
+        .arg(dir.join("prepared"))
+        .arg("--output")
+        .arg(&csv_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let cache = medbert::prep::cache::PreparedCache::open(&dir.join("prepared/d")).unwrap();
+    let (batch, _) = medbert::batch::collate(&cache, &(0..6).collect::<Vec<_>>()).unwrap();
+    let logits: Vec<Vec<f32>> = Vec::try_from(tch::no_grad(|| model.forward(&batch, false)).unwrap()).unwrap();
+
+    let mut reader = csv::Reader::from_path(&csv_path).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header[..3], ["id", "prediction", "p_opa"]);
+    assert_eq!(header.len(), 10);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 6);
+    for ((row, id), want) in rows.iter().zip(ids).zip(&logits) {
+        assert_eq!(&row[0], id);
+        let value = |i: usize| row[i].parse::<f64>().unwrap();
+        let got: Vec<f64> = (6..10).map(value).collect();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - f64::from(*w)).abs() < 1e-5, "{id}: logits {got:?} vs {want:?}");
+        }
+        let norm: f64 = got.iter().map(|l| l.exp()).sum();
+        for (c, l) in got.iter().enumerate() {
+            assert!((value(2 + c) - l.exp() / norm).abs() < 1e-5, "{id}: probability {c}");
+        }
+        let best = (0..4).max_by(|&a, &b| got[a].total_cmp(&got[b])).unwrap();
+        assert_eq!(row[1].parse::<usize>().unwrap(), best + 1);
+    }
 }
 
 #[test]

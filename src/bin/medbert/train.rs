@@ -139,7 +139,9 @@ pub fn run_predict(cli: PredictCli) -> Result<()> {
     let (model, cache) = cli.common.load(&cli.test_file, None)?;
     let device = model.vs.device();
     let precision = cli.common.precision.resolve(device)?;
-    let mut csv = String::from("id,prediction,p_opa,p_opb,p_opc,p_opd,logit_opa,logit_opb,logit_opc,logit_opd\n");
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let header = ["id", "prediction", "p_opa", "p_opb", "p_opc", "p_opd"];
+    csv.write_record(header.into_iter().chain(["logit_opa", "logit_opb", "logit_opc", "logit_opd"]))?;
     let all: Vec<usize> = (0..cache.len()).collect();
     for chunk in all.chunks(cli.common.per_device_eval_batch_size.max(1)) {
         let (batch, _) = collate(&cache, chunk)?;
@@ -150,12 +152,14 @@ pub fn run_predict(cli: PredictCli) -> Result<()> {
         let logits: Vec<Vec<f32>> = Vec::try_from(&logits)?;
         for ((&q, p), l) in chunk.iter().zip(probs).zip(logits) {
             let best = (0..p.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap_or(0);
-            let probs = p.iter().map(|v| format!(",{v:.6}"));
-            let row: String = probs.chain(l.iter().map(|v| format!(",{v}"))).collect();
-            csv.push_str(&format!("{},{}{row}\n", cache.id(q)?, best + 1));
+            let mut row = vec![cache.id(q)?.to_string(), (best + 1).to_string()];
+            row.extend(p.iter().map(|v| format!("{v:.6}")));
+            row.extend(l.iter().map(|v| v.to_string()));
+            csv.write_record(&row)?;
         }
     }
-    medbert::atomic::write_file(&cli.output, csv.as_bytes())?;
+    let bytes = csv.into_inner().map_err(|e| anyhow::anyhow!("predictions CSV: {e}"))?;
+    medbert::atomic::write_file(&cli.output, &bytes)?;
     println!("{} ({} questions)", cli.output.display(), cache.len());
     Ok(())
 }
