@@ -148,7 +148,7 @@ pub fn collate(cache: &PreparedCache, indices: &[usize]) -> Result<(ChoiceBatch,
 /// one shape, as `--pad-to-max-length` asks).
 pub fn collate_to(cache: &PreparedCache, indices: &[usize], min_len: usize) -> Result<(ChoiceBatch, Tensor)> {
     if let Some(&bad) = indices.iter().find(|&&q| q >= cache.len()) {
-        return Err(Error::Input(format!("question {bad} is beyond the cache's {} questions", cache.len())));
+        return Err(Error::Batch(format!("question {bad} is beyond the cache's {} questions", cache.len())));
     }
     let tokens =
         Tokens { input_ids: cache.input_ids()?, token_type_ids: cache.token_type_ids()?, offsets: cache.offsets()? };

@@ -21,8 +21,46 @@ pub enum Error {
     #[error("{}: tokenizer: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
 
+    /// Something the user gave us (a flag, a file, a directory) that cannot be used.
     #[error("{0}")]
     Input(String),
+
+    /// A file we write could not be encoded (JSON, safetensors, CSV); the cause is the source.
+    #[error("{}: cannot write", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    #[error("{}: cannot draw the plot: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
+
+    #[error("hub {repo}: {message}")]
+    Hub { repo: String, message: String },
+
+    #[error("cannot start {program:?} for rank {rank}")]
+    Spawn {
+        program: String,
+        rank: usize,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("waiting for rank {rank}")]
+    Wait {
+        rank: usize,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The tokenizer failed on text it was given.
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+
+    /// A batch that does not fit the model or the cache (a caller's mistake, not the user's).
+    #[error("batch: {0}")]
+    Batch(String),
 
     /// Bad input data: the file, where in it (line or row) when known, and the field.
     #[error("{}{}{}: {message}", file.display(),
@@ -66,6 +104,10 @@ impl Error {
         Error::Io { path: path.into(), error: source }
     }
 
+    pub(crate) fn write(path: impl Into<PathBuf>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Write { path: path.into(), source: Box::new(source) }
+    }
+
     pub(crate) fn data(
         file: &std::path::Path,
         loc: Option<Loc>,
@@ -73,5 +115,27 @@ impl Error {
         message: impl Into<String>,
     ) -> Self {
         Error::Data { file: file.to_path_buf(), loc, field: field.map(str::to_string), message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_write_error_names_the_file_and_keeps_its_cause() {
+        let cause = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let err = Error::write("/runs/x/trainer_state.json", cause);
+        assert_eq!(err.to_string(), "/runs/x/trainer_state.json: cannot write");
+        assert!(err.source().is_some_and(|s| s.to_string().contains("EOF")), "{:?}", err.source());
+    }
+
+    #[test]
+    fn a_worker_that_cannot_start_names_its_program_rank_and_cause() {
+        let source = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = Error::Spawn { program: "trainr".into(), rank: 3, source };
+        assert_eq!(err.to_string(), "cannot start \"trainr\" for rank 3");
+        assert_eq!(err.source().map(|s| s.to_string()), Some("entity not found".to_string()));
     }
 }

@@ -44,7 +44,7 @@ fn api() -> Result<Api> {
     if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
         builder = builder.with_token(Some(token));
     }
-    builder.build().map_err(|e| Error::Input(format!("hub client: {e}")))
+    builder.build().map_err(|e| Error::Hub { repo: "(client)".into(), message: e.to_string() })
 }
 
 fn repo(spec: &str, kind: RepoType) -> Repo {
@@ -72,7 +72,7 @@ pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str
         return Ok(dir);
     }
     let repo = api()?.repo(repo(spec, kind));
-    let hub_err = |file: &str, e: ApiError| Error::Input(format!("hub {spec}: {file}: {e}"));
+    let hub_err = |file: &str, e: ApiError| Error::Hub { repo: spec.to_string(), message: format!("{file}: {e}") };
     let mut snapshot = None;
     for group in groups {
         let mut found = None;
@@ -86,8 +86,10 @@ pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str
                 Err(e) => return Err(hub_err(file, e)),
             }
         }
-        let (path, file) =
-            found.ok_or_else(|| Error::Input(format!("hub {spec}: none of {} exists", group.join(", "))))?;
+        let (path, file) = found.ok_or_else(|| Error::Hub {
+            repo: spec.to_string(),
+            message: format!("none of {} exists", group.join(", ")),
+        })?;
         snapshot = snapshot_of(&path, file);
     }
     for file in optional {
@@ -97,7 +99,7 @@ pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str
             Err(e) => return Err(hub_err(file, e)),
         }
     }
-    snapshot.ok_or_else(|| Error::Input(format!("hub {spec}: nothing to download")))
+    snapshot.ok_or_else(|| Error::Hub { repo: spec.to_string(), message: "nothing to download".into() })
 }
 
 /// The snapshot directory holding `path`, the local copy of repository file `file` (which may

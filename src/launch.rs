@@ -153,7 +153,7 @@ pub fn run_attempt(
             Ok(child) => child,
             Err(e) => {
                 stop_all(&mut running, sup.term_timeout);
-                return Err(Error::Input(format!("cannot start {exe:?} for rank {}: {e}", w.rank)));
+                return Err(Error::Spawn { program: exe.clone(), rank: w.rank, source: e });
             }
         };
         let log = match &sup.log_dir {
@@ -190,7 +190,7 @@ pub fn run_attempt(
                     }
                 }
                 Ok(None) => i += 1,
-                Err(e) => return Err(Error::Input(format!("waiting for rank {}: {e}", running[i].0))),
+                Err(e) => return Err(Error::Wait { rank: running[i].0, source: e }),
             }
         }
         if let Some(outcome) = failed {

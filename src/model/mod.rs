@@ -143,11 +143,11 @@ impl MultipleChoiceModel {
     pub fn forward(&self, batch: &ChoiceBatch, train: bool) -> Result<Tensor> {
         let shape = batch.input_ids.size();
         if shape.len() != 3 {
-            return Err(Error::Input(format!("input_ids must be [batch, choices, seq], got {shape:?}")));
+            return Err(Error::Batch(format!("input_ids must be [batch, choices, seq], got {shape:?}")));
         }
         for (name, t) in [("attention_mask", &batch.attention_mask), ("token_type_ids", &batch.token_type_ids)] {
             if t.size() != shape {
-                return Err(Error::Input(format!("{name} has shape {:?}, input_ids {shape:?}", t.size())));
+                return Err(Error::Batch(format!("{name} has shape {:?}, input_ids {shape:?}", t.size())));
             }
         }
         let max_positions = self.config.max_position_embeddings;
@@ -159,7 +159,7 @@ impl MultipleChoiceModel {
         }
         let (want, got) = (self.vs.device(), batch.input_ids.device());
         if want != got && got != Device::Cpu {
-            return Err(Error::Input(format!("batch is on {got:?} but the model is on {want:?}")));
+            return Err(Error::Batch(format!("batch is on {got:?} but the model is on {want:?}")));
         }
         Ok(self.net.forward(batch, train))
     }

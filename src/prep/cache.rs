@@ -60,14 +60,16 @@ pub struct Arrays {
     pub id_offsets: Vec<i64>,
 }
 
-fn view<'a>(dtype: Dtype, len: usize, bytes: &'a [u8]) -> Result<TensorView<'a>> {
-    TensorView::new(dtype, vec![len], bytes).map_err(|e| Error::Input(format!("building cache tensor: {e:?}")))
+fn view<'a>(file: &Path, dtype: Dtype, len: usize, bytes: &'a [u8]) -> Result<TensorView<'a>> {
+    TensorView::new(dtype, vec![len], bytes).map_err(|e| Error::write(file, e))
 }
 
 /// Writes the cache into `dest` atomically (see `crate::atomic`).
 pub fn write(dest: &Path, manifest: &Manifest, arrays: &Arrays) -> Result<()> {
     let staged = crate::atomic::StagedDir::new(dest)?;
     let (a, t) = (arrays, &arrays.tokens);
+    let file = dest.join(TOKENS_FILE);
+    let view = |dtype, len, bytes| view(&file, dtype, len, bytes);
     let tensors: BTreeMap<&str, TensorView> = [
         ("input_ids", view(Dtype::I32, t.input_ids.len(), bytemuck::cast_slice(&t.input_ids))?),
         ("token_type_ids", view(Dtype::U8, t.token_type_ids.len(), &t.token_type_ids)?),
@@ -79,10 +81,9 @@ pub fn write(dest: &Path, manifest: &Manifest, arrays: &Arrays) -> Result<()> {
     ]
     .into_iter()
     .collect();
-    let bytes =
-        safetensors::serialize(&tensors, &None).map_err(|e| Error::Input(format!("serialising cache: {e:?}")))?;
+    let bytes = safetensors::serialize(&tensors, &None).map_err(|e| Error::write(&file, e))?;
     staged.write(TOKENS_FILE, &bytes)?;
-    let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::Input(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::write(dest.join(MANIFEST_FILE), e))?;
     staged.write(MANIFEST_FILE, &json)?;
     staged.publish()
 }

@@ -96,7 +96,9 @@ pub fn fused_adamw(group: &AdamWGroup, h: AdamWHyper) -> Result<()> {
     let n = group.params.len();
     let lists = [&group.grads, &group.exp_avgs, &group.exp_avg_sqs, &group.steps];
     if lists.iter().any(|l| l.len() != n) {
-        return Err(Error::Input("fused AdamW: parameter, gradient, moment and step lists differ in length".into()));
+        return Err(Error::Torch(tch::TchError::Shape(
+            "fused AdamW: parameter, gradient, moment and step lists differ in length".into(),
+        )));
     }
     let (mut p, mut g, mut m, mut v, mut s) =
         (raw(&group.params), raw(&group.grads), raw(&group.exp_avgs), raw(&group.exp_avg_sqs), raw(&group.steps));

@@ -56,7 +56,7 @@ pub fn save_resumable(
     opt: &AdamW,
 ) -> Result<()> {
     save_with(dest, vs, source_model, |staged| {
-        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::Input(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(state).map_err(|e| Error::write(dest.join(STATE_FILE), e))?;
         staged.write(STATE_FILE, &json)?;
         write_hf_safetensors(&staged.file(OPTIMIZER_FILE), &opt.state())
     })
@@ -119,7 +119,7 @@ pub(crate) fn restore(dir: &Path, world: usize, opt: &mut AdamW, scaler: &mut Gr
             dir.display()
         )));
     }
-    opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64)?;
+    opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64, &dir.join(OPTIMIZER_FILE))?;
     if let Some(s) = &state.scaler {
         *scaler = s.clone();
     }
@@ -201,12 +201,11 @@ pub fn write_hf_safetensors(path: &Path, named: &[(String, tch::Tensor)]) -> Res
             let shape = shape.iter().map(|&d| d as usize).collect();
             TensorView::new(Dtype::F32, shape, bytemuck::cast_slice(values))
                 .map(|v| (n.as_str(), v))
-                .map_err(|e| Error::Input(format!("checkpoint tensor {n}: {e:?}")))
+                .map_err(|e| Error::write(path, e))
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-    safetensors::serialize_to_file(views, &metadata, path)
-        .map_err(|e| Error::Input(format!("{}: {e:?}", path.display())))
+    safetensors::serialize_to_file(views, &metadata, path).map_err(|e| Error::write(path, e))
 }
 
 #[cfg(test)]

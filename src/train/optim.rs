@@ -98,13 +98,22 @@ impl AdamW {
             .collect()
     }
 
-    /// Restores moments saved by `state` and the step count.
-    pub fn load_state(&mut self, state: &std::collections::HashMap<String, Tensor>, step: i64) -> Result<()> {
+    /// Restores moments saved by `state` (read from `file`) and the step count.
+    pub fn load_state(
+        &mut self,
+        state: &std::collections::HashMap<String, Tensor>,
+        step: i64,
+        file: &std::path::Path,
+    ) -> Result<()> {
         for p in &mut self.params {
             for (key, dst) in
                 [(format!("exp_avg.{}", p.name), &mut p.exp_avg), (format!("exp_avg_sq.{}", p.name), &mut p.exp_avg_sq)]
             {
-                let src = state.get(&key).ok_or_else(|| crate::Error::Input(format!("optimizer state lacks {key}")))?;
+                let src = state.get(&key).ok_or_else(|| crate::Error::MissingTensor {
+                    path: file.to_path_buf(),
+                    name: key.clone(),
+                    shape: dst.size(),
+                })?;
                 tch::no_grad(|| dst.f_copy_(src))?;
             }
             let _ = p.steps.f_fill_(step as f64)?;

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Appends one JSON object per line to `metrics.jsonl`; rank 0 only (a no-op elsewhere).
-pub(crate) struct MetricsLog(Option<std::fs::File>);
+pub(crate) struct MetricsLog(Option<(std::fs::File, PathBuf)>);
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const PLOT_FILE: &str = "curves.png";
@@ -38,11 +38,11 @@ impl MetricsLog {
         }
         let file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog(Some(file)))
+        Ok(MetricsLog(Some((file, path))))
     }
     pub(crate) fn write(&mut self, value: serde_json::Value) -> Result<()> {
-        let Some(file) = &mut self.0 else { return Ok(()) };
-        writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| Error::Input(format!("{METRICS_FILE}: {e}")))
+        let Some((file, path)) = &mut self.0 else { return Ok(()) };
+        writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| Error::io(&*path, e))
     }
 }
 
@@ -155,7 +155,7 @@ fn bounds(series: &[&Series]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
 /// Draws `curves` to a PNG: loss (train and evaluation) on the left, accuracy on the right.
 pub fn plot(curves: &Curves, png: &Path) -> Result<()> {
     register_font();
-    let draw_err = |e: String| Error::Input(format!("{}: plot: {e}", png.display()));
+    let draw_err = |message: String| Error::Plot { path: png.to_path_buf(), message };
     let root = BitMapBackend::new(png, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
     let (left, right) = root.split_horizontally(600);
