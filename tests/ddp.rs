@@ -190,9 +190,19 @@ fn evaluation_over_two_and_three_processes_counts_exactly_like_one() {
 }
 
 /// The launcher's worker processes (children of `launcher_pid` running medbert).
-fn workers_of(launcher_pid: u32) -> Vec<i32> {
+/// The pid of the launcher's worker whose environment says RANK=`rank`.
+fn worker_of_rank(launcher_pid: u32, rank: usize) -> i32 {
     let out = Command::new("pgrep").args(["-P", &launcher_pid.to_string()]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+    let children: Vec<i32> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let wanted = format!("RANK={rank}");
+    *children
+        .iter()
+        .find(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no worker of rank {rank} among {children:?}"))
 }
 
 /// Starts a 2-process run of 8 steps saving every 4, SIGKILLs one worker as soon as
@@ -212,7 +222,7 @@ fn run_and_kill_a_worker(out: &Path, max_restarts: &str) -> (Output, Duration) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let victim = *workers_of(child.id()).last().expect("a worker to kill");
+    let victim = worker_of_rank(child.id(), 1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
     let killed = Instant::now();
     let output = child.wait_with_output().unwrap();
@@ -226,7 +236,10 @@ fn a_killed_worker_brings_the_group_down_and_a_restart_resumes_to_the_same_weigh
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(took < Duration::from_secs(10), "teardown took {took:?}");
-    assert!(stderr.contains("rank") && stderr.contains("signal"), "first failure not reported:\n{stderr}");
+    assert!(
+        stderr.contains("rank 1 failed first (signal 9 (SIGKILL))"),
+        "the killed rank and its signal are not reported:\n{stderr}"
+    );
 
     let out = common::scratch_dir().join("ddp-restarted");
     let (output, _) = run_and_kill_a_worker(&out, "1");
@@ -256,13 +269,9 @@ struct TwoHosts {
 }
 
 impl TwoHosts {
-    /// None (after saying why) when namespaces cannot be made because we are not root; a
-    /// failure as root is a test failure.
-    fn create() -> Option<TwoHosts> {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("two-node test: skipped: network namespaces need root (CI runs as root)");
-            return None;
-        }
+    /// Two hosts, or a test failure (the tests that call this are ignored unless built as root).
+    fn create() -> TwoHosts {
+        assert!(nix::unistd::geteuid().is_root(), "network namespaces need root: build and run the tests as root");
         // Tests run in parallel: each pair gets its own names and subnet.
         static PAIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -291,7 +300,7 @@ impl TwoHosts {
             let out = Command::new("ip").args(&step).output().expect("run ip (iproute2)");
             assert!(out.status.success(), "ip {}: {}", step.join(" "), String::from_utf8_lossy(&out.stderr));
         }
-        Some(hosts)
+        hosts
     }
 
     fn exec(&self, host: usize, program: &str) -> Command {
@@ -348,18 +357,20 @@ fn wait_all(nodes: Vec<std::process::Child>) -> Vec<String> {
     texts
 }
 
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
 #[test]
 fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
-    let Some(hosts) = TwoHosts::create() else { return };
+    let hosts = TwoHosts::create();
     let out = common::scratch_dir().join("ddp-two-nodes");
     let _ = wait_all(start_two_nodes(&hosts, &out, &[]));
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
     assert!(diff == 0.0, "2 nodes x 1 process differ from 1 node x 2 processes by {diff:e} at {name}");
 }
 
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
 #[test]
 fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() {
-    let Some(hosts) = TwoHosts::create() else { return };
+    let hosts = TwoHosts::create();
     let out = common::scratch_dir().join("ddp-two-nodes-restart");
     let nodes = start_two_nodes(&hosts, &out, &["--max-restarts", "1"]);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -368,7 +379,7 @@ fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() 
         std::thread::sleep(Duration::from_millis(20));
     }
     // `ip netns exec` execs the launcher, so its pid is the child's.
-    let victim = *workers_of(nodes[1].id()).last().expect("node 1's worker");
+    let victim = worker_of_rank(nodes[1].id(), 1);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
     for (node, text) in wait_all(nodes).iter().enumerate() {
         assert!(text.contains("restarting the group (1/1)"), "node {node} did not restart:\n{text}");

