@@ -6,11 +6,11 @@
 
 use crate::dist::{DistEnv, Store};
 use crate::error::{Error, Result};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -130,12 +130,31 @@ pub struct Supervision {
     pub log_dir: Option<PathBuf>,
 }
 
+/// One started worker. It leads a process group of its own (as torchrun starts each worker
+/// in a new session), so that a signal reaches everything it started, not just itself.
+struct Worker {
+    rank: usize,
+    child: Child,
+    group: Pid,
+    /// Set once reaped.
+    status: Option<ExitStatus>,
+}
+
+impl Worker {
+    fn reap(&mut self) -> Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().map_err(|source| Error::Wait { rank: self.rank, source })?;
+        }
+        Ok(self.status)
+    }
+}
+
 /// Starts every worker, watches them, and on the first failure or an incoming signal
-/// (`signal` holds its number once set) stops the rest: SIGTERM, then SIGKILL after the
-/// deadline. Each output line is prefixed with `[rank<R>]:`.
+/// (`signal` holds its number once set) stops the rest: SIGTERM to every worker's process
+/// group, then SIGKILL after the deadline. Each output line is prefixed with `[rank<R>]:`.
 pub fn run_attempt(
     program: &[String],
-    workers: &[WorkerSpec],
+    specs: &[WorkerSpec],
     attempt: usize,
     sup: &Supervision,
     signal: &AtomicUsize,
@@ -144,16 +163,17 @@ pub fn run_attempt(
     if let Some(dir) = &sup.log_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let mut running: Vec<(usize, Child)> = Vec::new();
+    let mut workers: Vec<Worker> = Vec::new();
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
-    for w in workers {
+    for w in specs {
         let mut cmd = Command::new(exe);
         cmd.args(args).envs(w.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.process_group(0);
         let mut child = match cmd.spawn() {
             Ok(child) => child,
-            Err(e) => {
-                stop_all(&mut running, sup.term_timeout);
-                return Err(Error::Spawn { program: exe.clone(), rank: w.rank, source: e });
+            Err(source) => {
+                tear_down(&mut workers, sup.term_timeout);
+                return Err(Error::Spawn { program: exe.clone(), rank: w.rank, source });
             }
         };
         let log = match &sup.log_dir {
@@ -170,43 +190,45 @@ pub fn run_attempt(
         if let Some(err) = child.stderr.take() {
             pumps.push(pump(err, prefix, true, log));
         }
-        running.push((w.rank, child));
+        let group = Pid::from_raw(child.id() as i32);
+        workers.push(Worker { rank: w.rank, child, group, status: None });
     }
 
     let outcome = loop {
         let sig = signal.load(Ordering::SeqCst);
         if sig != 0 {
-            stop_all(&mut running, sup.term_timeout);
+            tear_down(&mut workers, sup.term_timeout);
             break Outcome::Interrupted(sig as i32);
         }
+        // The first failure by time; within one check, by rank.
         let mut failed = None;
-        let mut i = 0;
-        while i < running.len() {
-            match running[i].1.try_wait() {
-                Ok(Some(status)) => {
-                    let (rank, _) = running.remove(i);
-                    if !status.success() && failed.is_none() {
-                        failed = Some(Outcome::Failed { rank, exit: status.into() });
-                    }
+        for w in workers.iter_mut().filter(|w| w.status.is_none()) {
+            if let Some(status) = w.reap()? {
+                if !status.success() && failed.is_none() {
+                    failed = Some(Outcome::Failed { rank: w.rank, exit: status.into() });
                 }
-                Ok(None) => i += 1,
-                Err(e) => return Err(Error::Wait { rank: running[i].0, source: e }),
             }
         }
         if let Some(outcome) = failed {
-            stop_all(&mut running, sup.term_timeout);
+            tear_down(&mut workers, sup.term_timeout);
             break outcome;
         }
-        if running.is_empty() {
+        if workers.iter().all(|w| w.status.is_some()) {
             break Outcome::Succeeded;
         }
         std::thread::sleep(sup.monitor_interval);
     };
-    for p in pumps {
-        let _ = p.join();
+    // A descendant that left its worker's process group may still hold a pipe open: its
+    // output is not waited for.
+    let until = Instant::now() + PUMP_GRACE;
+    while pumps.iter().any(|p| !p.is_finished()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(outcome)
 }
+
+/// How long the output of a finished group may still be flowing.
+const PUMP_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything one launch needs: the group, the command each worker runs, how they are
 /// watched, and OMP_NUM_THREADS for them when the caller did not set it.
@@ -261,22 +283,40 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
     Ok(1)
 }
 
-/// SIGTERM to every live worker, then SIGKILL to those still alive after `deadline`.
-fn stop_all(running: &mut Vec<(usize, Child)>, deadline: Duration) {
-    for (_, child) in running.iter() {
-        // A child we have not reaped yet: its pid is still ours.
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+/// SIGTERM to every worker's process group (also of workers that have exited: what they
+/// started may live on), then SIGKILL to the groups with a process left after `deadline`;
+/// returns once every worker is reaped and every group is empty.
+fn tear_down(workers: &mut [Worker], deadline: Duration) {
+    let alive = |g: Pid| killpg(g, None).is_ok();
+    for w in workers.iter() {
+        let _ = killpg(w.group, Signal::SIGTERM);
     }
     let until = Instant::now() + deadline;
-    while !running.is_empty() && Instant::now() < until {
-        running.retain_mut(|(_, child)| matches!(child.try_wait(), Ok(None)));
+    loop {
+        for w in workers.iter_mut() {
+            let _ = w.reap();
+        }
+        let left: Vec<Pid> = workers.iter().map(|w| w.group).filter(|&g| alive(g)).collect();
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() >= until {
+            for g in left {
+                let _ = killpg(g, Signal::SIGKILL);
+            }
+            for w in workers.iter_mut().filter(|w| w.status.is_none()) {
+                w.status = w.child.wait().ok();
+            }
+            // Killed processes leave their group once their parent (the init process, for
+            // orphans) has reaped them.
+            let reaped = Instant::now() + Duration::from_secs(1);
+            while workers.iter().any(|w| alive(w.group)) && Instant::now() < reaped {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for (_, child) in running.iter_mut() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    running.clear();
 }
 
 /// Copies a worker's stream line by line to ours (and its log file), prefixed with its rank.

@@ -53,6 +53,57 @@ fn a_failing_worker_takes_the_group_down_and_is_named() {
     assert!(started.elapsed() < Duration::from_secs(10), "teardown took {:?}", started.elapsed());
 }
 
+/// The processes whose process group is `group` (from /proc: `pgrp` is field 5 of `stat`).
+fn members_of_group(group: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `comm` (field 2) may hold spaces: the fields after its closing parenthesis.
+            let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            after.split_whitespace().nth(2).and_then(|g| g.parse::<i32>().ok()) == Some(group)
+        })
+        .collect()
+}
+
+/// A worker whose child outlives it (a shell stopped by SIGTERM leaves its `sleep` running and
+/// holding the output pipe) is torn down with its whole process group, at once.
+fn assert_worker_trees_are_torn_down(worker: &[&str]) {
+    let started = Instant::now();
+    let out = launcher(&["--standalone", "--nproc-per-node", "2", "--term-timeout", "2"], worker).output().unwrap();
+    let took = started.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("rank 1 failed first (exit code 3)"), "{stderr}");
+    assert!(took < Duration::from_secs(2 + 2 + 1), "teardown took {took:?}:\n{stderr}");
+    let groups: Vec<i32> = stdout.lines().filter_map(|l| l.split_once("group ")?.1.trim().parse().ok()).collect();
+    assert_eq!(groups.len(), 2, "each worker reports its process group:\n{stdout}");
+    for group in groups {
+        let left = members_of_group(group);
+        assert!(left.is_empty(), "processes {left:?} of worker group {group} survived");
+    }
+}
+
+#[test]
+fn a_worker_with_children_is_torn_down_with_its_process_group() {
+    let script =
+        r#"echo group $(cut -d" " -f5 /proc/$$/stat); if [ "$RANK" = 1 ]; then sleep 1; exit 3; fi; sleep 300"#;
+    assert_worker_trees_are_torn_down(&sh(script));
+}
+
+#[test]
+fn a_worker_wrapped_in_a_bash_script_is_torn_down_with_its_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.sh");
+    std::fs::write(
+        &script,
+        "echo group $(cut -d' ' -f5 /proc/$$/stat)\nsleep 300 &\nif [ \"$RANK\" = 1 ]; then sleep 1; exit 3; fi\nwait\n",
+    )
+    .unwrap();
+    assert_worker_trees_are_torn_down(&["bash", script.to_str().unwrap()]);
+}
+
 #[test]
 fn a_worker_ignoring_sigterm_is_killed_after_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,7 +157,6 @@ fn sigterm_to_the_launcher_is_forwarded_to_the_workers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(100));
-    // SAFETY: signalling our own child process.
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + nix::sys::signal::Signal::SIGTERM as i32));
