@@ -54,6 +54,12 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The training loss became NaN or infinite (at `step` when this rank saw it first).
+    #[error("the training loss is not finite (NaN or infinite){}: the run stopped without saving after it, so the \
+             last checkpoint is the last good one; a lower --learning-rate or --max-grad-norm, or fp32, usually helps",
+        step.map(|s| format!(" at step {s} on rank {rank}")).unwrap_or_else(|| " on another rank".into()))]
+    NonFinite { step: Option<usize>, rank: usize },
+
     /// The tokenizer failed on text it was given.
     #[error("tokenizer: {0}")]
     Tokenize(String),

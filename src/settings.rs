@@ -3,17 +3,36 @@
 //! the built-in default. Every variable read anywhere is documented in `.env.example`.
 
 use crate::error::{Error, Result};
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Directory of the default Hugging Face model (config.json, model.safetensors, tokenizer.json).
 pub const MODEL_VAR: &str = "MEDBERT_MODEL";
 
+/// The variables `load_dotenv` took from `.env` (those the environment did not already set).
+static FROM_DOTENV: OnceLock<(PathBuf, HashSet<String>)> = OnceLock::new();
+
 /// Loads `.env` from the current directory or its ancestors into the process environment.
 /// A missing file is fine; an unreadable or malformed one is an error naming it.
 pub fn load_dotenv() -> Result<Option<PathBuf>> {
+    let before: HashSet<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
     match dotenvy::dotenv() {
-        Ok(path) => Ok(Some(path)),
+        Ok(path) => {
+            let keys = dotenvy::from_path_iter(&path)
+                .map(|items| {
+                    items.filter_map(|item| item.ok().map(|(k, _)| k)).filter(|k| !before.contains(k)).collect()
+                })
+                .unwrap_or_default();
+            let _ = FROM_DOTENV.set((path.clone(), keys));
+            Ok(Some(path))
+        }
         Err(e) if e.not_found() => Ok(None),
         Err(e) => Err(Error::Input(format!(".env: {e}"))),
     }
+}
+
+/// The `.env` file that set `variable`, when `load_dotenv` took it from there.
+pub fn dotenv_source(variable: &str) -> Option<&'static Path> {
+    FROM_DOTENV.get().filter(|(_, keys)| keys.contains(variable)).map(|(path, _)| path.as_path())
 }

@@ -260,7 +260,7 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
     let dir = common::scratch("holdout");
     let data = dir.join("d.json");
     common::synthetic_task(&data, 40, 4);
-    let run = |extra: &[&str]| {
+    let run = |out: &str, extra: &[&str]| {
         std::process::Command::new(common::medbert_bin())
             .args(["train", "--max-steps", "2", "--per-device-train-batch-size", "8", "--device", "cpu"])
             .arg("--model")
@@ -268,17 +268,17 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
             .arg("--train-file")
             .arg(&data)
             .arg("--output-dir")
-            .arg(dir.join("run"))
+            .arg(dir.join(out))
             .args(extra)
             .output()
             .unwrap()
     };
-    let out = run(&["--holdout", "10"]);
+    let out = run("run", &["--holdout", "10"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary = common::summary(&dir.join("run"));
     assert_eq!(summary["final_eval"]["questions"], 10);
     assert_eq!(summary["steps"], 2);
-    let out = run(&["--holdout", "40"]);
+    let out = run("too-many", &["--holdout", "40"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--holdout 40 must be between 1 and 39"));
 }

@@ -6,7 +6,7 @@ use crate::dist::GroupArgs;
 use crate::settings;
 use crate::train::Precision;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use tch::Device;
 
 /// Everything a training run is told, named as the HF Trainer's TrainingArguments; each flag
@@ -87,11 +87,20 @@ pub struct TrainArgs {
     /// Keep only the newest K checkpoint-<step> directories.
     #[arg(long, env = "MEDBERT_SAVE_TOTAL_LIMIT")]
     pub save_total_limit: Option<usize>,
-    /// Continue from the newest checkpoint-<step> in --output-dir, at the exact next batch
-    /// (same flags, data and number of processes as the interrupted run). A run restarted by
-    /// medbert-run --max-restarts resumes by itself when a checkpoint exists.
+    /// Continue from the newest checkpoint-<step> in --output-dir, at the exact next batch. What
+    /// changes the data order or the optimizer's meaning (data, batch size, accumulation, seed,
+    /// max length, group-by-length, holdout, number of processes) must match the saved
+    /// training_args.json; other changes are allowed and listed. A run restarted by medbert-run
+    /// --max-restarts resumes by itself when a checkpoint exists.
     #[arg(long, env = "MEDBERT_RESUME")]
     pub resume: bool,
+    /// Continue from this checkpoint-<step> directory (as --resume, from a given checkpoint).
+    #[arg(long, env = "MEDBERT_RESUME_FROM_CHECKPOINT", value_name = "DIR")]
+    pub resume_from_checkpoint: Option<PathBuf>,
+    /// Train into an --output-dir that holds another run, deleting that run's files first
+    /// (metrics, checkpoints, best/, final/, summary); prepared caches are kept.
+    #[arg(long, env = "MEDBERT_OVERWRITE_OUTPUT_DIR")]
+    pub overwrite_output_dir: bool,
     /// Arithmetic: auto is bf16 autocast on CUDA devices that support it (fp16 with a dynamic
     /// loss scaler on older ones) and fp32 on CPU.
     #[arg(long, env = "MEDBERT_PRECISION", value_enum, default_value = "auto")]
@@ -131,6 +140,56 @@ pub struct DdpArgs {
     pub verify_sync: Option<usize>,
 }
 
+/// One argument that cannot be used: its id (the field's name, as clap names the argument)
+/// and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    pub arg: &'static str,
+    pub message: String,
+}
+
+impl TrainArgs {
+    /// Every value that is out of range, checked before any work is done (the model's own
+    /// limits, such as its longest sequence, are checked once it is known).
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut check = |arg: &'static str, ok: bool, message: &str| {
+            if !ok {
+                out.push(Problem { arg, message: message.to_string() });
+            }
+        };
+        let finite_at_least = |v: f64, min: f64| v.is_finite() && v >= min;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let at_least_one = |v: Option<usize>| v.is_none_or(|v| v >= 1);
+        check("learning_rate", finite_at_least(self.learning_rate, 0.0), "must be a finite number, 0 or more");
+        check("per_device_train_batch_size", self.per_device_train_batch_size >= 1, "must be at least 1");
+        check("per_device_eval_batch_size", self.per_device_eval_batch_size >= 1, "must be at least 1");
+        check(
+            "gradient_accumulation_steps",
+            (1..=1 << 16).contains(&self.gradient_accumulation_steps),
+            "must be between 1 and 65536",
+        );
+        check("num_train_epochs", positive(self.num_train_epochs), "must be a finite number above 0");
+        check("max_steps", at_least_one(self.max_steps), "must be at least 1");
+        check("weight_decay", finite_at_least(self.weight_decay, 0.0), "must be a finite number, 0 or more");
+        check("adam_epsilon", positive(self.adam_epsilon), "must be a finite number above 0");
+        check("warmup_ratio", (0.0..=1.0).contains(&self.warmup_ratio), "must be between 0 and 1");
+        check("max_grad_norm", positive(self.max_grad_norm), "must be a finite number above 0");
+        check("holdout", at_least_one(self.holdout), "must be at least 1");
+        check("patience", at_least_one(self.patience), "must be at least 1");
+        check("eval_steps", at_least_one(self.eval_steps), "must be at least 1");
+        check("logging_steps", self.logging_steps >= 1, "must be at least 1");
+        check("save_steps", at_least_one(self.save_steps), "must be at least 1");
+        check("save_total_limit", at_least_one(self.save_total_limit), "must be at least 1");
+        check("max_length", self.data.max_length >= 8, "must be at least 8");
+        check("ddp_bucket_cap_mb", positive(self.ddp.ddp_bucket_cap_mb), "must be a finite number above 0");
+        check("ddp_timeout", self.ddp.group.ddp_timeout >= 1, "must be at least 1 second");
+        check("verify_sync", at_least_one(self.ddp.verify_sync), "must be at least 1");
+        check("output_dir", !self.output_dir.is_file(), "is a file, not a directory");
+        out
+    }
+}
+
 /// What the caller settles before training: the model and the data as local paths (hub ids
 /// downloaded, raw files prepared), the device, and whether the run resumes.
 #[derive(Clone, Debug, Serialize)]
@@ -144,25 +203,34 @@ pub struct TrainInputs {
 }
 
 /// Whether a run continues from a `checkpoint-<step>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Resume {
     /// Start from the model.
     No,
     /// From the newest checkpoint; none is an error (`--resume`).
     Required,
-    /// From the newest checkpoint when there is one (a restart by the launcher).
-    IfAny,
+    /// From the newest checkpoint when there is one, else from the given checkpoint or the
+    /// model (a restart by the launcher).
+    IfAny(Option<PathBuf>),
+    /// From this checkpoint (`--resume-from-checkpoint`).
+    From(PathBuf),
 }
 
 impl Resume {
-    /// `--resume`, or a worker group the launcher restarted (which picks up where it stopped).
-    pub fn from_flags(resume: bool, restarted: bool) -> Resume {
-        match (resume, restarted) {
-            (true, _) => Resume::Required,
-            (false, true) => Resume::IfAny,
-            (false, false) => Resume::No,
+    /// `--resume`, `--resume-from-checkpoint`, or a worker group the launcher restarted (which
+    /// picks up where it stopped).
+    pub fn from_flags(resume: bool, from: Option<&Path>, restarted: bool) -> Resume {
+        match (resume, from, restarted) {
+            (_, from, true) => Resume::IfAny(from.map(Path::to_path_buf)),
+            (_, Some(dir), false) => Resume::From(dir.to_path_buf()),
+            (true, None, false) => Resume::Required,
+            (false, None, false) => Resume::No,
         }
+    }
+
+    pub fn is_resuming(&self) -> bool {
+        *self != Resume::No
     }
 }
 

@@ -47,15 +47,18 @@ pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const PREFIX: &str = "checkpoint-";
 
-/// Saves the model as `save` does, plus the trainer state and the optimizer moments.
+/// Saves the model as `save` does, plus the trainer state, the optimizer moments and the
+/// run's arguments (`training_args.json`).
 pub fn save_resumable(
     dest: &Path,
     vs: &VarStore,
     source_model: &Path,
     state: &TrainerState,
     opt: &AdamW,
+    run_args: &[u8],
 ) -> Result<()> {
     save_with(dest, vs, source_model, |staged| {
+        staged.write(super::run_dir::ARGS_FILE, run_args)?;
         let json = serde_json::to_vec_pretty(state).map_err(|e| Error::write(dest.join(STATE_FILE), e))?;
         staged.write(STATE_FILE, &json)?;
         write_hf_safetensors(&staged.file(OPTIMIZER_FILE), &opt.state())
@@ -75,35 +78,51 @@ pub fn load_resumable(dir: &Path) -> Result<(TrainerState, HashMap<String, tch::
     Ok((state, moments))
 }
 
-/// The newest resumable checkpoint, chosen by rank 0 so that every rank resumes from the same.
-pub(crate) fn to_resume(output_dir: &Path, resume: Resume, ddp: &Ddp) -> Result<Option<PathBuf>> {
-    if resume == Resume::No {
-        return Ok(None);
-    }
+/// The checkpoint a run continues from, if any; the newest is chosen by rank 0 so that every
+/// rank resumes from the same.
+pub(crate) fn to_resume(output_dir: &Path, resume: &Resume, ddp: &Ddp) -> Result<Option<PathBuf>> {
+    let fallback = match resume {
+        Resume::No => return Ok(None),
+        Resume::From(dir) => return checked(dir, "--resume-from-checkpoint").map(Some),
+        Resume::Required => None,
+        Resume::IfAny(fallback) => Some(fallback),
+    };
     let newest = resumable(output_dir)?.pop();
     let mut chosen = [match (ddp.is_main(), &newest) {
         (true, Some((step, _))) => *step as f64 + 1.0,
         _ => 0.0,
     }];
     ddp.sum(&mut chosen)?;
-    if chosen[0] == 0.0 && resume == Resume::IfAny {
-        return Ok(None);
-    }
-    if chosen[0] == 0.0 {
-        return Err(Error::Input(format!(
+    match (chosen[0], fallback) {
+        (0.0, Some(None)) => Ok(None),
+        (0.0, Some(Some(dir))) => checked(dir, "--resume-from-checkpoint").map(Some),
+        (0.0, None) => Err(Error::Input(format!(
             "--resume: no checkpoint-<step> with a trainer state in {}",
             output_dir.display()
-        )));
+        ))),
+        (step, _) => {
+            let dir = dir_for_step(output_dir, step as usize - 1);
+            match dir.join(STATE_FILE).is_file() {
+                true => Ok(Some(dir)),
+                false => Err(Error::Input(format!(
+                    "--resume: rank {} cannot see {} that rank 0 resumes from (the output directory must be shared)",
+                    ddp.rank(),
+                    dir.display()
+                ))),
+            }
+        }
     }
-    let dir = dir_for_step(output_dir, chosen[0] as usize - 1);
-    if !dir.join(STATE_FILE).is_file() {
-        return Err(Error::Input(format!(
-            "--resume: rank {} cannot see {} that rank 0 resumes from (the output directory must be shared)",
-            ddp.rank(),
+}
+
+/// `dir` when it is a resumable checkpoint.
+fn checked(dir: &Path, flag: &str) -> Result<PathBuf> {
+    match dir.join(STATE_FILE).is_file() {
+        true => Ok(dir.to_path_buf()),
+        false => Err(Error::Input(format!(
+            "{flag} {}: no {STATE_FILE} there (expected a checkpoint-<step> directory)",
             dir.display()
-        )));
+        ))),
     }
-    Ok(Some(dir))
 }
 
 /// Loads a resumable checkpoint's optimizer moments and loss-scaler state; returns where the

@@ -10,13 +10,14 @@ mod eval;
 pub mod optim;
 mod plan;
 pub mod report;
+mod run_dir;
 
 use crate::batch::collate_to;
 use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::model::{upload, ChoiceBatch, MultipleChoiceModel};
 pub use amp::{GradScaler, Precision};
-pub use args::{DataArgs, DdpArgs, Resume, TrainArgs, TrainInputs};
+pub use args::{DataArgs, DdpArgs, Problem, Resume, TrainArgs, TrainInputs};
 use checkpoint::TrainerState;
 pub use ddp::Ddp;
 pub use eval::{evaluate, EvalResult};
@@ -24,7 +25,9 @@ use optim::{clip_grad_norm, AdamW};
 pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
 use report::MetricsLog;
-pub use report::{TrainSummary, METRICS_FILE, PLOT_FILE};
+pub use report::{TrainSummary, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
+use run_dir::SavedArgs;
+pub use run_dir::ARGS_FILE;
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
@@ -62,6 +65,11 @@ struct Trainer<'a> {
     split: Split,
     plan: Plan,
     state: TrainerState,
+    /// training_args.json, also saved in every checkpoint.
+    saved_args: Vec<u8>,
+    /// The first step whose loss was not finite (-1: none), kept on the device and read only
+    /// where the run checks it. Not tracked under fp16, whose scaler skips such steps.
+    first_nonfinite: Option<Tensor>,
     metrics: MetricsLog,
     bar: indicatif::ProgressBar,
     started: Instant,
@@ -84,19 +92,28 @@ struct StepOutput {
 impl<'a> Trainer<'a> {
     fn set_up(args: &'a TrainArgs, inputs: &'a TrainInputs, pg: Option<ProcessGroup>) -> Result<Self> {
         let precision = args.precision.resolve(inputs.device)?;
-        std::fs::create_dir_all(&args.output_dir).map_err(|e| Error::io(&args.output_dir, e))?;
         tch::manual_seed(args.seed as i64);
         let mut ddp = Ddp::from_group(pg);
-        let resume_from = checkpoint::to_resume(&args.output_dir, inputs.resume, &ddp)?;
+        let is_main = ddp.is_main();
+        run_dir::claim(args, &inputs.resume, &ddp)?;
+        let split = Split::open(inputs, args.holdout)?;
+        let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
+        let saved = SavedArgs::new(args, ddp.world_size(), &split.train.manifest.fingerprint, eval_data)?;
+        let resume_from = checkpoint::to_resume(&args.output_dir, &inputs.resume, &ddp)?;
+        if let Some(dir) = &resume_from {
+            run_dir::check_resume(dir, &args.output_dir, &saved, is_main)?;
+        }
+        let saved_args = saved.to_json()?;
+        if is_main {
+            crate::atomic::write_file(&args.output_dir.join(run_dir::ARGS_FILE), &saved_args)?;
+        }
         let (model, report) =
             MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&inputs.model_dir), inputs.device)?;
         let mut opt = AdamW::new(&model.vs, args.weight_decay, (0.9, 0.999), args.adam_epsilon);
         ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, args.ddp.ddp_overlap)?;
-        let is_main = ddp.is_main();
         if is_main && (!report.initialised.is_empty() || !report.unexpected.is_empty()) {
             tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
         }
-        let split = Split::open(inputs, args.holdout)?;
         let plan = Plan::new(args, &split, &ddp)?;
         let mut scaler = GradScaler::new(precision == Precision::Fp16);
         let mut state = TrainerState { world_size: ddp.world_size(), ..TrainerState::default() };
@@ -122,6 +139,8 @@ impl<'a> Trainer<'a> {
             split,
             plan,
             state,
+            saved_args,
+            first_nonfinite: (precision != Precision::Fp16).then(|| Tensor::full([], -1, (Kind::Int64, inputs.device))),
             metrics,
             bar,
             started: Instant::now(),
@@ -132,7 +151,9 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Epochs of accumulation groups, one optimizer step each, from where `state` stands.
+    /// Epochs of accumulation groups, one optimizer step each, from where `state` stands. A
+    /// step that ends an epoch or the run evaluates (as do `--eval-steps`), and its checkpoint
+    /// is written after that evaluation, so a resume neither repeats nor loses one.
     fn fit(&mut self) -> Result<()> {
         let (accumulation, per_epoch) = (self.args.gradient_accumulation_steps, self.plan.per_epoch);
         while self.state.step < self.plan.total_steps {
@@ -140,17 +161,22 @@ impl<'a> Trainer<'a> {
             for group in batches.chunks(accumulation).take(per_epoch).skip(self.state.group) {
                 let out = self.optimizer_step(group)?;
                 self.log_step(out)?;
+                let finished = self.state.step >= self.plan.total_steps;
+                let epoch_done = self.state.group == per_epoch;
+                let mut stop = false;
+                if epoch_done || finished || self.args.eval_steps.is_some_and(|n| self.state.step % n == 0) {
+                    stop = self.evaluate()?;
+                }
+                if epoch_done {
+                    (self.state.epoch, self.state.group) = (self.state.epoch + 1, 0);
+                }
                 self.verify_and_save()?;
-                if self.args.eval_steps.is_some_and(|n| self.state.step % n == 0) && self.evaluate()? {
+                if stop || finished {
                     return Ok(());
                 }
-                if self.state.step >= self.plan.total_steps {
-                    break;
-                }
             }
-            (self.state.epoch, self.state.group) = (self.state.epoch + 1, 0);
-            if self.evaluate()? {
-                return Ok(());
+            if self.state.group != 0 {
+                (self.state.epoch, self.state.group) = (self.state.epoch + 1, 0);
             }
         }
         Ok(())
@@ -176,6 +202,10 @@ impl<'a> Trainer<'a> {
             loss += micro_loss.detach().to_kind(Kind::Float) / n;
             self.state.seen += micro.len();
         }
+        if let Some(first) = &mut self.first_nonfinite {
+            let bad = loss.isfinite().logical_not().logical_and(&first.lt(0));
+            *first = first.full_like(self.state.step as i64 + 1).where_self(&bad, first);
+        }
         self.ddp.average_gradients()?;
         let skipped = self.scaler.unscale(self.params.iter())?;
         let grad_norm = clip_grad_norm(self.params.iter(), self.args.max_grad_norm)?;
@@ -193,6 +223,7 @@ impl<'a> Trainer<'a> {
     fn log_step(&mut self, out: StepOutput) -> Result<()> {
         let step = self.state.step;
         if step % self.args.logging_steps.max(1) == 0 || step == self.plan.total_steps {
+            self.check_finite()?;
             // Every rank takes this collective: whether a step logs depends on its number alone.
             let mut loss = [out.loss.double_value(&[]) / self.ddp.world_size() as f64];
             self.ddp.sum(&mut loss)?;
@@ -213,7 +244,11 @@ impl<'a> Trainer<'a> {
         if self.args.ddp.verify_sync.is_some_and(|n| step % n == 0) {
             self.ddp.verify_sync(step, &self.opt.variables().collect::<Vec<_>>())?;
         }
-        if !self.ddp.is_main() || !self.args.save_steps.is_some_and(|n| step % n == 0) {
+        if !self.args.save_steps.is_some_and(|n| step % n == 0) {
+            return Ok(());
+        }
+        self.check_finite()?;
+        if !self.ddp.is_main() {
             return Ok(());
         }
         let started = Instant::now();
@@ -223,7 +258,7 @@ impl<'a> Trainer<'a> {
             ..self.state.clone()
         };
         let dir = checkpoint::dir_for_step(&self.args.output_dir, step);
-        checkpoint::save_resumable(&dir, &self.model.vs, &self.inputs.model_dir, &state, &self.opt)?;
+        checkpoint::save_resumable(&dir, &self.model.vs, &self.inputs.model_dir, &state, &self.opt, &self.saved_args)?;
         if let Some(keep) = self.args.save_total_limit {
             checkpoint::prune(&self.args.output_dir, keep)?;
         }
@@ -258,6 +293,20 @@ impl<'a> Trainer<'a> {
         Ok(self.stopped_early)
     }
 
+    /// An error on every rank, naming the step where it can, once a training loss was NaN or
+    /// infinite: nothing after it is saved, so the last checkpoint stays the last good one.
+    fn check_finite(&self) -> Result<()> {
+        let Some(first) = &self.first_nonfinite else { return Ok(()) };
+        let local = first.int64_value(&[]);
+        let mut bad = [f64::from(u8::from(local >= 0))];
+        // Every rank checks at the same steps, so every rank takes this collective.
+        self.ddp.sum(&mut bad)?;
+        match bad[0] > 0.0 {
+            true => Err(Error::NonFinite { step: usize::try_from(local).ok(), rank: self.ddp.rank() }),
+            false => Ok(()),
+        }
+    }
+
     /// Epochs done, with the fraction of the current one.
     fn epoch(&self) -> f64 {
         self.state.epoch as f64 + self.state.group as f64 / self.plan.per_epoch as f64
@@ -271,6 +320,7 @@ impl<'a> Trainer<'a> {
     /// Writes `final/` and the plot (rank 0) and reports.
     fn finish(self) -> Result<TrainSummary> {
         self.bar.finish_and_clear();
+        self.check_finite()?;
         let communication = self.ddp.exposed_communication();
         let checkpoint = self.args.output_dir.join("final");
         let mut plot = None;

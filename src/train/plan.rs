@@ -43,6 +43,10 @@ impl Split {
         Ok(Split { train, eval, train_idx: (0..n - held).collect(), holdout_idx: (n - held..n).collect() })
     }
 
+    pub fn eval_cache(&self) -> Option<&PreparedCache> {
+        self.eval.as_ref()
+    }
+
     pub fn eval_set(&self) -> Option<EvalSet<'_>> {
         match (&self.eval, self.holdout_idx.is_empty()) {
             (Some(cache), _) => Some((cache, None)),

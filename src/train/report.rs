@@ -14,6 +14,7 @@ pub(crate) struct MetricsLog(Option<(std::fs::File, PathBuf)>);
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const PLOT_FILE: &str = "curves.png";
+pub const SUMMARY_FILE: &str = "summary.json";
 
 impl MetricsLog {
     /// Opens the log for appending. On resume from `resumed_step`, records of later steps (from

@@ -3,7 +3,7 @@
 mod train;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use medbert::data::Format;
 use medbert::dist::{Backend, DistEnv, ProcessGroup};
 use medbert::prep::{self, PrepOptions};
@@ -123,7 +123,9 @@ fn main() {
 
 fn run() -> Result<()> {
     settings::load_dotenv()?;
-    match Cli::parse().command {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match cli.command {
         Command::Doctor { model } => {
             print!("{}", doctor::runtime_report());
             match model {
@@ -167,7 +169,10 @@ fn run() -> Result<()> {
             println!("{} ({what}, {:.1}s)", opts.output.display(), started.elapsed().as_secs_f64());
             Ok(())
         }
-        Command::Train(cli) => train::run_train(*cli),
+        Command::Train(args) => {
+            let given = matches.subcommand_matches("train").context("the train subcommand's arguments")?;
+            train::run_train(*args, given)
+        }
         Command::Eval(cli) => train::run_eval(cli),
         Command::Predict(cli) => train::run_predict(cli),
         Command::FetchData { output, repo, splits } => {

@@ -2,13 +2,14 @@
 //! (`train`'s are declared once, in the library's `TrainArgs`).
 
 use anyhow::Result;
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use medbert::batch::collate;
 use medbert::dist::{in_turn, DistEnv, GroupArgs};
-use medbert::model::MultipleChoiceModel;
+use medbert::model::{BertConfig, MultipleChoiceModel, CONFIG_FILE};
 use medbert::prep::cache::PreparedCache;
 use medbert::prep::{self, PrepOptions};
-use medbert::train::{self, evaluate, DataArgs, Ddp, Precision, Resume, TrainArgs, TrainInputs};
+use medbert::train::{self, evaluate, DataArgs, Ddp, Precision, Problem, Resume, TrainArgs, TrainInputs};
 use medbert::{hub, settings};
 use std::path::{Path, PathBuf};
 
@@ -25,11 +26,48 @@ fn cache_for(path: &Path, cache_root: &Path, model: &Path, max_length: usize) ->
     Ok(output)
 }
 
-pub fn run_train(args: TrainArgs) -> Result<()> {
+/// Refuses `problems` (none: nothing to do), naming each flag, its value and where that came
+/// from: the command line, an environment variable, a `.env` file, or the default.
+fn refuse(problems: &[Problem], given: &ArgMatches) -> Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let command = TrainArgs::augment_args(clap::Command::new("train"));
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            let arg = command.get_arguments().find(|a| a.get_id() == p.arg);
+            let flag = arg.and_then(|a| a.get_long()).map_or_else(|| p.arg.replace('_', "-"), str::to_string);
+            let env = arg.and_then(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+            let value = given
+                .get_raw(p.arg)
+                .map(|v| v.map(|x| x.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default();
+            let source = match given.value_source(p.arg) {
+                Some(ValueSource::CommandLine) => "on the command line".to_string(),
+                Some(ValueSource::EnvVariable) => match settings::dotenv_source(&env) {
+                    Some(file) => format!("from {env} in {}", file.display()),
+                    None => format!("from the environment variable {env}"),
+                },
+                _ => "the default".to_string(),
+            };
+            format!("--{flag} {value} ({source}): {}", p.message)
+        })
+        .collect();
+    anyhow::bail!("invalid arguments, nothing was done:\n  {}", lines.join("\n  "))
+}
+
+pub fn run_train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
+    refuse(&args.problems(), given)?;
     let env = DistEnv::from_env()?;
     let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
     let device = args.data.device.resolve(local_rank)?;
     let model_dir = hub::resolve_model(&args.model)?;
+    let positions = BertConfig::from_file(&model_dir.join(CONFIG_FILE))?.max_position_embeddings;
+    if args.data.max_length as i64 > positions {
+        let message = format!("must not exceed the model's {positions} positions (max_position_embeddings)");
+        refuse(&[Problem { arg: "max_length", message }], given)?;
+    }
     let pg = args.ddp.group.join(env.as_ref(), device)?;
     let cache_root = args.output_dir.join("prepared");
     let max_length = args.data.max_length;
@@ -44,7 +82,11 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         train_cache,
         eval_cache,
         device,
-        resume: Resume::from_flags(args.resume, env.as_ref().is_some_and(DistEnv::restarted)),
+        resume: Resume::from_flags(
+            args.resume,
+            args.resume_from_checkpoint.as_deref(),
+            env.as_ref().is_some_and(DistEnv::restarted),
+        ),
     };
     let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
     if is_main {
@@ -55,7 +97,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     if is_main {
         print!("{}", summary.table());
         medbert::atomic::write_file(
-            &args.output_dir.join("summary.json"),
+            &args.output_dir.join(train::SUMMARY_FILE),
             serde_json::to_string_pretty(&summary)?.as_bytes(),
         )?;
     }

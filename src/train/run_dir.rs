@@ -1,0 +1,223 @@
+//! The output directory as one run's home: refused when it holds another run (unless
+//! `--overwrite-output-dir` or a resume), the run's arguments saved there as
+//! `training_args.json` (HF's name) with the data's fingerprints, and a resume checked against
+//! what the interrupted run was told.
+
+use super::report::{METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
+use super::{Ddp, Resume, TrainArgs};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const ARGS_FILE: &str = "training_args.json";
+
+/// What a run was told: every flag as given, the number of processes, and the fingerprints
+/// of its training and evaluation data (from their prepared caches).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedArgs {
+    pub arguments: Value,
+    pub world_size: usize,
+    pub train_data: String,
+    pub eval_data: Option<String>,
+}
+
+/// Arguments that change the data order or what an optimizer step means: a resume must keep
+/// them (the world size and the data fingerprints too).
+const FIXED_ON_RESUME: [&str; 6] = [
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "group_by_length",
+    "holdout",
+    "data.max_length",
+];
+
+/// Flags that say how to start, not what the run is.
+const NOT_COMPARED: [&str; 3] = ["resume", "resume_from_checkpoint", "overwrite_output_dir"];
+
+impl SavedArgs {
+    pub fn new(args: &TrainArgs, world_size: usize, train_data: &str, eval_data: Option<&str>) -> Result<SavedArgs> {
+        Ok(SavedArgs {
+            arguments: serde_json::to_value(args).map_err(|e| Error::write(ARGS_FILE, e))?,
+            world_size,
+            train_data: train_data.to_string(),
+            eval_data: eval_data.map(str::to_string),
+        })
+    }
+
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self).map_err(|e| Error::write(ARGS_FILE, e))
+    }
+
+    fn read(path: &Path) -> Result<SavedArgs> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::data(path, None, None, e.to_string()))
+    }
+
+    /// Every setting as `name = value`, nested flags joined with dots.
+    fn flat(&self) -> BTreeMap<String, Value> {
+        let mut out = BTreeMap::new();
+        flatten("", &self.arguments, &mut out);
+        out.insert("world_size".into(), self.world_size.into());
+        out.insert("train data".into(), self.train_data.clone().into());
+        out.insert("evaluation data".into(), self.eval_data.clone().into());
+        out
+    }
+}
+
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&name, v, out);
+            }
+        }
+        v => {
+            out.insert(prefix.to_string(), v.clone());
+        }
+    }
+}
+
+/// How a resume differs from the run it continues: what may not change, and what may.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changes {
+    pub refused: Vec<String>,
+    pub allowed: Vec<String>,
+}
+
+pub fn compare(saved: &SavedArgs, now: &SavedArgs) -> Changes {
+    let (before, after) = (saved.flat(), now.flat());
+    let mut changes = Changes::default();
+    let names: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for name in names {
+        let (a, b) = (before.get(name).unwrap_or(&Value::Null), after.get(name).unwrap_or(&Value::Null));
+        if a == b || NOT_COMPARED.iter().any(|n| name == n) {
+            continue;
+        }
+        let line = format!("{name}: {a} -> {b}");
+        let fixed = FIXED_ON_RESUME.contains(&name.as_str())
+            || ["world_size", "train data", "evaluation data"].contains(&name.as_str());
+        match fixed {
+            true => changes.refused.push(line),
+            false => changes.allowed.push(line),
+        }
+    }
+    changes
+}
+
+/// Checks a resume from `checkpoint` against the arguments saved with it (or beside it in
+/// `output_dir`): differences that change the data order or the optimizer's meaning are
+/// refused, listed; the others are logged by rank 0.
+pub(crate) fn check_resume(checkpoint: &Path, output_dir: &Path, now: &SavedArgs, is_main: bool) -> Result<()> {
+    let Some(path) = [checkpoint.join(ARGS_FILE), output_dir.join(ARGS_FILE)].into_iter().find(|p| p.is_file()) else {
+        if is_main {
+            tracing::warn!(checkpoint = %checkpoint.display(), "no {ARGS_FILE} to compare this resume with");
+        }
+        return Ok(());
+    };
+    let changes = compare(&SavedArgs::read(&path)?, now);
+    if !changes.refused.is_empty() {
+        return Err(Error::Input(format!(
+            "cannot resume from {}: these settings differ from {} and would change the data order or the \
+             optimizer's meaning:\n  {}\nstart a new run (another --output-dir, or --overwrite-output-dir) instead",
+            checkpoint.display(),
+            path.display(),
+            changes.refused.join("\n  ")
+        )));
+    }
+    if is_main && !changes.allowed.is_empty() {
+        tracing::warn!("resuming with changed settings:\n  {}", changes.allowed.join("\n  "));
+    }
+    Ok(())
+}
+
+/// What in `dir` belongs to a run: its arguments, metrics, plot, summary, and checkpoints.
+fn run_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let named = [ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, "final", "best"];
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            named.contains(&name.as_str()) || name.starts_with("checkpoint-")
+        })
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Makes `--output-dir` this run's: refused when it holds another run, unless the run resumes
+/// or `--overwrite-output-dir` (which deletes the other run's files first). Rank 0 decides;
+/// every rank gets the same answer.
+pub(crate) fn claim(args: &TrainArgs, resume: &Resume, ddp: &Ddp) -> Result<()> {
+    let dir = &args.output_dir;
+    let verdict = match ddp.is_main() {
+        true => claim_on_main(dir, resume, args.overwrite_output_dir),
+        false => Ok(()),
+    };
+    let mut refused = [f64::from(u8::from(verdict.is_err()))];
+    ddp.sum(&mut refused)?;
+    verdict?;
+    if refused[0] > 0.0 {
+        return Err(Error::Input(format!("rank 0 refused --output-dir {}", dir.display())));
+    }
+    Ok(())
+}
+
+fn claim_on_main(dir: &Path, resume: &Resume, overwrite: bool) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Input(format!("--output-dir {}: is a file, not a directory", dir.display())));
+    }
+    let other = run_files(dir);
+    if other.is_empty() || resume.is_resuming() {
+        return std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e));
+    }
+    if !overwrite {
+        let names: Vec<String> =
+            other.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        return Err(Error::Input(format!(
+            "--output-dir {} holds another run ({}): pass --overwrite-output-dir to replace it, --resume to \
+             continue it, or choose another directory",
+            dir.display(),
+            names.join(", ")
+        )));
+    }
+    tracing::warn!(dir = %dir.display(), "--overwrite-output-dir: deleting the previous run's files");
+    for path in other {
+        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(arguments: Value, world_size: usize) -> SavedArgs {
+        SavedArgs { arguments, world_size, train_data: "abc".into(), eval_data: None }
+    }
+
+    #[test]
+    fn order_changing_settings_are_refused_and_the_rest_allowed() {
+        let before = saved(serde_json::json!({"seed": 42, "learning_rate": 5e-5, "data": {"max_length": 128}}), 2);
+        let after = saved(serde_json::json!({"seed": 42, "learning_rate": 1e-4, "data": {"max_length": 64}}), 2);
+        let changes = compare(&before, &after);
+        assert_eq!(changes.refused, ["data.max_length: 128 -> 64"]);
+        assert_eq!(changes.allowed, ["learning_rate: 0.00005 -> 0.0001"]);
+        let moved = SavedArgs { train_data: "def".into(), ..saved(before.arguments.clone(), 3) };
+        let refused = compare(&before, &moved).refused;
+        assert!(refused.iter().any(|l| l.starts_with("world_size: 2 -> 3")), "{refused:?}");
+        assert!(refused.iter().any(|l| l.starts_with("train data")), "{refused:?}");
+        let resumed = saved(
+            serde_json::json!({"seed": 42, "learning_rate": 5e-5, "data": {"max_length": 128},
+            "resume": true}),
+            2,
+        );
+        assert_eq!(compare(&before, &resumed), Changes::default());
+    }
+}

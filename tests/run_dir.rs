@@ -1,0 +1,184 @@
+//! The output directory belongs to one run: another run is refused unless it overwrites or
+//! resumes, the arguments are saved, and a resume is checked against them (through the binary).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// 16 questions: 4 optimizer steps per epoch at batch 4.
+fn data(name: &str) -> PathBuf {
+    let dir = common::scratch(name);
+    let file = dir.join("d.json");
+    common::synthetic_task(&file, 16, 11);
+    file
+}
+
+fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(common::medbert_bin())
+        .args(["train", "--device", "cpu", "--per-device-train-batch-size", "4", "--logging-steps", "1"])
+        .arg("--model")
+        .arg(common::default_model())
+        .arg("--train-file")
+        .arg(data)
+        .arg("--validation-file")
+        .arg(data)
+        .arg("--output-dir")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+}
+
+fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn eval_rows(out: &Path) -> Vec<(u64, f64)> {
+    metrics(out)
+        .iter()
+        .filter(|r| r.get("eval_loss").is_some())
+        .map(|r| (r["step"].as_u64().unwrap(), r["epoch"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
+    let data = data("guard");
+    let out = data.with_file_name("run");
+    ok(&train(&data, &out, &["--max-steps", "2", "--save-steps", "1"]));
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("training_args.json")).unwrap()).unwrap();
+    assert_eq!(saved["arguments"]["max_steps"], 2);
+    assert_eq!(saved["world_size"], 1);
+    assert_eq!(saved["train_data"].as_str().map(str::len), Some(64), "a sha256 fingerprint: {saved}");
+
+    let again = train(&data, &out, &["--max-steps", "3"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("holds another run") && stderr(&again).contains("--overwrite-output-dir"));
+    assert_eq!(metrics(&out).iter().filter(|r| r.get("loss").is_some()).count(), 2, "the refused run wrote");
+
+    ok(&train(&data, &out, &["--max-steps", "3", "--overwrite-output-dir"]));
+    let steps: Vec<u64> =
+        metrics(&out).iter().filter(|r| r.get("loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3], "only the new run's rows");
+    assert!(!out.join("checkpoint-1").exists() && !out.join("checkpoint-2").exists(), "old checkpoints kept");
+    assert!(out.join("prepared").is_dir(), "prepared caches are kept");
+
+    let file = data.with_file_name("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let refused = train(&data, &file, &["--max-steps", "1"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("is a file, not a directory"), "{}", stderr(&refused));
+}
+
+#[test]
+fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
+    let data = data("resume-check");
+    let out = data.with_file_name("run");
+    ok(&train(&data, &out, &["--max-steps", "4", "--save-steps", "2"]));
+
+    let bigger = train(&data, &out, &["--max-steps", "6", "--resume", "--gradient-accumulation-steps", "2"]);
+    assert_eq!(bigger.status.code(), Some(2));
+    assert!(stderr(&bigger).contains("gradient_accumulation_steps: 1 -> 2"), "{}", stderr(&bigger));
+
+    let faster = train(&data, &out, &["--max-steps", "6", "--resume", "--learning-rate", "1e-4"]);
+    ok(&faster);
+    assert!(stderr(&faster).contains("learning_rate: 0.00005 -> 0.0001"), "{}", stderr(&faster));
+    assert_eq!(common::summary(&out)["steps"], 6);
+}
+
+#[test]
+fn resume_from_checkpoint_continues_from_the_given_directory() {
+    let data = data("resume-from");
+    let first = data.with_file_name("first");
+    ok(&train(&data, &first, &["--max-steps", "4", "--save-steps", "2"]));
+    let second = data.with_file_name("second");
+    let checkpoint = first.join("checkpoint-2");
+    let out = train(&data, &second, &["--max-steps", "4", "--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
+    ok(&out);
+    assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
+    let steps: Vec<u64> =
+        metrics(&second).iter().filter(|r| r.get("loss").is_some()).map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [3, 4], "continues after step 2");
+    let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
+    assert!(weights(&first) == weights(&second), "the resumed run ends elsewhere than the uninterrupted one");
+
+    let missing = train(&data, &data.with_file_name("third"), &["--resume-from-checkpoint", "/nonexistent"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("--resume-from-checkpoint /nonexistent: no trainer_state.json"));
+}
+
+/// The checkpoint at the end of an epoch is written after the epoch's evaluation: resuming from
+/// it does not evaluate again. An evaluation of a run cut mid-epoch logs the real fraction.
+#[test]
+fn a_resume_neither_repeats_nor_loses_an_evaluation() {
+    let data = data("eval-order");
+    let out = data.with_file_name("run");
+    ok(&train(&data, &out, &["--num-train-epochs", "2", "--save-steps", "4"]));
+    assert_eq!(eval_rows(&out), [(4, 1.0), (8, 2.0)]);
+    let checkpoint = out.join("checkpoint-4");
+    ok(&train(&data, &out, &["--num-train-epochs", "2", "--resume-from-checkpoint", checkpoint.to_str().unwrap()]));
+    assert_eq!(eval_rows(&out), [(4, 1.0), (8, 2.0)], "the resumed run evaluated again or lost one");
+
+    let cut = data.with_file_name("cut");
+    ok(&train(&data, &cut, &["--max-steps", "3"]));
+    assert_eq!(eval_rows(&cut), [(3, 0.75)]);
+}
+
+#[test]
+fn values_are_checked_before_any_work_and_named_with_where_they_came_from() {
+    let data = data("values");
+    let dir = data.parent().unwrap().join("cwd");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".env"), "MEDBERT_WARMUP_RATIO=5\n").unwrap();
+    let out = dir.join("run");
+    let refused = Command::new(common::medbert_bin())
+        .current_dir(&dir)
+        .args(["train", "--learning-rate=nan", "--model"])
+        .arg(common::default_model())
+        .arg("--train-file")
+        .arg(&data)
+        .arg("--output-dir")
+        .arg(&out)
+        .env("MEDBERT_MAX_STEPS", "0")
+        .env_remove("MEDBERT_WARMUP_RATIO")
+        .output()
+        .unwrap();
+    let text = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{text}");
+    for line in [
+        "--learning-rate nan (on the command line): must be a finite number",
+        "--max-steps 0 (from the environment variable MEDBERT_MAX_STEPS): must be at least 1",
+        "--warmup-ratio 5 (from MEDBERT_WARMUP_RATIO in ",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+
+    let too_long = train(&data, &out, &["--max-length", "100000"]);
+    assert_eq!(too_long.status.code(), Some(2));
+    assert!(stderr(&too_long).contains("--max-length 100000 (on the command line): must not exceed the model's 512"));
+    assert!(!out.exists(), "a refused run prepared its data");
+}
+
+#[test]
+fn a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let data = data("nan");
+    let out = data.with_file_name("run");
+    let blown = train(&data, &out, &["--learning-rate", "1e10", "--max-steps", "6", "--save-steps", "1"]);
+    let text = stderr(&blown);
+    assert_eq!(blown.status.code(), Some(2), "{text}");
+    assert!(text.contains("the training loss is not finite (NaN or infinite) at step 2"), "{text}");
+    assert!(out.join("checkpoint-1/model.safetensors").is_file(), "the last good checkpoint is gone");
+    assert!(!out.join("checkpoint-2").exists() && !out.join("final").exists(), "saved after the loss broke");
+}
