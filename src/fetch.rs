@@ -50,8 +50,11 @@ pub fn parquet_rows(path: &Path) -> Result<usize> {
 
 /// Downloads `splits` of `repo` and writes `<output>/<split>.parquet` (atomically) after
 /// checking each file's row count. Returns the files written.
+/// Nothing is created before the first file is ready, so a failure leaves no empty folder.
 pub fn fetch(repo: &str, splits: &[Split], output: &Path) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    if output.exists() && !output.is_dir() {
+        return Err(Error::Input(format!("--output {}: is a file, not a directory", output.display())));
+    }
     let mut written = Vec::new();
     for &split in splits {
         let file = split.hub_path();
@@ -66,6 +69,7 @@ pub fn fetch(repo: &str, splits: &[Split], output: &Path) -> Result<Vec<PathBuf>
                 format!("{repo} {file}: {rows} rows, MedMCQA's {} split has {}", split.name(), split.expected_rows()),
             ));
         }
+        std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
         let dest = output.join(format!("{}.parquet", split.name()));
         let bytes = std::fs::read(&cached).map_err(|e| Error::io(&cached, e))?;
         crate::atomic::write_file(&dest, &bytes)?;

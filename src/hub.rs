@@ -58,6 +58,25 @@ fn not_found(e: &ApiError) -> bool {
     matches!(e, ApiError::RequestError(r) if matches!(**r, ureq::Error::Status(404, _)))
 }
 
+/// Whether the hub could not be reached at all (name resolution, connection, TLS).
+fn unreachable(e: &ApiError) -> bool {
+    match e {
+        ApiError::RequestError(r) => matches!(**r, ureq::Error::Transport(_)),
+        ApiError::TooManyRetries(inner) => unreachable(inner),
+        _ => false,
+    }
+}
+
+/// HF_HUB_OFFLINE set to 1, true, yes or on (as huggingface_hub reads it).
+fn offline() -> bool {
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+fn endpoint() -> String {
+    std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "https://huggingface.co".into())
+}
+
 /// Downloads `files` of a hub repository: the first present file of each group (an error
 /// naming the repository and the group when none is), plus whichever `optional` ones exist.
 /// Returns the snapshot directory.
@@ -71,8 +90,27 @@ pub fn download(spec: &str, kind: RepoType, groups: &[&[&str]], optional: &[&str
     if let Some(dir) = from_cache.and_then(|dirs| dirs.last().cloned()) {
         return Ok(dir);
     }
+    if offline() {
+        return Err(Error::Hub {
+            repo: spec.to_string(),
+            message: format!(
+                "not in the local cache ({}), and HF_HUB_OFFLINE forbids downloading",
+                Cache::from_env().path().display()
+            ),
+        });
+    }
     let repo = api()?.repo(repo(spec, kind));
-    let hub_err = |file: &str, e: ApiError| Error::Hub { repo: spec.to_string(), message: format!("{file}: {e}") };
+    let hub_err = |file: &str, e: ApiError| {
+        let message = match unreachable(&e) {
+            true => format!(
+                "the hub at {} is unreachable ({e}): check the network, set HF_ENDPOINT to a mirror you can reach, \
+                 or set HF_HUB_OFFLINE=1 to use only files already in the cache (HF_HOME)",
+                endpoint()
+            ),
+            false => format!("{file}: {e}"),
+        };
+        Error::Hub { repo: spec.to_string(), message }
+    };
     let mut snapshot = None;
     for group in groups {
         let mut found = None;

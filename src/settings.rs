@@ -10,6 +10,17 @@ use std::sync::OnceLock;
 /// Directory of the default Hugging Face model (config.json, model.safetensors, tokenizer.json).
 pub const MODEL_VAR: &str = "MEDBERT_MODEL";
 
+/// Where `eval` keeps the caches of the raw files it prepares unless told otherwise:
+/// `$XDG_CACHE_HOME/medbert/prepared`, by default `~/.cache/medbert/prepared`.
+pub fn user_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("medbert").join("prepared")
+}
+
 /// The variables `load_dotenv` took from `.env` (those the environment did not already set).
 static FROM_DOTENV: OnceLock<(PathBuf, HashSet<String>)> = OnceLock::new();
 

@@ -57,3 +57,25 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
     };
     assert_eq!(prep(&out.join("validation.parquet"), "from-hub"), prep(&data.join("dev.json"), "from-jsonl"));
 }
+
+#[test]
+fn an_unreachable_hub_leaves_nothing_and_says_what_to_try() {
+    let root = common::scratch("fetch-offline");
+    let out = root.join("medmcqa");
+    // Nothing listens on port 1 of the loopback: the connection is refused at once.
+    let refused = fetch("http://127.0.0.1:1", &root.join("hf_home"), &out, "validation");
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{text}");
+    for hint in ["unreachable", "HF_ENDPOINT", "HF_HUB_OFFLINE"] {
+        assert!(text.contains(hint), "{hint} missing:\n{text}");
+    }
+    assert!(!out.exists(), "a failed fetch left {}", out.display());
+
+    let mut offline = Command::new(common::medbert_bin());
+    offline.args(["fetch-data", "--splits", "validation", "--output"]).arg(&out);
+    let offline = offline.env("HF_HOME", root.join("hf_home")).env("HF_HUB_OFFLINE", "1").output().unwrap();
+    let text = String::from_utf8_lossy(&offline.stderr);
+    assert_eq!(offline.status.code(), Some(2), "{text}");
+    assert!(text.contains("not in the local cache") && text.contains("HF_HUB_OFFLINE"), "{text}");
+    assert!(!out.exists());
+}

@@ -331,3 +331,21 @@ fn a_vocab_txt_model_encodes_like_its_tokenizer_json() {
     assert_eq!(a.input_ids().unwrap(), b.input_ids().unwrap());
     assert_eq!(a.token_type_ids().unwrap(), b.token_type_ids().unwrap());
 }
+
+/// A JSON Lines file that starts with a UTF-8 byte-order mark (as some Windows editors save
+/// them) reads as the same questions as without it.
+#[test]
+fn a_byte_order_mark_is_accepted() {
+    let dir = workdir("bom");
+    let plain = dir.join("plain.json");
+    common::synthetic_task(&plain, 5, 9);
+    let with_bom = dir.join("bom.json");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(std::fs::read(&plain).unwrap());
+    std::fs::write(&with_bom, bytes).unwrap();
+    for (input, name) in [(&plain, "a"), (&with_bom, "b")] {
+        assert_ok(&prep(&[input.as_path()], &dir.join(name), &[]));
+    }
+    let tokens = |name: &str| std::fs::read(dir.join(name).join(medbert::prep::cache::TOKENS_FILE)).unwrap();
+    assert_eq!(tokens("a"), tokens("b"));
+}

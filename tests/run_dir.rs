@@ -182,3 +182,33 @@ fn a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
     assert!(out.join("checkpoint-1/model.safetensors").is_file(), "the last good checkpoint is gone");
     assert!(!out.join("checkpoint-2").exists() && !out.join("final").exists(), "saved after the loss broke");
 }
+
+/// eval prepares raw files in the user's cache directory, predict beside its output: neither
+/// writes into the current directory.
+#[test]
+fn eval_and_predict_keep_their_caches_out_of_the_current_directory() {
+    let data = data("inference-caches");
+    let root = data.parent().unwrap().to_path_buf();
+    let cwd = root.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(common::medbert_bin())
+            .current_dir(&cwd)
+            .args(args)
+            .arg("--device")
+            .arg("cpu")
+            .arg("--model")
+            .arg(common::default_model())
+            .env("XDG_CACHE_HOME", root.join("xdg"))
+            .env_remove("MEDBERT_CACHE_DIR")
+            .output()
+            .unwrap();
+        ok(&out);
+    };
+    run(&["eval", "--validation-file", data.to_str().unwrap()]);
+    assert!(root.join("xdg/medbert/prepared/d/tokens.safetensors").is_file());
+    let predictions = root.join("out/predictions.csv");
+    run(&["predict", "--test-file", data.to_str().unwrap(), "--output", predictions.to_str().unwrap()]);
+    assert!(root.join("out/prepared/d/tokens.safetensors").is_file());
+    assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "something was written into the current directory");
+}

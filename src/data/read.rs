@@ -74,6 +74,8 @@ pub fn read_file(path: &Path, format: Format) -> Result<RawFile> {
 
 fn read_jsonl(path: &Path) -> Result<RawFile> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // A UTF-8 byte-order mark, as some Windows editors write, is not part of the first line.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut out = RawFile::default();
     let mut pieces = bytes.split(|&b| b == b'\n').peekable();
     let mut number = 0u64;

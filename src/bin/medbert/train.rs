@@ -113,9 +113,10 @@ pub struct InferenceArgs {
     /// Questions per batch on each process.
     #[arg(long, default_value_t = 32)]
     pub per_device_eval_batch_size: usize,
-    /// Where prepared caches of raw files go.
-    #[arg(long, default_value = "runs/medbert/prepared")]
-    pub cache_dir: PathBuf,
+    /// Where prepared caches of raw files go: by default `prepared/` beside predict's
+    /// --output, and for eval $XDG_CACHE_HOME/medbert/prepared (~/.cache/medbert/prepared).
+    #[arg(long, env = "MEDBERT_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Autocast for the forward pass: auto is bf16 on a CUDA device of compute capability
     /// 8.0+, fp16 on older ones, fp32 on CPU.
     #[arg(long, value_enum, default_value_t = Precision::Auto, env = "MEDBERT_PRECISION")]
@@ -125,11 +126,18 @@ pub struct InferenceArgs {
 }
 
 impl InferenceArgs {
-    /// The model on its device and the cache of `file`.
-    fn load(&self, file: &Path, env: Option<&DistEnv>) -> Result<(MultipleChoiceModel, PreparedCache)> {
+    /// The model on its device and the cache of `file` (prepared under --cache-dir, else
+    /// under `default_cache`).
+    fn load(
+        &self,
+        file: &Path,
+        default_cache: PathBuf,
+        env: Option<&DistEnv>,
+    ) -> Result<(MultipleChoiceModel, PreparedCache)> {
         let device = self.data.device.resolve(env.map_or(0, |e| e.local_rank))?;
         let dir = hub::resolve_model(&self.model)?;
-        let cache = PreparedCache::open(&cache_for(file, &self.cache_dir, &dir, self.data.max_length)?)?;
+        let root = self.cache_dir.clone().unwrap_or(default_cache);
+        let cache = PreparedCache::open(&cache_for(file, &root, &dir, self.data.max_length)?)?;
         let (model, _) = MultipleChoiceModel::from_dir(&dir, device)?;
         Ok((model, cache))
     }
@@ -151,7 +159,9 @@ pub fn run_eval(cli: EvalCli) -> Result<()> {
     let env = DistEnv::from_env()?;
     let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
     let pg = cli.group.join(env.as_ref(), cli.common.data.device.resolve(local_rank)?)?;
-    let (model, cache) = in_turn(pg.as_ref(), local_rank, || cli.common.load(&cli.validation_file, env.as_ref()))?;
+    let (model, cache) = in_turn(pg.as_ref(), local_rank, || {
+        cli.common.load(&cli.validation_file, settings::user_cache_dir(), env.as_ref())
+    })?;
     let ddp = Ddp::from_group(pg);
     let precision = cli.common.precision.resolve(model.vs.device())?;
     let r = evaluate(&model, &cache, None, cli.common.per_device_eval_batch_size, precision, &ddp)?;
@@ -178,7 +188,8 @@ pub struct PredictCli {
 }
 
 pub fn run_predict(cli: PredictCli) -> Result<()> {
-    let (model, cache) = cli.common.load(&cli.test_file, None)?;
+    let beside = cli.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("prepared");
+    let (model, cache) = cli.common.load(&cli.test_file, beside, None)?;
     let device = model.vs.device();
     let precision = cli.common.precision.resolve(device)?;
     let mut csv = csv::Writer::from_writer(Vec::new());
