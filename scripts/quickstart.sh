@@ -21,7 +21,8 @@ fi
 mkdir -p "$out"
 tail -n "$held" "$data" > "$out/heldout.jsonl"
 step "fine-tune on $data (last $held questions held out)"
-./target/release/medbert train --train-file "$data" --holdout "$held" "${train[@]}" --output-dir "$out"
+./target/release/medbert train --train-file "$data" --holdout "$held" "${train[@]}" --output-dir "$out" \
+  --overwrite-output-dir
 step "evaluate $out/best on the held-out questions"
 ./target/release/medbert eval --model "$out/best" --validation-file "$out/heldout.jsonl" --cache-dir "$out/prepared"
 step "predict the held-out questions"
