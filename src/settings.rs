@@ -10,6 +10,23 @@ use std::sync::OnceLock;
 /// Directory of the default Hugging Face model (config.json, model.safetensors, tokenizer.json).
 pub const MODEL_VAR: &str = "MEDBERT_MODEL";
 
+/// Accepts every long flag (and alias) of `command` and its subcommands also with underscores,
+/// as HfArgumentParser and torchrun do (`--learning_rate` for `--learning-rate`).
+pub fn both_spellings(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let dashed: Vec<String> = arg
+                .get_long()
+                .into_iter()
+                .chain(arg.get_all_aliases().unwrap_or_default())
+                .filter(|name| name.contains('-'))
+                .map(|name| name.replace('-', "_"))
+                .collect();
+            arg.aliases(dashed)
+        })
+        .mut_subcommands(both_spellings)
+}
+
 /// Where `eval` keeps the caches of the raw files it prepares unless told otherwise:
 /// `$XDG_CACHE_HOME/medbert/prepared`, by default `~/.cache/medbert/prepared`.
 pub fn user_cache_dir() -> PathBuf {

@@ -35,6 +35,34 @@ fn workers_get_torchrun_variables_and_prefixed_output() {
     }
 }
 
+/// torchrun's spellings: underscores or dashes, and the c10d rendezvous at HOST:PORT.
+#[test]
+fn both_spellings_and_the_rdzv_endpoint_work_as_in_torchrun() {
+    let script = sh("echo $WORLD_SIZE $MASTER_ADDR:$MASTER_PORT $TORCHELASTIC_RUN_ID");
+    let port = common::free_port().to_string();
+    let endpoint = format!("127.0.0.1:{port}");
+    for flags in [
+        vec!["--nproc_per_node", "2", "--rdzv_backend", "c10d", "--rdzv_endpoint", &endpoint, "--rdzv_id", "job"],
+        vec!["--nproc-per-node", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint", &endpoint, "--rdzv-id", "job"],
+    ] {
+        let out = launcher(&flags, &script).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{flags:?}: {stderr}");
+        assert_eq!(stdout.matches(&format!(" 2 127.0.0.1:{port} job")).count(), 2, "{flags:?}: {stdout}");
+    }
+}
+
+/// A launcher flag among the training flags is the launcher's error, not the workers'.
+#[test]
+fn a_launcher_flag_after_the_training_flags_is_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_medbert-run"))
+        .args(["--standalone", "--learning-rate", "1e-4", "--nproc_per_node", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("--nproc_per_node is a launcher flag but comes after the training flags"));
+}
+
 #[test]
 fn user_omp_num_threads_is_kept() {
     let mut cmd = launcher(&["--standalone", "--nproc-per-node", "2"], &sh("echo threads=$OMP_NUM_THREADS"));

@@ -91,7 +91,8 @@ fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
     assert_eq!(bigger.status.code(), Some(2));
     assert!(stderr(&bigger).contains("gradient_accumulation_steps: 1 -> 2"), "{}", stderr(&bigger));
 
-    let faster = train(&data, &out, &["--max-steps", "6", "--resume", "--learning-rate", "1e-4"]);
+    // HfArgumentParser's spelling, with an underscore, works too.
+    let faster = train(&data, &out, &["--max_steps", "6", "--resume", "--learning_rate", "1e-4"]);
     ok(&faster);
     assert!(stderr(&faster).contains("learning_rate: 0.00005 -> 0.0001"), "{}", stderr(&faster));
     assert_eq!(common::summary(&out)["steps"], 6);

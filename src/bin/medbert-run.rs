@@ -1,7 +1,7 @@
 //! `medbert-run`: start one worker per device, like torchrun.
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use medbert::launch::{self, GroupSpec, LaunchConfig, Supervision};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -21,38 +21,46 @@ use std::time::Duration;
 struct Args {
     /// Workers on this node: a number, `gpu` (one per CUDA device), `cpu` (one per core) or
     /// `auto` (gpu when CUDA is available, else cpu).
-    #[arg(long, alias = "nproc_per_node", default_value = "1")]
+    #[arg(long, default_value = "1")]
     nproc_per_node: String,
     /// Number of nodes.
     #[arg(long, default_value_t = 1)]
     nnodes: usize,
     /// This node's rank, 0..nnodes.
-    #[arg(long, alias = "node_rank", default_value_t = 0)]
+    #[arg(long, default_value_t = 0)]
     node_rank: usize,
     /// Address of the node that hosts rank 0 (the rendezvous store).
-    #[arg(long, alias = "master_addr", default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1")]
     master_addr: String,
     /// Port of the rendezvous store on the master node.
-    #[arg(long, alias = "master_port", default_value_t = 29500)]
+    #[arg(long, default_value_t = 29500)]
     master_port: u16,
     /// Single-node job on 127.0.0.1 with a free port (ignores --master-addr/--master-port).
     #[arg(long)]
     standalone: bool,
     /// Restart the whole group up to this many times after a failure.
-    #[arg(long, alias = "max_restarts", default_value_t = 0)]
+    #[arg(long, default_value_t = 0)]
     max_restarts: usize,
     /// Seconds between checks of the workers' state.
-    #[arg(long, alias = "monitor_interval", default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1)]
     monitor_interval: f64,
     /// Seconds between SIGTERM and SIGKILL when stopping the group.
     #[arg(long, default_value_t = 5.0)]
     term_timeout: f64,
     /// Also write each worker's output to DIR/attempt<K>_rank<R>.log.
-    #[arg(long, alias = "log_dir")]
+    #[arg(long)]
     log_dir: Option<PathBuf>,
     /// Job id given to workers as TORCHELASTIC_RUN_ID.
-    #[arg(long, alias = "rdzv_id", default_value = "none")]
+    #[arg(long, alias = "rdzv-id", default_value = "none")]
     run_id: String,
+    /// Rendezvous backend, as torchrun's: c10d (node 0's launcher hosts the store at
+    /// --rdzv-endpoint) or static (the same, at --master-addr/--master-port).
+    #[arg(long, value_enum, default_value = "static")]
+    rdzv_backend: RdzvBackend,
+    /// HOST[:PORT] of the rendezvous store (torchrun's form; instead of --master-addr and
+    /// --master-port, port 29400 when not given).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    rdzv_endpoint: Option<String>,
     /// Training flags for `medbert train`.
     #[arg(allow_hyphen_values = true, num_args = 0.., value_name = "TRAIN_FLAGS")]
     train_flags: Vec<String>,
@@ -61,8 +69,16 @@ struct Args {
     command: Vec<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RdzvBackend {
+    C10d,
+    Static,
+}
+
 fn main() {
-    let launched = config_from_args(Args::parse()).and_then(|config| {
+    let matches = medbert::settings::both_spellings(Args::command()).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let launched = config_from_args(args).and_then(|config| {
         let signal = Arc::new(AtomicUsize::new(0));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
@@ -85,6 +101,20 @@ fn config_from_args(args: Args) -> Result<LaunchConfig> {
     if !args.command.is_empty() && !args.train_flags.is_empty() || args.train_flags.iter().any(|a| a == "--") {
         bail!("give training flags or a command after `--`, not both");
     }
+    // A launcher flag after the first training flag would be handed to the workers.
+    let launcher = medbert::settings::both_spellings(Args::command());
+    let names: Vec<&str> = launcher
+        .get_arguments()
+        .flat_map(|a| a.get_long().into_iter().chain(a.get_all_aliases().unwrap_or_default()))
+        .collect();
+    let ours =
+        |flag: &str| flag.strip_prefix("--").and_then(|f| f.split('=').next()).is_some_and(|f| names.contains(&f));
+    if let Some(misplaced) = args.train_flags.iter().find(|f| ours(f.as_str())) {
+        bail!(
+            "{misplaced} is a launcher flag but comes after the training flags (from {:?} on): put the launcher's flags first",
+            args.train_flags[0]
+        );
+    }
     let program = match args.command.is_empty() {
         false => args.command,
         true => {
@@ -96,12 +126,16 @@ fn config_from_args(args: Args) -> Result<LaunchConfig> {
     if args.nnodes == 0 || args.node_rank >= args.nnodes {
         bail!("--node-rank {} must be below --nnodes {}", args.node_rank, args.nnodes);
     }
-    let (master_addr, master_port) = match args.standalone {
-        true if args.nnodes != 1 => {
+    let (master_addr, master_port) = match (args.standalone, &args.rdzv_endpoint) {
+        (true, _) if args.nnodes != 1 => {
             bail!("--standalone is for a single node; use --master-addr with --nnodes {}", args.nnodes)
         }
-        true => ("127.0.0.1".to_string(), 0),
-        false => (args.master_addr, args.master_port),
+        (true, _) => ("127.0.0.1".to_string(), 0),
+        (false, Some(endpoint)) => rdzv_endpoint(endpoint)?,
+        (false, None) if args.rdzv_backend == RdzvBackend::C10d => {
+            bail!("--rdzv-backend c10d needs --rdzv-endpoint HOST[:PORT]")
+        }
+        (false, None) => (args.master_addr, args.master_port),
     };
     Ok(LaunchConfig {
         spec: GroupSpec {
@@ -124,6 +158,23 @@ fn config_from_args(args: Args) -> Result<LaunchConfig> {
             None => Some(launch::omp_threads_per_worker(cores(), nproc)),
         },
     })
+}
+
+/// torchrun's HOST[:PORT] (an IPv6 address in brackets), port 29400 when not given.
+fn rdzv_endpoint(endpoint: &str) -> Result<(String, u16)> {
+    let (host, port) = match endpoint.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && (!host.contains(':') || host.ends_with(']')) => {
+            let port =
+                port.parse().with_context(|| format!("--rdzv-endpoint {endpoint:?}: the port is not a number"))?;
+            (host, port)
+        }
+        _ => (endpoint, 29400),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("--rdzv-endpoint {endpoint:?}: expected HOST[:PORT]");
+    }
+    Ok((host.to_string(), port))
 }
 
 fn cores() -> usize {

@@ -123,7 +123,7 @@ fn main() {
 
 fn run() -> Result<()> {
     settings::load_dotenv()?;
-    let matches = Cli::command().get_matches();
+    let matches = settings::both_spellings(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
         Command::Doctor { model } => {
