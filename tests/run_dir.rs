@@ -213,3 +213,40 @@ fn eval_and_predict_keep_their_caches_out_of_the_current_directory() {
     assert!(root.join("out/prepared/d/tokens.safetensors").is_file());
     assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "something was written into the current directory");
 }
+
+/// Without a terminal (a log file, medbert-run's pipes) rank 0 logs a line per logging step
+/// instead of drawing a bar, without colour codes; a RUST_LOG from `.env` is honoured.
+#[test]
+fn a_run_without_a_terminal_logs_plain_lines_per_logging_step() {
+    let data = data("log-lines");
+    let root = data.parent().unwrap().to_path_buf();
+    let run = |cwd: &Path, out: &str| {
+        let output = Command::new(common::medbert_bin())
+            .current_dir(cwd)
+            .args(["train", "--device", "cpu", "--per-device-train-batch-size", "4", "--max-steps", "4"])
+            .args(["--logging-steps", "2", "--model"])
+            .arg(common::default_model())
+            .arg("--train-file")
+            .arg(&data)
+            .arg("--output-dir")
+            .arg(root.join(out))
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        ok(&output);
+        stderr(&output)
+    };
+    let text = run(&root, "plain");
+    assert!(!text.contains('\u{1b}'), "colour codes in a log:\n{text}");
+    for step in ["step 2/4 epoch 0.50 loss ", "step 4/4 epoch 1.00 loss "] {
+        let line = text.lines().find(|l| l.contains(step)).unwrap_or_else(|| panic!("no {step:?} line:\n{text}"));
+        for part in [" lr ", " grad_norm ", " q/s eta "] {
+            assert!(line.contains(part), "{part:?} missing from {line:?}");
+        }
+    }
+    let quiet = root.join("quiet");
+    std::fs::create_dir_all(&quiet).unwrap();
+    std::fs::write(quiet.join(".env"), "RUST_LOG=warn\n").unwrap();
+    let text = run(&quiet, "quiet-run");
+    assert!(!text.contains(" INFO "), "RUST_LOG=warn from .env was ignored:\n{text}");
+}

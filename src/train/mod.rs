@@ -28,6 +28,7 @@ use report::MetricsLog;
 pub use report::{TrainSummary, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
 use run_dir::SavedArgs;
 pub use run_dir::ARGS_FILE;
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
@@ -73,6 +74,8 @@ struct Trainer<'a> {
     metrics: MetricsLog,
     bar: indicatif::ProgressBar,
     started: Instant,
+    /// The step this process started at (a resumed run's throughput and ETA count from it).
+    first_step: usize,
     /// Time spent evaluating and saving, left out of the training throughput.
     paused: Duration,
     last_eval: Option<EvalResult>,
@@ -124,7 +127,13 @@ impl<'a> Trainer<'a> {
             }
         }
         let metrics = MetricsLog::open(&args.output_dir, is_main, resume_from.as_ref().map(|_| state.step))?;
-        let bar = crate::progress::bar(plan.total_steps, is_main, "{bar:30} {pos}/{len} steps {msg} eta {eta}");
+        // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
+        let on_terminal = std::io::stderr().is_terminal();
+        let bar = crate::progress::bar(
+            plan.total_steps,
+            is_main && on_terminal,
+            "{bar:30} {pos}/{len} steps {msg} eta {eta}",
+        );
         bar.set_position(state.step as u64);
         let params = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
         Ok(Trainer {
@@ -138,6 +147,7 @@ impl<'a> Trainer<'a> {
             scaler,
             split,
             plan,
+            first_step: state.step,
             state,
             saved_args,
             first_nonfinite: (precision != Precision::Fp16).then(|| Tensor::full([], -1, (Kind::Int64, inputs.device))),
@@ -230,6 +240,17 @@ impl<'a> Trainer<'a> {
             let qps = self.questions_per_second();
             self.last_loss = Some(loss[0]);
             self.bar.set_message(format!("loss {:.4} lr {:.2e} {qps:.1} q/s", loss[0], out.lr));
+            if self.bar.is_hidden() && self.ddp.is_main() {
+                let grad_norm = out.grad_norm.double_value(&[]);
+                tracing::info!(
+                    "step {step}/{} epoch {:.2} loss {:.4} lr {:.2e} grad_norm {grad_norm:.3} {qps:.1} q/s eta {}",
+                    self.plan.total_steps,
+                    self.epoch(),
+                    loss[0],
+                    out.lr,
+                    indicatif::HumanDuration(self.eta())
+                );
+            }
             self.metrics.write(serde_json::json!({"step": step, "epoch": self.epoch(), "loss": loss[0],
                 "learning_rate": out.lr, "grad_norm": out.grad_norm.double_value(&[]),
                 "questions_per_second": qps, "skipped_step": out.skipped}))?;
@@ -310,6 +331,13 @@ impl<'a> Trainer<'a> {
     /// Epochs done, with the fraction of the current one.
     fn epoch(&self) -> f64 {
         self.state.epoch as f64 + self.state.group as f64 / self.plan.per_epoch as f64
+    }
+
+    /// The time the remaining steps will take at this process's pace so far.
+    fn eta(&self) -> Duration {
+        let done = (self.state.step - self.first_step).max(1) as u32;
+        let left = self.plan.total_steps.saturating_sub(self.state.step) as u32;
+        (self.started.elapsed().saturating_sub(self.paused)) / done * left
     }
 
     /// Questions per second over all ranks, evaluation and checkpointing left out.

@@ -8,6 +8,7 @@ use medbert::data::Format;
 use medbert::dist::{Backend, DistEnv, ProcessGroup};
 use medbert::prep::{self, PrepOptions};
 use medbert::{doctor, hub, settings};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 use tch::{Kind, Tensor};
@@ -107,22 +108,24 @@ enum ContextField {
 }
 
 fn main() {
+    // .env first, so that a RUST_LOG set there applies to the logger.
+    let dotenv = settings::load_dotenv();
     tracing_subscriber::fmt()
         .with_env_filter(match DistEnv::from_env().ok().flatten().is_some_and(|env| !env.is_main()) {
             // Rank 0 alone logs progress; the other workers of a group report only problems.
             true => "warn".into(),
             false => tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         })
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    if let Err(err) = run() {
+    if let Err(err) = dotenv.map_err(anyhow::Error::from).and_then(|_| run()) {
         eprintln!("medbert: error: {err:#}");
         std::process::exit(2);
     }
 }
 
 fn run() -> Result<()> {
-    settings::load_dotenv()?;
     let matches = settings::both_spellings(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
