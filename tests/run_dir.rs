@@ -250,3 +250,24 @@ fn a_run_without_a_terminal_logs_plain_lines_per_logging_step() {
     let text = run(&quiet, "quiet-run");
     assert!(!text.contains(" INFO "), "RUST_LOG=warn from .env was ignored:\n{text}");
 }
+
+/// `--eval-strategy` and `--save-strategy` as the HF Trainer spells them.
+#[test]
+fn eval_and_save_strategies_choose_when_each_happens() {
+    let data = data("strategies");
+    let by_epoch = data.with_file_name("by-epoch");
+    ok(&train(&data, &by_epoch, &["--num-train-epochs", "2", "--eval-strategy", "no", "--save-strategy", "epoch"]));
+    assert_eq!(eval_rows(&by_epoch), []);
+    assert!(by_epoch.join("checkpoint-4").is_dir() && by_epoch.join("checkpoint-8").is_dir());
+    assert!(common::summary(&by_epoch)["best_checkpoint"].is_null(), "no evaluation, no best/");
+
+    let by_steps = data.with_file_name("by-steps");
+    ok(&train(&data, &by_steps, &["--max-steps", "8", "--eval-strategy", "steps", "--eval-steps", "3"]));
+    let steps: Vec<u64> = eval_rows(&by_steps).iter().map(|r| r.0).collect();
+    assert_eq!(steps, [3, 6, 8], "every 3 steps and at the end, not at the epoch's end");
+    assert!(!by_steps.join("checkpoint-8").exists(), "saved without a save strategy");
+
+    let refused = train(&data, &data.with_file_name("refused"), &["--save-strategy", "steps"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(stderr(&refused).contains("--save-strategy steps (on the command line): steps needs --save-steps"));
+}

@@ -43,6 +43,28 @@ fn worst_param(opt: &AdamW, end: &HashMap<String, Tensor>, prefix: &str) -> (f64
 const LR: f64 = 5e-5;
 const EPS: f64 = 1e-6;
 
+/// Every `--lr-scheduler-type` gives transformers' learning rate at every step.
+#[test]
+fn every_schedule_matches_transformers() {
+    use medbert::train::optim::{Schedule, SchedulerType};
+    let out = common::scratch("schedules").join("lrs.json");
+    common::run_reference("schedules.py", &[&out]);
+    let want: HashMap<String, Vec<f64>> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    for (name, kind) in [
+        ("linear", SchedulerType::Linear),
+        ("cosine", SchedulerType::Cosine),
+        ("constant", SchedulerType::Constant),
+        ("constant_with_warmup", SchedulerType::ConstantWithWarmup),
+        ("polynomial", SchedulerType::Polynomial),
+    ] {
+        let schedule = Schedule { kind, base_lr: 3e-5, warmup_steps: 7, total_steps: 40 };
+        for (step, theirs) in want[name].iter().enumerate() {
+            let ours = schedule.lr(step);
+            assert!((ours - theirs).abs() <= 1e-12 * theirs.abs().max(1e-12), "{name} step {step}: {ours} vs {theirs}");
+        }
+    }
+}
+
 #[test]
 fn an_adamw_step_matches_torch() {
     let out = common::scratch("adamw");

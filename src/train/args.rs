@@ -4,6 +4,7 @@
 use crate::device::DeviceSpec;
 use crate::dist::GroupArgs;
 use crate::settings;
+use crate::train::optim::SchedulerType;
 use crate::train::Precision;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,15 @@ pub struct TrainArgs {
     /// AdamW weight decay (not applied to biases and LayerNorm weights).
     #[arg(long, env = "MEDBERT_WEIGHT_DECAY", default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// AdamW's beta1 (decay of the first moment).
+    #[arg(long, env = "MEDBERT_ADAM_BETA1", default_value_t = 0.9)]
+    pub adam_beta1: f64,
+    /// AdamW's beta2 (decay of the second moment).
+    #[arg(long, env = "MEDBERT_ADAM_BETA2", default_value_t = 0.999)]
+    pub adam_beta2: f64,
+    /// Learning-rate schedule after the warm-up, as transformers' get_scheduler names them.
+    #[arg(long, env = "MEDBERT_LR_SCHEDULER_TYPE", value_enum, default_value = "linear")]
+    pub lr_scheduler_type: SchedulerType,
     /// AdamW epsilon.
     #[arg(long, env = "MEDBERT_ADAM_EPSILON", default_value_t = 1e-8)]
     pub adam_epsilon: f64,
@@ -75,9 +85,18 @@ pub struct TrainArgs {
     /// Stop after this many evaluations without a lower evaluation loss.
     #[arg(long, env = "MEDBERT_PATIENCE")]
     pub patience: Option<usize>,
-    /// Evaluate every N optimizer steps (and at the end of each epoch).
+    /// Evaluate every N optimizer steps (with --eval-strategy steps; default --logging-steps).
     #[arg(long, env = "MEDBERT_EVAL_STEPS")]
     pub eval_steps: Option<usize>,
+    /// When to evaluate: no, steps (every --eval-steps) or epoch (at the end of each); the
+    /// end of training evaluates too unless no. Default: steps when --eval-steps is given,
+    /// else epoch.
+    #[arg(long, env = "MEDBERT_EVAL_STRATEGY", value_enum)]
+    pub eval_strategy: Option<IntervalStrategy>,
+    /// When to write a resumable checkpoint-<step>: no, steps (every --save-steps) or epoch.
+    /// Default: steps when --save-steps is given, else no.
+    #[arg(long, env = "MEDBERT_SAVE_STRATEGY", value_enum)]
+    pub save_strategy: Option<IntervalStrategy>,
     /// Write a metrics.jsonl line every N optimizer steps.
     #[arg(long, env = "MEDBERT_LOGGING_STEPS", default_value_t = 10)]
     pub logging_steps: usize,
@@ -140,6 +159,53 @@ pub struct DdpArgs {
     pub verify_sync: Option<usize>,
 }
 
+/// When something happens during training (`--eval-strategy`, `--save-strategy`), as the HF
+/// Trainer's IntervalStrategy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntervalStrategy {
+    No,
+    Steps,
+    Epoch,
+}
+
+/// Whether an optimizer step is due for something happening on `strategy` (with `every` for
+/// steps), given that it ended an epoch or the run.
+fn due(strategy: IntervalStrategy, every: usize, step: usize, epoch_done: bool, finished: bool) -> bool {
+    match strategy {
+        IntervalStrategy::No => false,
+        IntervalStrategy::Steps => step % every.max(1) == 0 || finished,
+        IntervalStrategy::Epoch => epoch_done || finished,
+    }
+}
+
+impl TrainArgs {
+    pub fn eval_strategy(&self) -> IntervalStrategy {
+        self.eval_strategy.unwrap_or(match self.eval_steps {
+            Some(_) => IntervalStrategy::Steps,
+            None => IntervalStrategy::Epoch,
+        })
+    }
+
+    pub fn save_strategy(&self) -> IntervalStrategy {
+        self.save_strategy.unwrap_or(match self.save_steps {
+            Some(_) => IntervalStrategy::Steps,
+            None => IntervalStrategy::No,
+        })
+    }
+
+    /// Whether `step` evaluates (the end of training does unless the strategy is no).
+    pub fn eval_due(&self, step: usize, epoch_done: bool, finished: bool) -> bool {
+        let every = self.eval_steps.unwrap_or(self.logging_steps);
+        due(self.eval_strategy(), every, step, epoch_done, finished)
+    }
+
+    /// Whether `step` writes a resumable checkpoint (not merely because training ended).
+    pub fn save_due(&self, step: usize, epoch_done: bool) -> bool {
+        due(self.save_strategy(), self.save_steps.unwrap_or(0), step, epoch_done, false)
+    }
+}
+
 /// One argument that cannot be used: its id (the field's name, as clap names the argument)
 /// and why.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,6 +239,13 @@ impl TrainArgs {
         check("max_steps", at_least_one(self.max_steps), "must be at least 1");
         check("weight_decay", finite_at_least(self.weight_decay, 0.0), "must be a finite number, 0 or more");
         check("adam_epsilon", positive(self.adam_epsilon), "must be a finite number above 0");
+        check("adam_beta1", (0.0..1.0).contains(&self.adam_beta1), "must be at least 0 and below 1");
+        check("adam_beta2", (0.0..1.0).contains(&self.adam_beta2), "must be at least 0 and below 1");
+        check(
+            "learning_rate",
+            self.lr_scheduler_type != SchedulerType::Polynomial || self.learning_rate > 1e-7,
+            "must be above 1e-7, the polynomial schedule's end",
+        );
         check("warmup_ratio", (0.0..=1.0).contains(&self.warmup_ratio), "must be between 0 and 1");
         check("max_grad_norm", positive(self.max_grad_norm), "must be a finite number above 0");
         check("holdout", at_least_one(self.holdout), "must be at least 1");
@@ -186,6 +259,11 @@ impl TrainArgs {
         check("ddp_timeout", self.ddp.group.ddp_timeout >= 1, "must be at least 1 second");
         check("verify_sync", at_least_one(self.ddp.verify_sync), "must be at least 1");
         check("output_dir", !self.output_dir.is_file(), "is a file, not a directory");
+        check(
+            "save_strategy",
+            self.save_strategy() != IntervalStrategy::Steps || self.save_steps.is_some(),
+            "steps needs --save-steps",
+        );
         out
     }
 }

@@ -17,7 +17,7 @@ use crate::dist::ProcessGroup;
 use crate::error::{Error, Result};
 use crate::model::{upload, ChoiceBatch, MultipleChoiceModel};
 pub use amp::{GradScaler, Precision};
-pub use args::{DataArgs, DdpArgs, Problem, Resume, TrainArgs, TrainInputs};
+pub use args::{DataArgs, DdpArgs, IntervalStrategy, Problem, Resume, TrainArgs, TrainInputs};
 use checkpoint::TrainerState;
 pub use ddp::Ddp;
 pub use eval::{evaluate, EvalResult};
@@ -112,7 +112,8 @@ impl<'a> Trainer<'a> {
         }
         let (model, report) =
             MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&inputs.model_dir), inputs.device)?;
-        let mut opt = AdamW::new(&model.vs, args.weight_decay, (0.9, 0.999), args.adam_epsilon);
+        let betas = (args.adam_beta1, args.adam_beta2);
+        let mut opt = AdamW::new(&model.vs, args.weight_decay, betas, args.adam_epsilon);
         ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, args.ddp.ddp_overlap)?;
         if is_main && (!report.initialised.is_empty() || !report.unexpected.is_empty()) {
             tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
@@ -173,14 +174,12 @@ impl<'a> Trainer<'a> {
                 self.log_step(out)?;
                 let finished = self.state.step >= self.plan.total_steps;
                 let epoch_done = self.state.group == per_epoch;
-                let mut stop = false;
-                if epoch_done || finished || self.args.eval_steps.is_some_and(|n| self.state.step % n == 0) {
-                    stop = self.evaluate()?;
-                }
+                let step = self.state.step;
+                let stop = self.args.eval_due(step, epoch_done, finished) && self.evaluate()?;
                 if epoch_done {
                     (self.state.epoch, self.state.group) = (self.state.epoch + 1, 0);
                 }
-                self.verify_and_save()?;
+                self.verify_and_save(self.args.save_due(step, epoch_done))?;
                 if stop || finished {
                     return Ok(());
                 }
@@ -259,13 +258,13 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// `--verify-sync` and `--save-steps`, when this step is due.
-    fn verify_and_save(&mut self) -> Result<()> {
+    /// `--verify-sync` when this step is due for it, and a checkpoint when `save`.
+    fn verify_and_save(&mut self, save: bool) -> Result<()> {
         let step = self.state.step;
         if self.args.ddp.verify_sync.is_some_and(|n| step % n == 0) {
             self.ddp.verify_sync(step, &self.opt.variables().collect::<Vec<_>>())?;
         }
-        if !self.args.save_steps.is_some_and(|n| step % n == 0) {
+        if !save {
             return Ok(());
         }
         self.check_finite()?;
@@ -370,7 +369,7 @@ impl<'a> Trainer<'a> {
             best_eval_loss: self.state.best_eval_loss,
             stopped_early: self.stopped_early,
             checkpoint,
-            best_checkpoint: self.split.eval_set().map(|_| self.args.output_dir.join("best")),
+            best_checkpoint: self.state.best_eval_loss.map(|_| self.args.output_dir.join("best")),
             plot,
             ddp_buckets: communication.map(|(b, _)| b),
             ddp_exposed_ms_per_step: communication.map(|(_, t)| t.as_secs_f64() * 1e3),

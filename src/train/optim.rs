@@ -131,24 +131,59 @@ pub fn clip_grad_norm<'a>(vars: impl Iterator<Item = &'a Tensor>, max_norm: f64)
     tch::no_grad(|| sys::clip_grad_norm(&grads.iter().collect::<Vec<_>>(), max_norm))
 }
 
-/// The HF Trainer's default schedule: linear warm-up from 0, then linear decay to 0.
+/// transformers' learning-rate schedules (`--lr-scheduler-type`, as `get_scheduler` names them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum SchedulerType {
+    /// Linear warm-up from 0, then linear decay to 0 (the HF Trainer's default).
+    Linear,
+    /// Linear warm-up, then a half cosine down to 0.
+    Cosine,
+    /// The learning rate throughout (no warm-up).
+    Constant,
+    /// Linear warm-up, then constant.
+    ConstantWithWarmup,
+    /// Linear warm-up, then polynomial decay (power 1) to 1e-7.
+    Polynomial,
+}
+
+/// The learning rate at each optimizer step, as transformers' schedulers compute it.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LinearSchedule {
+pub struct Schedule {
+    pub kind: SchedulerType,
     pub base_lr: f64,
     pub warmup_steps: usize,
     pub total_steps: usize,
 }
 
-impl LinearSchedule {
+/// transformers' defaults for the polynomial schedule.
+const POLYNOMIAL_LR_END: f64 = 1e-7;
+const POLYNOMIAL_POWER: f64 = 1.0;
+
+impl Schedule {
     /// The learning rate for optimizer step `step` (0-based).
     pub fn lr(&self, step: usize) -> f64 {
-        let factor = if step < self.warmup_steps {
-            step as f64 / self.warmup_steps.max(1) as f64
-        } else {
-            (self.total_steps.saturating_sub(step)) as f64
-                / (self.total_steps.saturating_sub(self.warmup_steps)).max(1) as f64
+        let (step, warmup, total) = (step as f64, self.warmup_steps as f64, self.total_steps as f64);
+        let warming = step < warmup && self.kind != SchedulerType::Constant;
+        if warming {
+            return self.base_lr * step / warmup.max(1.0);
+        }
+        let factor = match self.kind {
+            SchedulerType::Linear => ((total - step) / (total - warmup).max(1.0)).max(0.0),
+            SchedulerType::Cosine => {
+                let progress = (step - warmup) / (total - warmup).max(1.0);
+                (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0)
+            }
+            SchedulerType::Constant | SchedulerType::ConstantWithWarmup => 1.0,
+            SchedulerType::Polynomial if step > total => POLYNOMIAL_LR_END / self.base_lr,
+            SchedulerType::Polynomial => {
+                let remaining = 1.0 - (step - warmup) / (total - warmup);
+                ((self.base_lr - POLYNOMIAL_LR_END) * remaining.powf(POLYNOMIAL_POWER) + POLYNOMIAL_LR_END)
+                    / self.base_lr
+            }
         };
-        self.base_lr * factor.max(0.0)
+        self.base_lr * factor
     }
 }
 
@@ -158,7 +193,7 @@ mod tests {
 
     #[test]
     fn schedule_matches_transformers_linear_schedule() {
-        let s = LinearSchedule { base_lr: 1.0, warmup_steps: 4, total_steps: 12 };
+        let s = Schedule { kind: SchedulerType::Linear, base_lr: 1.0, warmup_steps: 4, total_steps: 12 };
         let got: Vec<f64> = (0..13).map(|k| s.lr(k)).collect();
         let want = [0.0, 0.25, 0.5, 0.75, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0];
         assert_eq!(got, want);

@@ -1,7 +1,7 @@
 //! What a run covers: the training questions and the evaluation set, this rank's share of
 //! each epoch, the number of optimizer steps and the learning-rate schedule.
 
-use super::optim::LinearSchedule;
+use super::optim::Schedule;
 use super::{Ddp, TrainArgs, TrainInputs};
 use crate::batch::{question_lengths, Sampler};
 use crate::error::{Error, Result};
@@ -62,7 +62,7 @@ pub(crate) struct Plan {
     batch: usize,
     pub per_epoch: usize,
     pub total_steps: usize,
-    pub schedule: LinearSchedule,
+    pub schedule: Schedule,
 }
 
 impl Plan {
@@ -96,7 +96,8 @@ impl Plan {
         let total_steps =
             args.max_steps.unwrap_or_else(|| (args.num_train_epochs * per_epoch as f64).ceil() as usize).max(1);
         let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
-        let schedule = LinearSchedule { base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
+        let schedule =
+            Schedule { kind: args.lr_scheduler_type, base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
         if total_steps as u64 > MAX_STEPS {
             return Err(Error::Input(format!("{total_steps} optimizer steps: at most {MAX_STEPS} are supported")));
         }
