@@ -271,3 +271,31 @@ fn eval_and_save_strategies_choose_when_each_happens() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(stderr(&refused).contains("--save-strategy steps (on the command line): steps needs --save-steps"));
 }
+
+/// `--metric-for-best-model eval_accuracy` picks best/ by accuracy (higher is better by
+/// default), the summary names it with its step, and `--load-best-model-at-end` makes final/
+/// that checkpoint.
+#[test]
+fn the_best_model_follows_the_chosen_metric() {
+    let data = data("best-metric");
+    let out = data.with_file_name("run");
+    let flags = ["--num-train-epochs", "3", "--metric-for-best-model", "eval_accuracy", "--load-best-model-at-end"];
+    ok(&train(&data, &out, &[&flags[..], &["--learning-rate", "1e-4"]].concat()));
+    let evals: Vec<(u64, f64)> = metrics(&out)
+        .iter()
+        .filter(|r| r.get("eval_accuracy").is_some())
+        .map(|r| (r["step"].as_u64().unwrap(), r["eval_accuracy"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(evals.len(), 3);
+    let best = evals.iter().fold(evals[0], |b, &e| if e.1 > b.1 { e } else { b });
+    let summary = common::summary(&out);
+    assert_eq!(summary["metric_for_best_model"], "accuracy");
+    assert_eq!((summary["best_step"].as_u64().unwrap(), summary["best_metric"].as_f64().unwrap()), best);
+    assert!(summary["final_eval_accuracy"].is_number() && summary["train_runtime"].as_f64().unwrap() > 0.0);
+    let weights = |dir: &str| std::fs::read(out.join(dir).join("model.safetensors")).unwrap();
+    assert!(weights("final") == weights("best"), "final/ is not the best checkpoint");
+
+    let unknown = train(&data, &data.with_file_name("unknown"), &["--metric-for-best-model", "f1"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("--metric-for-best-model f1 (on the command line): must be one of"));
+}

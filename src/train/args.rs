@@ -82,7 +82,18 @@ pub struct TrainArgs {
     /// for every step; slower, as benchmarks against fixed-shape references need).
     #[arg(long, env = "MEDBERT_PAD_TO_MAX_LENGTH")]
     pub pad_to_max_length: bool,
-    /// Stop after this many evaluations without a lower evaluation loss.
+    /// The evaluation metric that picks best/ and drives --patience: loss or accuracy (also
+    /// spelled eval_loss, eval_accuracy, as the HF Trainer names them).
+    #[arg(long, env = "MEDBERT_METRIC_FOR_BEST_MODEL", default_value = "loss")]
+    pub metric_for_best_model: String,
+    /// Whether a higher --metric-for-best-model is better (default: false for loss, true for
+    /// accuracy).
+    #[arg(long, env = "MEDBERT_GREATER_IS_BETTER")]
+    pub greater_is_better: Option<bool>,
+    /// Make final/ the best checkpoint (best/) instead of the last weights.
+    #[arg(long, env = "MEDBERT_LOAD_BEST_MODEL_AT_END")]
+    pub load_best_model_at_end: bool,
+    /// Stop after this many evaluations without a better --metric-for-best-model.
     #[arg(long, env = "MEDBERT_PATIENCE")]
     pub patience: Option<usize>,
     /// Evaluate every N optimizer steps (with --eval-strategy steps; default --logging-steps).
@@ -180,6 +191,16 @@ fn due(strategy: IntervalStrategy, every: usize, step: usize, epoch_done: bool, 
 }
 
 impl TrainArgs {
+    /// --metric-for-best-model without its `eval_` prefix.
+    pub fn best_metric(&self) -> &str {
+        self.metric_for_best_model.strip_prefix("eval_").unwrap_or(&self.metric_for_best_model)
+    }
+
+    /// --greater-is-better, or the HF Trainer's default for the metric.
+    pub fn greater_is_better(&self) -> bool {
+        self.greater_is_better.unwrap_or(!self.best_metric().ends_with("loss"))
+    }
+
     pub fn eval_strategy(&self) -> IntervalStrategy {
         self.eval_strategy.unwrap_or(match self.eval_steps {
             Some(_) => IntervalStrategy::Steps,
@@ -259,6 +280,11 @@ impl TrainArgs {
         check("ddp_timeout", self.ddp.group.ddp_timeout >= 1, "must be at least 1 second");
         check("verify_sync", at_least_one(self.ddp.verify_sync), "must be at least 1");
         check("output_dir", !self.output_dir.is_file(), "is a file, not a directory");
+        check(
+            "metric_for_best_model",
+            super::EvalResult::METRICS.contains(&self.best_metric()),
+            "must be one of the evaluation's metrics: loss, accuracy (or eval_loss, eval_accuracy)",
+        );
         check(
             "save_strategy",
             self.save_strategy() != IntervalStrategy::Steps || self.save_steps.is_some(),

@@ -27,7 +27,11 @@ pub struct TrainerState {
     /// Accumulation groups of `epoch` already done: training resumes at the next one.
     pub group: usize,
     pub seen: usize,
-    pub best_eval_loss: Option<f64>,
+    /// The best value of `--metric-for-best-model` so far, and the step that reached it.
+    #[serde(alias = "best_eval_loss")]
+    pub best_metric: Option<f64>,
+    #[serde(default)]
+    pub best_step: Option<usize>,
     pub evals_without_improvement: usize,
     /// Processes that trained (the data order depends on it).
     #[serde(default = "one")]
@@ -179,6 +183,18 @@ pub fn prune(output_dir: &Path, keep: usize) -> Result<()> {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     Ok(())
+}
+
+/// Copies checkpoint directory `src` to `dest` (atomically, as every checkpoint is written).
+pub fn copy(src: &Path, dest: &Path) -> Result<()> {
+    let staged = StagedDir::new(dest)?;
+    for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let path = entry.map_err(|e| Error::io(src, e))?.path();
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()).filter(|_| path.is_file()) {
+            std::fs::copy(&path, staged.file(name)).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    staged.publish()
 }
 
 pub fn save(dest: &Path, vs: &VarStore, source_model: &Path) -> Result<()> {

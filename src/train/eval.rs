@@ -20,6 +20,18 @@ pub struct EvalResult {
 }
 
 impl EvalResult {
+    /// The metrics `metric` can name.
+    pub const METRICS: [&'static str; 2] = ["loss", "accuracy"];
+
+    /// A metric by name (one of `METRICS`); None for any other.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "loss" => Some(self.loss()),
+            "accuracy" => Some(self.accuracy()),
+            _ => None,
+        }
+    }
+
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.questions.max(1) as f64
     }

@@ -299,8 +299,11 @@ impl<'a> Trainer<'a> {
         if self.ddp.is_main() {
             tracing::info!(step = self.state.step, loss = r.loss(), accuracy = r.accuracy(), "evaluation");
         }
-        if self.state.best_eval_loss.is_none_or(|best| r.loss() < best) {
-            (self.state.best_eval_loss, self.state.evals_without_improvement) = (Some(r.loss()), 0);
+        let value = r.metric(self.args.best_metric()).unwrap_or(f64::NAN);
+        let greater = self.args.greater_is_better();
+        if self.state.best_metric.is_none_or(|best| if greater { value > best } else { value < best }) {
+            (self.state.best_metric, self.state.best_step) = (Some(value), Some(self.state.step));
+            self.state.evals_without_improvement = 0;
             if self.ddp.is_main() {
                 checkpoint::save(&self.args.output_dir.join("best"), &self.model.vs, &self.inputs.model_dir)?;
             }
@@ -351,8 +354,12 @@ impl<'a> Trainer<'a> {
         let communication = self.ddp.exposed_communication();
         let checkpoint = self.args.output_dir.join("final");
         let mut plot = None;
+        let best = self.args.output_dir.join("best");
         if self.ddp.is_main() {
-            checkpoint::save(&checkpoint, &self.model.vs, &self.inputs.model_dir)?;
+            match self.args.load_best_model_at_end && self.state.best_metric.is_some() {
+                true => checkpoint::copy(&best, &checkpoint)?,
+                false => checkpoint::save(&checkpoint, &self.model.vs, &self.inputs.model_dir)?,
+            }
             let png = self.args.output_dir.join(PLOT_FILE);
             report::plot(&report::Curves::read(&self.args.output_dir.join(METRICS_FILE))?, &png)?;
             plot = Some(png);
@@ -365,11 +372,16 @@ impl<'a> Trainer<'a> {
             precision: self.precision,
             train_questions_per_second: self.questions_per_second(),
             final_train_loss: self.last_loss,
+            final_eval_loss: self.last_eval.as_ref().map(EvalResult::loss),
+            final_eval_accuracy: self.last_eval.as_ref().map(EvalResult::accuracy),
             final_eval: self.last_eval,
-            best_eval_loss: self.state.best_eval_loss,
+            metric_for_best_model: self.args.best_metric().to_string(),
+            best_metric: self.state.best_metric,
+            best_step: self.state.best_step,
+            train_runtime: self.started.elapsed().as_secs_f64(),
             stopped_early: self.stopped_early,
             checkpoint,
-            best_checkpoint: self.state.best_eval_loss.map(|_| self.args.output_dir.join("best")),
+            best_checkpoint: self.state.best_metric.map(|_| best),
             plot,
             ddp_buckets: communication.map(|(b, _)| b),
             ddp_exposed_ms_per_step: communication.map(|(_, t)| t.as_secs_f64() * 1e3),

@@ -58,7 +58,14 @@ pub struct TrainSummary {
     pub train_questions_per_second: f64,
     pub final_train_loss: Option<f64>,
     pub final_eval: Option<EvalResult>,
-    pub best_eval_loss: Option<f64>,
+    pub final_eval_loss: Option<f64>,
+    pub final_eval_accuracy: Option<f64>,
+    /// The metric that picked best/, its best value and the step that reached it.
+    pub metric_for_best_model: String,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<usize>,
+    /// Seconds from the start of training to its end, evaluation and saving included.
+    pub train_runtime: f64,
     pub stopped_early: bool,
     pub checkpoint: PathBuf,
     pub best_checkpoint: Option<PathBuf>,
@@ -84,7 +91,15 @@ impl TrainSummary {
             ("eval questions", eval.map_or_else(|| "-".into(), |e| e.questions.to_string())),
             ("eval loss", opt(eval.map(EvalResult::loss), 4)),
             ("eval accuracy", opt(eval.map(EvalResult::accuracy), 4)),
-            ("best eval loss", opt(self.best_eval_loss, 4)),
+            (
+                "best eval metric",
+                match (self.best_metric, self.best_step) {
+                    (Some(m), Some(s)) => format!("{} {m:.4} at step {s}", self.metric_for_best_model),
+                    (Some(m), None) => format!("{} {m:.4}", self.metric_for_best_model),
+                    _ => "-".into(),
+                },
+            ),
+            ("runtime", format!("{:.1} s", self.train_runtime)),
             ("stopped early", self.stopped_early.to_string()),
             ("final checkpoint", self.checkpoint.display().to_string()),
             ("best checkpoint", self.best_checkpoint.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
