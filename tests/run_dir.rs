@@ -61,6 +61,10 @@ fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
     assert_eq!(saved["arguments"]["max_steps"], 2);
     assert_eq!(saved["world_size"], 1);
     assert_eq!(saved["train_data"].as_str().map(str::len), Some(64), "a sha256 fingerprint: {saved}");
+    let resolved = &saved["resolved"];
+    assert_eq!((&resolved["precision"], &resolved["inputs"]["device"]), (&"fp32".into(), &"cpu".into()), "{saved}");
+    assert_eq!(resolved["progress"], "a log line per logging step");
+    assert!(resolved["ddp_backend"].is_null() && resolved["inputs"]["train_cache"].is_string(), "{saved}");
 
     let again = train(&data, &out, &["--max-steps", "3"]);
     assert_eq!(again.status.code(), Some(2));

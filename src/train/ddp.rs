@@ -81,6 +81,11 @@ impl Ddp {
         Ok(())
     }
 
+    /// The collective backend, or None for one process without a group.
+    pub fn backend(&self) -> Option<crate::dist::Backend> {
+        self.pg.as_ref().map(|pg| pg.backend())
+    }
+
     pub fn world_size(&self) -> usize {
         self.pg.as_ref().map_or(1, |pg| pg.world_size())
     }

@@ -101,13 +101,19 @@ impl<'a> Trainer<'a> {
         run_dir::claim(args, &inputs.resume, &ddp)?;
         let split = Split::open(inputs, args.holdout)?;
         let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
-        let saved = SavedArgs::new(args, ddp.world_size(), &split.train.manifest.fingerprint, eval_data)?;
+        // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
+        let on_terminal = std::io::stderr().is_terminal();
+        let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
+            "ddp_backend": ddp.backend().map(|b| b.name()),
+            "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
+        let saved = SavedArgs::new(args, resolved, ddp.world_size(), &split.train.manifest.fingerprint, eval_data)?;
         let resume_from = checkpoint::to_resume(&args.output_dir, &inputs.resume, &ddp)?;
         if let Some(dir) = &resume_from {
             run_dir::check_resume(dir, &args.output_dir, &saved, is_main)?;
         }
         let saved_args = saved.to_json()?;
         if is_main {
+            eprintln!("effective configuration:\n{}", String::from_utf8_lossy(&saved_args));
             crate::atomic::write_file(&args.output_dir.join(run_dir::ARGS_FILE), &saved_args)?;
         }
         let (model, report) =
@@ -128,8 +134,6 @@ impl<'a> Trainer<'a> {
             }
         }
         let metrics = MetricsLog::open(&args.output_dir, is_main, resume_from.as_ref().map(|_| state.step))?;
-        // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
-        let on_terminal = std::io::stderr().is_terminal();
         let bar = crate::progress::bar(
             plan.total_steps,
             is_main && on_terminal,

@@ -13,11 +13,15 @@ use std::path::{Path, PathBuf};
 
 pub const ARGS_FILE: &str = "training_args.json";
 
-/// What a run was told: every flag as given, the number of processes, and the fingerprints
-/// of its training and evaluation data (from their prepared caches).
+/// What a run was told: every flag as given, the number of processes, the fingerprints of its
+/// training and evaluation data (from their prepared caches), and what the flags resolved to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SavedArgs {
     pub arguments: Value,
+    /// The model and caches as local paths, the device, the precision and collective backend
+    /// as resolved, how progress is shown (not compared on resume).
+    #[serde(default)]
+    pub resolved: Value,
     pub world_size: usize,
     pub train_data: String,
     pub eval_data: Option<String>,
@@ -38,9 +42,16 @@ const FIXED_ON_RESUME: [&str; 6] = [
 const NOT_COMPARED: [&str; 3] = ["resume", "resume_from_checkpoint", "overwrite_output_dir"];
 
 impl SavedArgs {
-    pub fn new(args: &TrainArgs, world_size: usize, train_data: &str, eval_data: Option<&str>) -> Result<SavedArgs> {
+    pub fn new(
+        args: &TrainArgs,
+        resolved: Value,
+        world_size: usize,
+        train_data: &str,
+        eval_data: Option<&str>,
+    ) -> Result<SavedArgs> {
         Ok(SavedArgs {
             arguments: serde_json::to_value(args).map_err(|e| Error::write(ARGS_FILE, e))?,
+            resolved,
             world_size,
             train_data: train_data.to_string(),
             eval_data: eval_data.map(str::to_string),
@@ -199,7 +210,7 @@ mod tests {
     use super::*;
 
     fn saved(arguments: Value, world_size: usize) -> SavedArgs {
-        SavedArgs { arguments, world_size, train_data: "abc".into(), eval_data: None }
+        SavedArgs { arguments, resolved: Value::Null, world_size, train_data: "abc".into(), eval_data: None }
     }
 
     #[test]

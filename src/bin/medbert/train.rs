@@ -89,10 +89,6 @@ pub fn run_train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
         ),
     };
     let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
-    if is_main {
-        let config = serde_json::json!({"arguments": &args, "inputs": &inputs});
-        eprintln!("effective configuration:\n{}", serde_json::to_string_pretty(&config)?);
-    }
     let summary = train::train(&args, &inputs, pg)?;
     if is_main {
         print!("{}", summary.table());
