@@ -296,6 +296,11 @@ fn the_best_model_follows_the_chosen_metric() {
     assert_eq!(summary["metric_for_best_model"], "accuracy");
     assert_eq!((summary["best_step"].as_u64().unwrap(), summary["best_metric"].as_f64().unwrap()), best);
     assert!(summary["final_eval_accuracy"].is_number() && summary["train_runtime"].as_f64().unwrap() > 0.0);
+    let rows = metrics(&out);
+    assert!(rows.iter().all(|r| r["timestamp"].as_f64().is_some_and(|t| t > 1.7e9)), "a row without a timestamp");
+    assert!(rows.iter().filter(|r| r.get("eval_loss").is_some()).all(|r| r["eval_runtime"].as_f64().is_some()));
+    let last = rows.last().unwrap();
+    assert_eq!((last["step"].as_u64(), last["train_runtime"].as_f64()), (Some(12), summary["train_runtime"].as_f64()));
     let weights = |dir: &str| std::fs::read(out.join(dir).join("model.safetensors")).unwrap();
     assert!(weights("final") == weights("best"), "final/ is not the best checkpoint");
 

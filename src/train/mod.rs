@@ -299,7 +299,7 @@ impl<'a> Trainer<'a> {
         let r = evaluate(&self.model, cache, questions, batch, self.precision, &self.ddp)?;
         self.metrics.write(serde_json::json!({"step": self.state.step, "epoch": self.epoch(),
             "eval_loss": r.loss(), "eval_accuracy": r.accuracy(), "eval_questions": r.questions,
-            "per_subject": r.per_subject}))?;
+            "eval_runtime": started.elapsed().as_secs_f64(), "per_subject": r.per_subject}))?;
         if self.ddp.is_main() {
             tracing::info!(step = self.state.step, loss = r.loss(), accuracy = r.accuracy(), "evaluation");
         }
@@ -352,9 +352,12 @@ impl<'a> Trainer<'a> {
     }
 
     /// Writes `final/` and the plot (rank 0) and reports.
-    fn finish(self) -> Result<TrainSummary> {
+    fn finish(mut self) -> Result<TrainSummary> {
         self.bar.finish_and_clear();
         self.check_finite()?;
+        let runtime = self.started.elapsed().as_secs_f64();
+        self.metrics.write(serde_json::json!({"step": self.state.step, "epoch": self.epoch(),
+            "train_runtime": runtime, "train_questions_per_second": self.questions_per_second()}))?;
         let communication = self.ddp.exposed_communication();
         let checkpoint = self.args.output_dir.join("final");
         let mut plot = None;
@@ -382,7 +385,7 @@ impl<'a> Trainer<'a> {
             metric_for_best_model: self.args.best_metric().to_string(),
             best_metric: self.state.best_metric,
             best_step: self.state.best_step,
-            train_runtime: self.started.elapsed().as_secs_f64(),
+            train_runtime: runtime,
             stopped_early: self.stopped_early,
             checkpoint,
             best_checkpoint: self.state.best_metric.map(|_| best),

@@ -41,8 +41,13 @@ impl MetricsLog {
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         Ok(MetricsLog(Some((file, path))))
     }
-    pub(crate) fn write(&mut self, value: serde_json::Value) -> Result<()> {
+    /// Appends `value` (a JSON object) with the wall-clock time as `timestamp` (Unix seconds).
+    pub(crate) fn write(&mut self, mut value: serde_json::Value) -> Result<()> {
         let Some((file, path)) = &mut self.0 else { return Ok(()) };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        if let Some(row) = value.as_object_mut() {
+            row.insert("timestamp".into(), now.as_secs_f64().into());
+        }
         writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| Error::io(&*path, e))
     }
 }
