@@ -83,6 +83,34 @@ struct Trainer<'a> {
     stopped_early: bool,
 }
 
+/// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
+/// and records the run's effective configuration: printed and saved as training_args.json by
+/// rank 0. Returns the checkpoint and that file's contents (saved in every checkpoint too).
+fn record_run(
+    args: &TrainArgs,
+    inputs: &TrainInputs,
+    ddp: &Ddp,
+    split: &Split,
+    precision: Precision,
+    on_terminal: bool,
+) -> Result<(Option<std::path::PathBuf>, Vec<u8>)> {
+    let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
+        "ddp_backend": ddp.backend().map(|b| b.name()),
+        "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
+    let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
+    let saved = SavedArgs::new(args, resolved, ddp.world_size(), &split.train.manifest.fingerprint, eval_data)?;
+    let resume_from = checkpoint::to_resume(&args.output_dir, &inputs.resume, ddp)?;
+    if let Some(dir) = &resume_from {
+        run_dir::check_resume(dir, &args.output_dir, &saved, ddp.is_main())?;
+    }
+    let saved_args = saved.to_json()?;
+    if ddp.is_main() {
+        eprintln!("effective configuration:\n{}", String::from_utf8_lossy(&saved_args));
+        crate::atomic::write_file(&args.output_dir.join(run_dir::ARGS_FILE), &saved_args)?;
+    }
+    Ok((resume_from, saved_args))
+}
+
 /// What one optimizer step leaves on the device, read only when the step is logged.
 struct StepOutput {
     /// The mean loss of the accumulation group on this rank.
@@ -100,22 +128,9 @@ impl<'a> Trainer<'a> {
         let is_main = ddp.is_main();
         run_dir::claim(args, &inputs.resume, &ddp)?;
         let split = Split::open(inputs, args.holdout)?;
-        let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
         // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
         let on_terminal = std::io::stderr().is_terminal();
-        let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
-            "ddp_backend": ddp.backend().map(|b| b.name()),
-            "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
-        let saved = SavedArgs::new(args, resolved, ddp.world_size(), &split.train.manifest.fingerprint, eval_data)?;
-        let resume_from = checkpoint::to_resume(&args.output_dir, &inputs.resume, &ddp)?;
-        if let Some(dir) = &resume_from {
-            run_dir::check_resume(dir, &args.output_dir, &saved, is_main)?;
-        }
-        let saved_args = saved.to_json()?;
-        if is_main {
-            eprintln!("effective configuration:\n{}", String::from_utf8_lossy(&saved_args));
-            crate::atomic::write_file(&args.output_dir.join(run_dir::ARGS_FILE), &saved_args)?;
-        }
+        let (resume_from, saved_args) = record_run(args, inputs, &ddp, &split, precision, on_terminal)?;
         let (model, report) =
             MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&inputs.model_dir), inputs.device)?;
         let betas = (args.adam_beta1, args.adam_beta2);
