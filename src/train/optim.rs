@@ -199,6 +199,48 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    /// Two AdamW steps on one parameter with given gradients equal torch's update rule written
+    /// out (bias-corrected moments), for non-default betas: the betas reach the kernel.
+    #[test]
+    fn the_betas_are_the_ones_given() {
+        let (b1, b2, eps, lr) = (0.8, 0.95, 1e-8, 0.1);
+        let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+        let p = (vs.root() / "p").var_copy("bias", &Tensor::from_slice(&[1.0f32, -2.0]));
+        let mut opt = AdamW::new(&vs, 0.0, (b1, b2), eps);
+        let grads = [[0.5f64, -1.0], [-0.25, 2.0]];
+        let mut want = [1.0f64, -2.0];
+        let (mut m, mut v) = ([0.0f64; 2], [0.0f64; 2]);
+        for (k, g) in grads.iter().enumerate() {
+            let t = (k + 1) as i32;
+            (&p * Tensor::from_slice(&g.map(|x| x as f32))).sum(Kind::Float).backward();
+            opt.step(lr).unwrap();
+            opt.zero_grad().unwrap();
+            for i in 0..2 {
+                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                let (mhat, vhat) = (m[i] / (1.0 - b1.powi(t)), v[i] / (1.0 - b2.powi(t)));
+                want[i] -= lr * mhat / (vhat.sqrt() + eps);
+            }
+        }
+        let got: Vec<f32> = Vec::try_from(&p).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        let with_defaults: Vec<f64> = {
+            let (mut m, mut v, mut x) = ([0.0f64; 2], [0.0f64; 2], [1.0f64, -2.0]);
+            for (k, g) in grads.iter().enumerate() {
+                for i in 0..2 {
+                    m[i] = 0.9 * m[i] + 0.1 * g[i];
+                    v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+                    let t = (k + 1) as i32;
+                    x[i] -= lr * (m[i] / (1.0 - 0.9f64.powi(t))) / ((v[i] / (1.0 - 0.999f64.powi(t))).sqrt() + eps);
+                }
+            }
+            x.to_vec()
+        };
+        assert!(with_defaults.iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-3), "the betas change nothing here");
+    }
+
     #[test]
     fn weight_decay_groups_follow_the_hf_trainer() {
         assert!(takes_weight_decay("bert.encoder.layer.0.attention.self.query.weight"));
