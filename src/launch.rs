@@ -135,12 +135,16 @@ pub struct Supervision {
 struct Worker {
     rank: usize,
     child: Child,
-    group: Pid,
     /// Set once reaped.
     status: Option<ExitStatus>,
 }
 
 impl Worker {
+    /// The worker's process group, numbered by its own pid.
+    fn group(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
     fn reap(&mut self) -> Result<Option<ExitStatus>> {
         if self.status.is_none() {
             self.status = self.child.try_wait().map_err(|source| Error::Wait { rank: self.rank, source })?;
@@ -190,8 +194,7 @@ pub fn run_attempt(
         if let Some(err) = child.stderr.take() {
             pumps.push(pump(err, prefix, true, log));
         }
-        let group = Pid::from_raw(child.id() as i32);
-        workers.push(Worker { rank: w.rank, child, group, status: None });
+        workers.push(Worker { rank: w.rank, child, status: None });
     }
 
     let outcome = loop {
@@ -289,14 +292,14 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
 fn tear_down(workers: &mut [Worker], deadline: Duration) {
     let alive = |g: Pid| killpg(g, None).is_ok();
     for w in workers.iter() {
-        let _ = killpg(w.group, Signal::SIGTERM);
+        let _ = killpg(w.group(), Signal::SIGTERM);
     }
     let until = Instant::now() + deadline;
     loop {
         for w in workers.iter_mut() {
             let _ = w.reap();
         }
-        let left: Vec<Pid> = workers.iter().map(|w| w.group).filter(|&g| alive(g)).collect();
+        let left: Vec<Pid> = workers.iter().map(Worker::group).filter(|&g| alive(g)).collect();
         if left.is_empty() {
             return;
         }
@@ -310,7 +313,7 @@ fn tear_down(workers: &mut [Worker], deadline: Duration) {
             // Killed processes leave their group once their parent (the init process, for
             // orphans) has reaped them.
             let reaped = Instant::now() + Duration::from_secs(1);
-            while workers.iter().any(|w| alive(w.group)) && Instant::now() < reaped {
+            while workers.iter().any(|w| alive(w.group())) && Instant::now() < reaped {
                 std::thread::sleep(Duration::from_millis(10));
             }
             return;

@@ -76,9 +76,9 @@ enum RdzvBackend {
 }
 
 fn main() {
-    let matches = medbert::settings::both_spellings(Args::command()).get_matches();
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let launched = config_from_args(args).and_then(|config| {
+    let command = medbert::settings::both_spellings(Args::command());
+    let args = Args::from_arg_matches(&command.clone().get_matches()).unwrap_or_else(|e| e.exit());
+    let launched = config_from_args(args, &command).and_then(|config| {
         let signal = Arc::new(AtomicUsize::new(0));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
@@ -96,14 +96,13 @@ fn main() {
 }
 
 /// What to launch, from the flags (torchrun's `config_from_args`).
-fn config_from_args(args: Args) -> Result<LaunchConfig> {
+fn config_from_args(args: Args, command: &clap::Command) -> Result<LaunchConfig> {
     // Once training flags have begun, clap keeps a later `--` among them.
     if !args.command.is_empty() && !args.train_flags.is_empty() || args.train_flags.iter().any(|a| a == "--") {
         bail!("give training flags or a command after `--`, not both");
     }
     // A launcher flag after the first training flag would be handed to the workers.
-    let launcher = medbert::settings::both_spellings(Args::command());
-    let names: Vec<&str> = launcher
+    let names: Vec<&str> = command
         .get_arguments()
         .flat_map(|a| a.get_long().into_iter().chain(a.get_all_aliases().unwrap_or_default()))
         .collect();

@@ -253,7 +253,7 @@ impl TrainArgs {
         check("per_device_eval_batch_size", self.per_device_eval_batch_size >= 1, "must be at least 1");
         check(
             "gradient_accumulation_steps",
-            (1..=1 << 16).contains(&self.gradient_accumulation_steps),
+            (1..=super::plan::MAX_MICRO_STEPS).contains(&self.gradient_accumulation_steps),
             "must be between 1 and 65536",
         );
         check("num_train_epochs", positive(self.num_train_epochs), "must be a finite number above 0");

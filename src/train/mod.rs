@@ -47,6 +47,9 @@ pub fn batch_loss(
 /// Fine-tunes as `args` says: on one process when `pg` is None, else data-parallel over `pg`
 /// (each process one shard of every batch; rank 0 alone writes).
 pub fn train(args: &TrainArgs, inputs: &TrainInputs, pg: Option<ProcessGroup>) -> Result<TrainSummary> {
+    if let Some(p) = args.problems().first() {
+        return Err(Error::Input(format!("--{} {}", p.arg.replace('_', "-"), p.message)));
+    }
     let mut trainer = Trainer::set_up(args, inputs, pg)?;
     trainer.fit()?;
     trainer.finish()

@@ -68,13 +68,10 @@ pub(crate) struct Plan {
 impl Plan {
     pub fn new(args: &TrainArgs, split: &Split, ddp: &Ddp) -> Result<Plan> {
         let (batch, world) = (args.per_device_train_batch_size, ddp.world_size());
-        if batch == 0 || args.gradient_accumulation_steps == 0 {
-            return Err(Error::Input("batch size and gradient accumulation steps must be at least 1".into()));
-        }
-        if args.gradient_accumulation_steps > MAX_MICRO_STEPS || world > MAX_RANKS {
-            return Err(Error::Input(format!(
-                "at most {MAX_MICRO_STEPS} accumulation steps and {MAX_RANKS} processes are supported"
-            )));
+        // Batch size and accumulation are in range (`TrainArgs::problems`); the group's size
+        // is known only here.
+        if world > MAX_RANKS {
+            return Err(Error::Input(format!("at most {MAX_RANKS} processes are supported, not {world}")));
         }
         let group_by_length = match args.group_by_length {
             true => {
@@ -112,7 +109,7 @@ impl Plan {
 }
 
 /// The bounds that keep `dropout_seed` one-to-one.
-const MAX_MICRO_STEPS: usize = 1 << 16;
+pub(crate) const MAX_MICRO_STEPS: usize = 1 << 16;
 const MAX_RANKS: usize = 1 << 16;
 const MAX_STEPS: u64 = 1 << 32;
 
