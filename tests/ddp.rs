@@ -15,7 +15,7 @@ fn model_without_dropout() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let src = common::default_model();
-        let dir = common::scratch("nodropout");
+        let dir = common::fixture("nodropout");
         let mut config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
         config["hidden_dropout_prob"] = 0.0.into();
@@ -32,7 +32,7 @@ fn model_without_dropout() -> &'static Path {
 fn data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     DATA.get_or_init(|| {
-        let dir = common::scratch("ddp-data");
+        let dir = common::fixture("ddp-data");
         let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
         common::synthetic_task(&train, 64, 21);
         common::synthetic_task(&valid, 37, 22);
@@ -104,7 +104,7 @@ fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, S
 fn two_process_run() -> &'static PathBuf {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let out = common::scratch_dir().join("ddp-two");
+        let out = common::fixture("ddp-two");
         let flags = train_flags(&out, 4, 8);
         let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
         let extra = ["--verify-sync", "1", "--save-steps", "4"];
@@ -118,7 +118,7 @@ fn two_process_run() -> &'static PathBuf {
 fn one_process_run() -> &'static PathBuf {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
-        let out = common::scratch_dir().join("ddp-one");
+        let out = common::fixture("ddp-one");
         check(&single(&train_flags(&out, 8, 8)));
         out
     })
@@ -146,7 +146,7 @@ fn two_processes_train_like_one_with_the_same_global_batch() {
 
 #[test]
 fn accumulation_micro_steps_stay_local_and_the_group_matches_one_process() {
-    let out = common::scratch_dir().join("ddp-accumulate");
+    let out = common::scratch("ddp-accumulate");
     let mut flags = train_flags(&out, 2, 8);
     flags.extend(["--gradient-accumulation-steps", "2", "--verify-sync", "1"].map(String::from));
     let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
@@ -231,7 +231,7 @@ fn run_and_kill_a_worker(out: &Path, max_restarts: &str) -> (Output, Duration) {
 
 #[test]
 fn a_killed_worker_brings_the_group_down_and_a_restart_resumes_to_the_same_weights() {
-    let out = common::scratch_dir().join("ddp-killed");
+    let out = common::scratch("ddp-killed");
     let (output, took) = run_and_kill_a_worker(&out, "0");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
@@ -241,7 +241,7 @@ fn a_killed_worker_brings_the_group_down_and_a_restart_resumes_to_the_same_weigh
         "the killed rank and its signal are not reported:\n{stderr}"
     );
 
-    let out = common::scratch_dir().join("ddp-restarted");
+    let out = common::scratch("ddp-restarted");
     let (output, _) = run_and_kill_a_worker(&out, "1");
     check(&output);
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
@@ -363,7 +363,7 @@ fn wait_all(nodes: Vec<std::process::Child>) -> Vec<String> {
 #[test]
 fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
     let hosts = TwoHosts::create();
-    let out = common::scratch_dir().join("ddp-two-nodes");
+    let out = common::scratch("ddp-two-nodes");
     let _ = wait_all(start_two_nodes(&hosts, &out, &[]));
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
     assert!(diff == 0.0, "2 nodes x 1 process differ from 1 node x 2 processes by {diff:e} at {name}");
@@ -373,7 +373,7 @@ fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
 #[test]
 fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() {
     let hosts = TwoHosts::create();
-    let out = common::scratch_dir().join("ddp-two-nodes-restart");
+    let out = common::scratch("ddp-two-nodes-restart");
     let nodes = start_two_nodes(&hosts, &out, &["--max-restarts", "1"]);
     let deadline = Instant::now() + Duration::from_secs(300);
     while !out.join("checkpoint-4/trainer_state.json").exists() {

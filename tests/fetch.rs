@@ -18,7 +18,7 @@ fn fetch(endpoint: &str, hf_home: &std::path::Path, out: &std::path::Path, split
 #[test]
 fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
     let data = common::medmcqa_dir();
-    let root = common::scratch_dir().join("fetch");
+    let root = common::scratch("fetch");
     let repo = root.join("server/datasets/openlifescienceai/medmcqa/data");
     std::fs::create_dir_all(&repo).unwrap();
     let parquet = data.join("validation-00000-of-00001.parquet");

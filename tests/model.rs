@@ -16,7 +16,7 @@ const TOLERANCE: f64 = 1e-5;
 fn reference() -> (&'static Path, HashMap<String, Tensor>) {
     static OUT: OnceLock<PathBuf> = OnceLock::new();
     let out = OUT.get_or_init(|| {
-        let out = common::scratch("bert_mc");
+        let out = common::fixture("bert_mc");
         common::run_reference("bert_mc.py", &[&common::default_model(), &out]);
         out
     });
@@ -167,10 +167,9 @@ fn our_tokenization_matches_the_hf_tokenizer() {
 }
 
 /// A copy of the default model's config and weights with `edit` applied to the tensors.
-fn edited_checkpoint(name: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> PathBuf {
+fn edited_checkpoint(name: &str, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) -> common::Scratch {
     let src = common::default_model();
-    let dir = common::scratch_dir().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::scratch(name);
     std::fs::copy(src.join(CONFIG_FILE), dir.join(CONFIG_FILE)).unwrap();
     let mut tensors = Tensor::read_safetensors(src.join(WEIGHTS_FILE)).unwrap();
     edit(&mut tensors);

@@ -6,12 +6,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// 16 questions: 4 optimizer steps per epoch at batch 4.
-fn data(name: &str) -> PathBuf {
+/// A test's directory with 16 questions in it: 4 optimizer steps per epoch at batch 4.
+fn data(name: &str) -> (common::Scratch, PathBuf) {
     let dir = common::scratch(name);
     let file = dir.join("d.json");
     common::synthetic_task(&file, 16, 11);
-    file
+    (dir, file)
 }
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -58,8 +58,8 @@ fn eval_rows(out: &Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
-    let data = data("guard");
-    let out = data.with_file_name("run");
+    let (root, data) = data("guard");
+    let out = root.join("run");
     ok(&train(&data, &out, &["--max-steps", "2", "--save-steps", "1"]));
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("training_args.json")).unwrap()).unwrap();
@@ -82,7 +82,7 @@ fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
     assert!(!out.join("checkpoint-1").exists() && !out.join("checkpoint-2").exists(), "old checkpoints kept");
     assert!(out.join("prepared").is_dir(), "prepared caches are kept");
 
-    let file = data.with_file_name("a-file");
+    let file = root.join("a-file");
     std::fs::write(&file, "x").unwrap();
     let refused = train(&data, &file, &["--max-steps", "1"]);
     assert_eq!(refused.status.code(), Some(2));
@@ -91,8 +91,8 @@ fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
 
 #[test]
 fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
-    let data = data("resume-check");
-    let out = data.with_file_name("run");
+    let (root, data) = data("resume-check");
+    let out = root.join("run");
     ok(&train(&data, &out, &["--max-steps", "4", "--save-steps", "2"]));
 
     let bigger = train(&data, &out, &["--max-steps", "6", "--resume", "--gradient-accumulation-steps", "2"]);
@@ -108,10 +108,10 @@ fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
 
 #[test]
 fn resume_from_checkpoint_continues_from_the_given_directory() {
-    let data = data("resume-from");
-    let first = data.with_file_name("first");
+    let (root, data) = data("resume-from");
+    let first = root.join("first");
     ok(&train(&data, &first, &["--max-steps", "4", "--save-steps", "2"]));
-    let second = data.with_file_name("second");
+    let second = root.join("second");
     let checkpoint = first.join("checkpoint-2");
     let out = train(&data, &second, &["--max-steps", "4", "--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
     ok(&out);
@@ -121,7 +121,7 @@ fn resume_from_checkpoint_continues_from_the_given_directory() {
     let weights = |dir: &Path| std::fs::read(dir.join("final/model.safetensors")).unwrap();
     assert!(weights(&first) == weights(&second), "the resumed run ends elsewhere than the uninterrupted one");
 
-    let missing = train(&data, &data.with_file_name("third"), &["--resume-from-checkpoint", "/nonexistent"]);
+    let missing = train(&data, &root.join("third"), &["--resume-from-checkpoint", "/nonexistent"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(stderr(&missing).contains("--resume-from-checkpoint /nonexistent: no trainer_state.json"));
 }
@@ -130,23 +130,23 @@ fn resume_from_checkpoint_continues_from_the_given_directory() {
 /// it does not evaluate again. An evaluation of a run cut mid-epoch logs the real fraction.
 #[test]
 fn a_resume_neither_repeats_nor_loses_an_evaluation() {
-    let data = data("eval-order");
-    let out = data.with_file_name("run");
+    let (root, data) = data("eval-order");
+    let out = root.join("run");
     ok(&train(&data, &out, &["--num-train-epochs", "2", "--save-steps", "4"]));
     assert_eq!(eval_rows(&out), [(4, 1.0), (8, 2.0)]);
     let checkpoint = out.join("checkpoint-4");
     ok(&train(&data, &out, &["--num-train-epochs", "2", "--resume-from-checkpoint", checkpoint.to_str().unwrap()]));
     assert_eq!(eval_rows(&out), [(4, 1.0), (8, 2.0)], "the resumed run evaluated again or lost one");
 
-    let cut = data.with_file_name("cut");
+    let cut = root.join("cut");
     ok(&train(&data, &cut, &["--max-steps", "3"]));
     assert_eq!(eval_rows(&cut), [(3, 0.75)]);
 }
 
 #[test]
 fn values_are_checked_before_any_work_and_named_with_where_they_came_from() {
-    let data = data("values");
-    let dir = data.parent().unwrap().join("cwd");
+    let (root, data) = data("values");
+    let dir = root.join("cwd");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(".env"), "MEDBERT_WARMUP_RATIO=5\n").unwrap();
     let out = dir.join("run");
@@ -181,8 +181,8 @@ fn values_are_checked_before_any_work_and_named_with_where_they_came_from() {
 
 #[test]
 fn a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
-    let data = data("nan");
-    let out = data.with_file_name("run");
+    let (root, data) = data("nan");
+    let out = root.join("run");
     let blown = train(&data, &out, &["--learning-rate", "1e10", "--max-steps", "6", "--save-steps", "1"]);
     let text = stderr(&blown);
     assert_eq!(blown.status.code(), Some(2), "{text}");
@@ -195,8 +195,7 @@ fn a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
 /// writes into the current directory.
 #[test]
 fn eval_and_predict_keep_their_caches_out_of_the_current_directory() {
-    let data = data("inference-caches");
-    let root = data.parent().unwrap().to_path_buf();
+    let (root, data) = data("inference-caches");
     let cwd = root.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
     let run = |args: &[&str]| {
@@ -225,8 +224,7 @@ fn eval_and_predict_keep_their_caches_out_of_the_current_directory() {
 /// instead of drawing a bar, without colour codes; a RUST_LOG from `.env` is honoured.
 #[test]
 fn a_run_without_a_terminal_logs_plain_lines_per_logging_step() {
-    let data = data("log-lines");
-    let root = data.parent().unwrap().to_path_buf();
+    let (root, data) = data("log-lines");
     let run = |cwd: &Path, out: &str| {
         let output = Command::new(common::medbert_bin())
             .current_dir(cwd)
@@ -261,20 +259,20 @@ fn a_run_without_a_terminal_logs_plain_lines_per_logging_step() {
 /// `--eval-strategy` and `--save-strategy` as the HF Trainer spells them.
 #[test]
 fn eval_and_save_strategies_choose_when_each_happens() {
-    let data = data("strategies");
-    let by_epoch = data.with_file_name("by-epoch");
+    let (root, data) = data("strategies");
+    let by_epoch = root.join("by-epoch");
     ok(&train(&data, &by_epoch, &["--num-train-epochs", "2", "--eval-strategy", "no", "--save-strategy", "epoch"]));
     assert_eq!(eval_rows(&by_epoch), []);
     assert!(by_epoch.join("checkpoint-4").is_dir() && by_epoch.join("checkpoint-8").is_dir());
     assert!(common::summary(&by_epoch)["best_checkpoint"].is_null(), "no evaluation, no best/");
 
-    let by_steps = data.with_file_name("by-steps");
+    let by_steps = root.join("by-steps");
     ok(&train(&data, &by_steps, &["--max-steps", "8", "--eval-strategy", "steps", "--eval-steps", "3"]));
     let steps: Vec<u64> = eval_rows(&by_steps).iter().map(|r| r.0).collect();
     assert_eq!(steps, [3, 6, 8], "every 3 steps and at the end, not at the epoch's end");
     assert!(!by_steps.join("checkpoint-8").exists(), "saved without a save strategy");
 
-    let refused = train(&data, &data.with_file_name("refused"), &["--save-strategy", "steps"]);
+    let refused = train(&data, &root.join("refused"), &["--save-strategy", "steps"]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(stderr(&refused).contains("--save-strategy steps (on the command line): steps needs --save-steps"));
 }
@@ -284,8 +282,8 @@ fn eval_and_save_strategies_choose_when_each_happens() {
 /// that checkpoint.
 #[test]
 fn the_best_model_follows_the_chosen_metric() {
-    let data = data("best-metric");
-    let out = data.with_file_name("run");
+    let (root, data) = data("best-metric");
+    let out = root.join("run");
     let flags = ["--num-train-epochs", "3", "--metric-for-best-model", "eval_accuracy", "--load-best-model-at-end"];
     ok(&train(&data, &out, &[&flags[..], &["--learning-rate", "1e-4"]].concat()));
     let evals: Vec<(u64, f64)> = metrics(&out)
@@ -307,7 +305,8 @@ fn the_best_model_follows_the_chosen_metric() {
     let weights = |dir: &str| std::fs::read(out.join(dir).join("model.safetensors")).unwrap();
     assert!(weights("final") == weights("best"), "final/ is not the best checkpoint");
 
-    let unknown = train(&data, &data.with_file_name("unknown"), &["--metric-for-best-model", "f1"]);
+    let unknown = train(&data, &root.join("unknown"), &["--metric-for-best-model", "f1"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("--metric-for-best-model f1 (on the command line): must be one of"));
 }
+

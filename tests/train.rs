@@ -47,7 +47,8 @@ const EPS: f64 = 1e-6;
 #[test]
 fn every_schedule_matches_transformers() {
     use medbert::train::optim::{Schedule, SchedulerType};
-    let out = common::scratch("schedules").join("lrs.json");
+    let dir = common::scratch("schedules");
+    let out = dir.join("lrs.json");
     common::run_reference("schedules.py", &[&out]);
     let want: HashMap<String, Vec<f64>> = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     for (name, kind) in [

@@ -56,11 +56,51 @@ pub fn scratch_dir() -> &'static Path {
     })
 }
 
-/// A fresh subdirectory `name` of the scratch directory.
-pub fn scratch(name: &str) -> PathBuf {
+/// A directory shared by this binary's tests (a fixture built once): it stays until the
+/// binary's next run empties the scratch directory.
+pub fn fixture(name: &str) -> PathBuf {
     let dir = scratch_dir().join(name);
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     dir
+}
+
+/// One test's own directory under the scratch directory: removed when the test passes (runs
+/// write checkpoints of hundreds of MB), kept for inspection when it fails.
+pub struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+/// A fresh directory `name` for one test; see [`Scratch`].
+pub fn scratch(name: &str) -> Scratch {
+    let dir = scratch_dir().join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    Scratch(dir)
 }
 
 /// A TCP port that was free a moment ago on 127.0.0.1.
