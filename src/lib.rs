@@ -17,6 +17,7 @@ pub mod prep;
 pub mod progress;
 pub mod settings;
 pub mod sys;
+pub mod tensorboard;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -310,3 +311,56 @@ fn the_best_model_follows_the_chosen_metric() {
     assert!(stderr(&unknown).contains("--metric-for-best-model f1 (on the command line): must be one of"));
 }
 
+/// TensorBoard's own reader's view of a log directory: the number of event files and every
+/// scalar tag's `(step, value)` points.
+fn tensorboard_scalars(logdir: &Path) -> (u64, HashMap<String, Vec<(u64, f64)>>) {
+    let json = logdir.parent().unwrap().with_extension("scalars.json");
+    common::run_reference("tensorboard_scalars.py", &[logdir, &json]);
+    let read: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let points = |v: &serde_json::Value| {
+        v.as_array().unwrap().iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect()
+    };
+    let scalars = read["scalars"].as_object().unwrap().iter().map(|(tag, v)| (tag.clone(), points(v))).collect();
+    (read["files"].as_u64().unwrap(), scalars)
+}
+
+/// `--report-to tensorboard`: the logged numbers reach TensorBoard under the HF Trainer's
+/// names, in its default directory, and a resume replaces the steps it redoes there.
+#[test]
+fn tensorboard_receives_the_logged_metrics_and_a_resume_replaces_redone_steps() {
+    let (root, data) = data("tensorboard");
+    let out = root.join("run");
+    let flags = ["--max-steps", "4", "--save-steps", "2", "--eval-steps", "2", "--report-to", "tensorboard"];
+    ok(&train(&data, &out, &flags));
+    let runs: Vec<PathBuf> = std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let name = runs[0].file_name().unwrap().to_string_lossy().into_owned();
+    let (date, time_host) = name.split_once('_').unwrap_or_default();
+    let time = time_host.as_bytes();
+    assert!(
+        date.len() == 5 && time.len() > 9 && (time[2], time[5], time[8]) == (b'-', b'-', b'_'),
+        "not <Mon><DD>_<HH>-<MM>-<SS>_<host>: {name}"
+    );
+
+    // A run interrupted after step 4 whose last checkpoint is step 2 redoes steps 3 and 4.
+    let (logdir, checkpoint) = (runs[0].to_str().unwrap(), out.join("checkpoint-2"));
+    let resume = ["--resume-from-checkpoint", checkpoint.to_str().unwrap(), "--logging-dir", logdir];
+    ok(&train(&data, &out, &[&flags[..], &resume].concat()));
+
+    let (files, scalars) = tensorboard_scalars(&runs[0]);
+    assert_eq!(files, 2);
+    let rows = metrics(&out);
+    for (key, tag) in [("loss", "train/loss"), ("learning_rate", "train/learning_rate"), ("eval_accuracy", "eval/accuracy")] {
+        let logged: Vec<(u64, f64)> =
+            rows.iter().filter_map(|r| Some((r["step"].as_u64()?, r.get(key)?.as_f64()?))).collect();
+        let shown = scalars.get(tag).unwrap_or_else(|| panic!("no {tag} in {:?}", scalars.keys()));
+        assert_eq!(shown.iter().map(|p| p.0).collect::<Vec<_>>(), logged.iter().map(|p| p.0).collect::<Vec<_>>(), "{tag}");
+        for ((step, a), (_, b)) in shown.iter().zip(&logged) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{tag} at step {step}: {a} shown, {b} logged");
+        }
+    }
+    assert_eq!(scalars["train/loss"].iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(["train/grad_norm", "train/questions_per_second", "eval/loss", "train/train_runtime"]
+        .iter()
+        .all(|t| scalars.contains_key(*t)), "{:?}", scalars.keys());
+}

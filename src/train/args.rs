@@ -111,6 +111,13 @@ pub struct TrainArgs {
     /// Write a metrics.jsonl line every N optimizer steps.
     #[arg(long, env = "MEDBERT_LOGGING_STEPS", default_value_t = 10)]
     pub logging_steps: usize,
+    /// Where the logged metrics also go, besides metrics.jsonl: none, or tensorboard (event
+    /// files in --logging-dir); all is every integration built in. A comma-separated list.
+    #[arg(long, env = "MEDBERT_REPORT_TO", value_enum, value_delimiter = ',', default_value = "none")]
+    pub report_to: Vec<ReportTo>,
+    /// TensorBoard's log directory (default: <output-dir>/runs/<date>_<host>, as the HF Trainer).
+    #[arg(long, env = "MEDBERT_LOGGING_DIR")]
+    pub logging_dir: Option<PathBuf>,
     /// Save a resumable checkpoint-<step> (weights, optimizer moments, position) every N steps.
     #[arg(long, env = "MEDBERT_SAVE_STEPS")]
     pub save_steps: Option<usize>,
@@ -180,6 +187,15 @@ pub enum IntervalStrategy {
     Epoch,
 }
 
+/// An integration that receives the logged metrics (`--report-to`), as the HF Trainer names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    None,
+    Tensorboard,
+    All,
+}
+
 /// Whether an optimizer step is due for something happening on `strategy` (with `every` for
 /// steps), given that it ended an epoch or the run.
 fn due(strategy: IntervalStrategy, every: usize, step: usize, epoch_done: bool, finished: bool) -> bool {
@@ -194,6 +210,19 @@ impl TrainArgs {
     /// --metric-for-best-model without its `eval_` prefix.
     pub fn best_metric(&self) -> &str {
         self.metric_for_best_model.strip_prefix("eval_").unwrap_or(&self.metric_for_best_model)
+    }
+
+    /// The TensorBoard log directory when --report-to asks for TensorBoard: --logging-dir, or
+    /// the HF Trainer's default (`runs/<Mon><DD>_<HH>-<MM>-<SS>_<host>` in --output-dir).
+    pub fn tensorboard_dir(&self) -> Option<PathBuf> {
+        if !self.report_to.iter().any(|r| matches!(r, ReportTo::Tensorboard | ReportTo::All)) {
+            return None;
+        }
+        Some(self.logging_dir.clone().unwrap_or_else(|| {
+            let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+            let time = chrono::Local::now().format("%b%d_%H-%M-%S");
+            self.output_dir.join("runs").join(format!("{time}_{host}"))
+        }))
     }
 
     /// --greater-is-better, or the HF Trainer's default for the metric.

@@ -92,14 +92,10 @@ struct Trainer<'a> {
 fn record_run(
     args: &TrainArgs,
     inputs: &TrainInputs,
+    resolved: serde_json::Value,
     ddp: &Ddp,
     split: &Split,
-    precision: Precision,
-    on_terminal: bool,
 ) -> Result<(Option<std::path::PathBuf>, Vec<u8>)> {
-    let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
-        "ddp_backend": ddp.backend().map(|b| b.name()),
-        "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
     let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
     let saved = SavedArgs::new(args, resolved, ddp.world_size(), &split.train.manifest.fingerprint, eval_data)?;
     let resume_from = checkpoint::to_resume(&args.output_dir, &inputs.resume, ddp)?;
@@ -133,7 +129,11 @@ impl<'a> Trainer<'a> {
         let split = Split::open(inputs, args.holdout)?;
         // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
         let on_terminal = std::io::stderr().is_terminal();
-        let (resume_from, saved_args) = record_run(args, inputs, &ddp, &split, precision, on_terminal)?;
+        let tensorboard_dir = args.tensorboard_dir();
+        let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
+            "ddp_backend": ddp.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
+            "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
+        let (resume_from, saved_args) = record_run(args, inputs, resolved, &ddp, &split)?;
         let (model, report) =
             MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&inputs.model_dir), inputs.device)?;
         let betas = (args.adam_beta1, args.adam_beta2);
@@ -151,7 +151,8 @@ impl<'a> Trainer<'a> {
                 tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
             }
         }
-        let metrics = MetricsLog::open(&args.output_dir, is_main, resume_from.as_ref().map(|_| state.step))?;
+        let resumed_at = resume_from.as_ref().map(|_| state.step);
+        let metrics = MetricsLog::open(&args.output_dir, is_main, resumed_at, tensorboard_dir.as_deref())?;
         let bar = crate::progress::bar(
             plan.total_steps,
             is_main && on_terminal,

@@ -4,24 +4,35 @@
 
 use super::{EvalResult, Precision};
 use crate::error::{Error, Result};
+use crate::tensorboard::EventWriter;
 use plotters::prelude::*;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Appends one JSON object per line to `metrics.jsonl`; rank 0 only (a no-op elsewhere).
-pub(crate) struct MetricsLog(Option<(std::fs::File, PathBuf)>);
+/// Appends one JSON object per line to `metrics.jsonl`, and sends its numbers to TensorBoard
+/// when asked; rank 0 only (a no-op elsewhere).
+pub(crate) struct MetricsLog {
+    file: Option<(std::fs::File, PathBuf)>,
+    tensorboard: Option<EventWriter>,
+}
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const PLOT_FILE: &str = "curves.png";
 pub const SUMMARY_FILE: &str = "summary.json";
 
 impl MetricsLog {
-    /// Opens the log for appending. On resume from `resumed_step`, records of later steps (from
-    /// the interrupted run, which will be redone) are dropped first.
-    pub(crate) fn open(dir: &Path, is_main: bool, resumed_step: Option<usize>) -> Result<Self> {
+    /// Opens the log for appending, and a new TensorBoard events file in `tensorboard`. On
+    /// resume from `resumed_step`, records of later steps (from the interrupted run, which
+    /// will be redone) are dropped first, and TensorBoard is told to drop them too.
+    pub(crate) fn open(
+        dir: &Path,
+        is_main: bool,
+        resumed_step: Option<usize>,
+        tensorboard: Option<&Path>,
+    ) -> Result<Self> {
         if !is_main {
-            return Ok(MetricsLog(None));
+            return Ok(MetricsLog { file: None, tensorboard: None });
         }
         let path = dir.join(METRICS_FILE);
         if let (Some(step), Ok(text)) = (resumed_step, std::fs::read_to_string(&path)) {
@@ -39,16 +50,38 @@ impl MetricsLog {
         }
         let file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog(Some((file, path))))
-    }
-    /// Appends `value` (a JSON object) with the wall-clock time as `timestamp` (Unix seconds).
-    pub(crate) fn write(&mut self, mut value: serde_json::Value) -> Result<()> {
-        let Some((file, path)) = &mut self.0 else { return Ok(()) };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        if let Some(row) = value.as_object_mut() {
-            row.insert("timestamp".into(), now.as_secs_f64().into());
+        let tensorboard = tensorboard.map(|dir| EventWriter::create(dir, resumed_step.map(|s| s + 1))).transpose()?;
+        if let Some(writer) = &tensorboard {
+            tracing::info!(events = %writer.path().display(), "reporting to TensorBoard");
         }
+        Ok(MetricsLog { file: Some((file, path)), tensorboard })
+    }
+
+    /// Appends `value` (a JSON object with a `step`) with the wall-clock time as `timestamp`
+    /// (Unix seconds); its numbers go to TensorBoard named as the HF Trainer names them
+    /// (`eval_loss` as `eval/loss`, `loss` as `train/loss`).
+    pub(crate) fn write(&mut self, mut value: serde_json::Value) -> Result<()> {
+        let Some((file, path)) = &mut self.file else { return Ok(()) };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let Some(row) = value.as_object_mut() else { return Ok(()) };
+        if let (Some(writer), Some(step)) = (&mut self.tensorboard, row.get("step").and_then(|s| s.as_u64())) {
+            let tags: Vec<(String, f64)> = row
+                .iter()
+                .filter(|(key, v)| key.as_str() != "step" && v.is_number())
+                .map(|(key, v)| (tensorboard_tag(key), v.as_f64().unwrap_or(f64::NAN)))
+                .collect();
+            writer.scalars(step as usize, tags.iter().map(|(t, v)| (t.as_str(), *v)))?;
+        }
+        row.insert("timestamp".into(), now.as_secs_f64().into());
         writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| Error::io(&*path, e))
+    }
+}
+
+/// The HF Trainer's TensorBoard name for a logged key.
+fn tensorboard_tag(key: &str) -> String {
+    match key.strip_prefix("eval_") {
+        Some(metric) => format!("eval/{metric}"),
+        None => format!("train/{key}"),
     }
 }
 

@@ -145,10 +145,11 @@ pub(crate) fn check_resume(checkpoint: &Path, output_dir: &Path, now: &SavedArgs
     Ok(())
 }
 
-/// What in `dir` belongs to a run: its arguments, metrics, plot, summary, and checkpoints.
+/// What in `dir` belongs to a run: its arguments, metrics, plot, summary, checkpoints, and
+/// TensorBoard logs in their default place.
 fn run_files(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let named = [ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, "final", "best"];
+    let named = [ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, "final", "best", "runs"];
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
         .filter(|e| {
