@@ -6,6 +6,10 @@
 //! `group_by_length` the permutation is arranged as the HF Trainer's LengthGroupedSampler
 //! does: shuffled, cut into mega-batches of 50 batches, each sorted longest first, and the
 //! mega-batch holding the longest question moved to the front (memory errors show at once).
+//!
+//! The order depends on the seed and epoch alone, so optimizer step `k` of an epoch takes its
+//! positions `[k G, (k + 1) G)` whatever the number of processes, G being the global batch:
+//! a run can be resharded at a step boundary onto another number of processes.
 
 use crate::data::CHOICES;
 use crate::encode::Sequences;
@@ -32,17 +36,19 @@ pub struct Sampler {
     pub shuffle: bool,
     pub seed: u64,
     pub drop_last: bool,
-    /// Arrange by these per-question lengths in mega-batches of 50 x `batch_size`.
+    /// Arrange by these per-question lengths in mega-batches of 50 x this many questions (the
+    /// HF Trainer's per-process batch times accumulation: independent of the world size).
     pub group_by_length: Option<(Vec<u32>, usize)>,
 }
 
 impl Sampler {
-    /// Samples per rank per epoch.
-    pub fn num_samples(&self) -> usize {
+    /// Samples per rank in an epoch sharded from position `from` of its global order.
+    pub fn num_samples(&self, from: usize) -> usize {
+        let left = self.len.saturating_sub(from);
         if self.drop_last {
-            self.len / self.world_size
+            left / self.world_size
         } else {
-            self.len.div_ceil(self.world_size)
+            left.div_ceil(self.world_size)
         }
     }
 
@@ -73,11 +79,15 @@ impl Sampler {
         order
     }
 
-    /// This rank's samples for `epoch`, in order.
-    pub fn shard(&self, epoch: u64) -> Vec<Sample> {
-        let total = self.num_samples() * self.world_size;
+    /// This rank's samples of `epoch`, in order, sharded from position `from` of the epoch's
+    /// global order (0 but for a run resumed mid-epoch by another number of processes). The
+    /// padding repeats the epoch's order from its start, wherever the sharding began, so a run
+    /// resharded at a step boundary pads as the uninterrupted run does.
+    pub fn shard(&self, epoch: u64, from: usize) -> Vec<Sample> {
+        let total = self.num_samples(from) * self.world_size;
         let order = self.order(epoch);
-        let padded: Vec<Sample> = order
+        let rest = order.get(from..).unwrap_or_default();
+        let padded: Vec<Sample> = rest
             .iter()
             .map(|&index| Sample { index, padding: false })
             .chain(order.iter().cycle().map(|&index| Sample { index, padding: true }))
@@ -168,7 +178,7 @@ mod tests {
     #[test]
     fn shards_are_disjoint_cover_everything_and_pad_like_torch() {
         for world in 1..=4 {
-            let shards: Vec<Vec<Sample>> = (0..world).map(|r| sampler(10, world, r, false).shard(3)).collect();
+            let shards: Vec<Vec<Sample>> = (0..world).map(|r| sampler(10, world, r, false).shard(3, 0)).collect();
             let n = 10usize.div_ceil(world);
             assert!(shards.iter().all(|s| s.len() == n), "world {world}: unequal shards");
             let mut real: Vec<usize> = shards.iter().flatten().filter(|s| !s.padding).map(|s| s.index).collect();
@@ -180,24 +190,50 @@ mod tests {
 
     #[test]
     fn drop_last_cuts_to_a_multiple_of_the_world() {
-        let shards: Vec<Vec<Sample>> = (0..3).map(|r| sampler(10, 3, r, true).shard(0)).collect();
+        let shards: Vec<Vec<Sample>> = (0..3).map(|r| sampler(10, 3, r, true).shard(0, 0)).collect();
         assert!(shards.iter().all(|s| s.len() == 3 && s.iter().all(|x| !x.padding)));
     }
 
     #[test]
     fn the_order_depends_on_seed_and_epoch_only() {
         let a = sampler(100, 2, 1, false);
-        assert_eq!(a.shard(5), a.clone().shard(5));
-        assert_ne!(a.shard(5), a.shard(6));
+        assert_eq!(a.shard(5, 0), a.clone().shard(5, 0));
+        assert_ne!(a.shard(5, 0), a.shard(6, 0));
         let unshuffled = Sampler { shuffle: false, ..sampler(5, 2, 1, false) };
-        assert_eq!(unshuffled.shard(9).iter().map(|s| s.index).collect::<Vec<_>>(), [1, 3, 0]);
+        assert_eq!(unshuffled.shard(9, 0).iter().map(|s| s.index).collect::<Vec<_>>(), [1, 3, 0]);
+    }
+
+    #[test]
+    fn resharding_at_a_step_boundary_continues_the_epoch() {
+        for (len, world, per_rank) in [(10, 2, 2), (11, 3, 1), (64, 4, 3)] {
+            let whole: Vec<Vec<Sample>> = (0..world).map(|r| sampler(len, world, r, false).shard(2, 0)).collect();
+            for steps in 0..len / (world * per_rank) {
+                let from = steps * world * per_rank;
+                for (r, shard) in whole.iter().enumerate() {
+                    // The same number of processes: exactly the rest of the uninterrupted shard.
+                    assert_eq!(sampler(len, world, r, false).shard(2, from), shard[steps * per_rank..]);
+                }
+                for other in 1..=4 {
+                    let mut rest: Vec<usize> = (0..other)
+                        .flat_map(|r| sampler(len, other, r, false).shard(2, from))
+                        .filter(|s| !s.padding)
+                        .map(|s| s.index)
+                        .collect();
+                    let mut done: Vec<usize> =
+                        whole.iter().flat_map(|s| &s[..steps * per_rank]).map(|s| s.index).collect();
+                    done.append(&mut rest);
+                    done.sort();
+                    assert_eq!(done, (0..len).collect::<Vec<_>>(), "{len} questions, {world} -> {other} processes");
+                }
+            }
+        }
     }
 
     #[test]
     fn group_by_length_sorts_mega_batches_and_leads_with_the_longest() {
         let lengths: Vec<u32> = (0..1000).map(|i| (i * 7919 % 997) as u32).collect();
         let s = Sampler { group_by_length: Some((lengths.clone(), 2)), ..sampler(1000, 1, 0, false) };
-        let order: Vec<usize> = s.shard(0).iter().map(|x| x.index).collect();
+        let order: Vec<usize> = s.shard(0, 0).iter().map(|x| x.index).collect();
         assert_eq!(lengths[order[0]], *lengths.iter().max().unwrap());
         for mega in order.chunks(100) {
             assert!(mega.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]), "a mega-batch is not sorted");

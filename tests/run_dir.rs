@@ -96,9 +96,12 @@ fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
     let out = root.join("run");
     ok(&train(&data, &out, &["--max-steps", "4", "--save-steps", "2"]));
 
-    let bigger = train(&data, &out, &["--max-steps", "6", "--resume", "--gradient-accumulation-steps", "2"]);
-    assert_eq!(bigger.status.code(), Some(2));
-    assert!(stderr(&bigger).contains("gradient_accumulation_steps: 1 -> 2"), "{}", stderr(&bigger));
+    let reseeded = train(&data, &out, &["--max-steps", "6", "--resume", "--seed", "7"]);
+    assert_eq!(reseeded.status.code(), Some(2));
+    assert!(stderr(&reseeded).contains("seed: 42 -> 7"), "{}", stderr(&reseeded));
+    let grouped = train(&data, &out, &["--max-steps", "6", "--resume", "--group-by-length"]);
+    assert_eq!(grouped.status.code(), Some(2));
+    assert!(stderr(&grouped).contains("group_by_length: false -> true"), "{}", stderr(&grouped));
 
     // HfArgumentParser's spelling, with an underscore, works too.
     let faster = train(&data, &out, &["--max_steps", "6", "--resume", "--learning_rate", "1e-4"]);

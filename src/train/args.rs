@@ -118,6 +118,10 @@ pub struct TrainArgs {
     /// TensorBoard's log directory (default: <output-dir>/runs/<date>_<host>, as the HF Trainer).
     #[arg(long, env = "MEDBERT_LOGGING_DIR")]
     pub logging_dir: Option<PathBuf>,
+    /// Debugging: every process appends the training questions of each optimizer step
+    /// (indices into the training data) to questions-rank<R>.jsonl in --output-dir.
+    #[arg(long, env = "MEDBERT_RECORD_QUESTIONS")]
+    pub record_questions: bool,
     /// Save a resumable checkpoint-<step> (weights, optimizer moments, position) every N steps.
     #[arg(long, env = "MEDBERT_SAVE_STEPS")]
     pub save_steps: Option<usize>,
@@ -125,10 +129,11 @@ pub struct TrainArgs {
     #[arg(long, env = "MEDBERT_SAVE_TOTAL_LIMIT")]
     pub save_total_limit: Option<usize>,
     /// Continue from the newest checkpoint-<step> in --output-dir, at the exact next batch. What
-    /// changes the data order or the optimizer's meaning (data, batch size, accumulation, seed,
-    /// max length, group-by-length, holdout, number of processes) must match the saved
-    /// training_args.json; other changes are allowed and listed. A run restarted by medbert-run
-    /// --max-restarts resumes by itself when a checkpoint exists.
+    /// changes the data order (data, seed, max length, group-by-length, holdout; with
+    /// group-by-length also batch size and accumulation) must match the saved
+    /// training_args.json; other changes are allowed and listed. Another number of processes
+    /// or global batch goes on from the first question of the epoch's order no step took. A
+    /// run restarted by medbert-run --max-restarts resumes by itself when a checkpoint exists.
     #[arg(long, env = "MEDBERT_RESUME")]
     pub resume: bool,
     /// Continue from this checkpoint-<step> directory (as --resume, from a given checkpoint).
@@ -223,6 +228,11 @@ impl TrainArgs {
             let time = chrono::Local::now().format("%b%d_%H-%M-%S");
             self.output_dir.join("runs").join(format!("{time}_{host}"))
         }))
+    }
+
+    /// Questions per optimizer step over `world` processes.
+    pub fn global_batch(&self, world: usize) -> usize {
+        self.per_device_train_batch_size * self.gradient_accumulation_steps * world
     }
 
     /// --greater-is-better, or the HF Trainer's default for the metric.

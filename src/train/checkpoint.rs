@@ -24,7 +24,11 @@ pub struct TrainerState {
     /// Optimizer steps taken.
     pub step: usize,
     pub epoch: u64,
-    /// Accumulation groups of `epoch` already done: training resumes at the next one.
+    /// The position in `epoch`'s global order where its sharding began: 0, or where a run
+    /// resumed by another number of processes (or another global batch) took over.
+    #[serde(default)]
+    pub epoch_start: usize,
+    /// Accumulation groups done since `epoch_start`: training resumes at the next one.
     pub group: usize,
     pub seen: usize,
     /// The best value of `--metric-for-best-model` so far, and the step that reached it.
@@ -33,9 +37,15 @@ pub struct TrainerState {
     #[serde(default)]
     pub best_step: Option<usize>,
     pub evals_without_improvement: usize,
-    /// Processes that trained (the data order depends on it).
+    /// Processes that trained, and the questions of one optimizer step over all of them.
     #[serde(default = "one")]
     pub world_size: usize,
+    #[serde(default)]
+    pub global_batch: Option<usize>,
+    /// Optimizer steps per epoch as the run was first planned (its length in steps and its
+    /// learning-rate schedule stay those when it is resumed with another global batch).
+    #[serde(default)]
+    pub steps_per_epoch: Option<usize>,
     /// Updates the optimizer applied (fewer than `step` when fp16 skipped some).
     #[serde(default)]
     pub optimizer_step: Option<usize>,
@@ -131,22 +141,50 @@ fn checked(dir: &Path, flag: &str) -> Result<PathBuf> {
 
 /// Loads a resumable checkpoint's optimizer moments and loss-scaler state; returns where the
 /// run stood. A checkpoint of another world size is refused: the data order depends on it.
-pub(crate) fn restore(dir: &Path, world: usize, opt: &mut AdamW, scaler: &mut GradScaler) -> Result<TrainerState> {
-    let (state, moments) = load_resumable(dir)?;
-    if state.world_size != world {
-        return Err(Error::Input(format!(
-            "--resume: {} was written by {} process(es), this run has {world}; resume at the same world size \
-             (the data order depends on it) or start a new run from {}",
-            dir.display(),
-            state.world_size,
-            dir.display()
-        )));
+/// How a resume lays the rest of an epoch out again: the processes and global batch of the
+/// checkpoint, and of this run.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Reshard {
+    pub from: (usize, usize),
+    pub to: (usize, usize),
+}
+
+/// Restores the trainer state, optimizer moments and loss scaler of checkpoint `dir` for a run
+/// of `world` processes taking `global_batch` questions per step. A checkpoint written by
+/// another number of processes or global batch is resharded: the epoch continues at the first
+/// question of its order that no optimizer step took, shared among this run's processes.
+pub(crate) fn restore(
+    dir: &Path,
+    world: usize,
+    global_batch: usize,
+    opt: &mut AdamW,
+    scaler: &mut GradScaler,
+) -> Result<(TrainerState, Option<Reshard>)> {
+    let (mut state, moments) = load_resumable(dir)?;
+    let before = match state.global_batch {
+        Some(batch) => batch,
+        None if state.world_size == world => global_batch,
+        None => {
+            return Err(Error::Input(format!(
+                "--resume: {} was written by {} process(es) and records no global batch; resume it with as \
+                 many processes and the same batch settings",
+                dir.display(),
+                state.world_size
+            )))
+        }
+    };
+    let mut reshard = None;
+    if (state.world_size, before) != (world, global_batch) {
+        reshard = Some(Reshard { from: (state.world_size, before), to: (world, global_batch) });
+        state.epoch_start += state.group * before;
+        state.group = 0;
     }
+    (state.world_size, state.global_batch) = (world, Some(global_batch));
     opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64, &dir.join(OPTIMIZER_FILE))?;
     if let Some(s) = &state.scaler {
         *scaler = s.clone();
     }
-    Ok(state)
+    Ok((state, reshard))
 }
 
 /// The `checkpoint-<step>` directories under `dir` that hold a trainer state, by step.

@@ -24,7 +24,7 @@ pub use eval::{evaluate, EvalResult};
 use optim::{clip_grad_norm, AdamW};
 pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
-use report::MetricsLog;
+use report::{MetricsLog, QuestionLog};
 pub use report::{TrainSummary, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
 use run_dir::SavedArgs;
 pub use run_dir::ARGS_FILE;
@@ -75,6 +75,7 @@ struct Trainer<'a> {
     /// where the run checks it. Not tracked under fp16, whose scaler skips such steps.
     first_nonfinite: Option<Tensor>,
     metrics: MetricsLog,
+    questions: QuestionLog,
     bar: indicatif::ProgressBar,
     started: Instant,
     /// The step this process started at (a resumed run's throughput and ETA count from it).
@@ -110,6 +111,29 @@ fn record_run(
     Ok((resume_from, saved_args))
 }
 
+/// Says how a resume by another number of processes or global batch goes on (rank 0).
+fn announce(reshard: &checkpoint::Reshard, args: &TrainArgs, epoch_start: usize) {
+    let ((world_was, batch_was), (world, batch)) = (reshard.from, reshard.to);
+    tracing::warn!(
+        "resuming on {world} process(es), the checkpoint was written by {world_was}: the epoch goes on from \
+         question {epoch_start} of its order, shared among {world}"
+    );
+    if batch_was != batch {
+        let per_step = args.per_device_train_batch_size * world;
+        let keep = match batch_was % per_step {
+            0 => format!("--gradient-accumulation-steps {} keeps it", batch_was / per_step),
+            _ => format!(
+                "no --gradient-accumulation-steps keeps it with --per-device-train-batch-size {} on {world}",
+                args.per_device_train_batch_size
+            ),
+        };
+        tracing::warn!(
+            "the global batch changes from {batch_was} to {batch} questions per optimizer step ({keep}); \
+             the number of steps and the learning-rate schedule stay as planned"
+        );
+    }
+}
+
 /// What one optimizer step leaves on the device, read only when the step is logged.
 struct StepOutput {
     /// The mean loss of the accumulation group on this rank.
@@ -142,17 +166,24 @@ impl<'a> Trainer<'a> {
         if is_main && (!report.initialised.is_empty() || !report.unexpected.is_empty()) {
             tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
         }
-        let plan = Plan::new(args, &split, &ddp)?;
         let mut scaler = GradScaler::new(precision == Precision::Fp16);
-        let mut state = TrainerState { world_size: ddp.world_size(), ..TrainerState::default() };
+        let (world, global_batch) = (ddp.world_size(), args.global_batch(ddp.world_size()));
+        let mut state = TrainerState { world_size: world, global_batch: Some(global_batch), ..TrainerState::default() };
         if let Some(dir) = &resume_from {
-            state = checkpoint::restore(dir, ddp.world_size(), &mut opt, &mut scaler)?;
+            let reshard;
+            (state, reshard) = checkpoint::restore(dir, world, global_batch, &mut opt, &mut scaler)?;
             if is_main {
                 tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
+                if let Some(r) = reshard {
+                    announce(&r, args, state.epoch_start);
+                }
             }
         }
+        let plan = Plan::new(args, &split, &ddp, state.steps_per_epoch)?;
+        state.steps_per_epoch.get_or_insert(plan.per_epoch);
         let resumed_at = resume_from.as_ref().map(|_| state.step);
         let metrics = MetricsLog::open(&args.output_dir, is_main, resumed_at, tensorboard_dir.as_deref())?;
+        let questions = QuestionLog::open(&args.output_dir, args.record_questions, ddp.rank(), resumed_at)?;
         let bar = crate::progress::bar(
             plan.total_steps,
             is_main && on_terminal,
@@ -176,6 +207,7 @@ impl<'a> Trainer<'a> {
             saved_args,
             first_nonfinite: (precision != Precision::Fp16).then(|| Tensor::full([], -1, (Kind::Int64, inputs.device))),
             metrics,
+            questions,
             bar,
             started: Instant::now(),
             paused: Duration::ZERO,
@@ -189,29 +221,36 @@ impl<'a> Trainer<'a> {
     /// step that ends an epoch or the run evaluates (as do `--eval-steps`), and its checkpoint
     /// is written after that evaluation, so a resume neither repeats nor loses one.
     fn fit(&mut self) -> Result<()> {
-        let (accumulation, per_epoch) = (self.args.gradient_accumulation_steps, self.plan.per_epoch);
+        let accumulation = self.args.gradient_accumulation_steps;
         while self.state.step < self.plan.total_steps {
-            let batches = self.plan.batches(&self.split, self.state.epoch);
-            for group in batches.chunks(accumulation).take(per_epoch).skip(self.state.group) {
+            let from = self.state.epoch_start;
+            let (batches, in_epoch) =
+                (self.plan.batches(&self.split, self.state.epoch, from), self.plan.steps_in_epoch(from));
+            for group in batches.chunks(accumulation).take(in_epoch).skip(self.state.group) {
                 let out = self.optimizer_step(group)?;
+                self.questions.write(self.state.step, self.state.epoch, group)?;
                 self.log_step(out)?;
                 let finished = self.state.step >= self.plan.total_steps;
-                let epoch_done = self.state.group == per_epoch;
+                let epoch_done = self.state.group == in_epoch;
                 let step = self.state.step;
                 let stop = self.args.eval_due(step, epoch_done, finished) && self.evaluate()?;
                 if epoch_done {
-                    (self.state.epoch, self.state.group) = (self.state.epoch + 1, 0);
+                    self.next_epoch();
                 }
                 self.verify_and_save(self.args.save_due(step, epoch_done))?;
                 if stop || finished {
                     return Ok(());
                 }
             }
-            if self.state.group != 0 {
-                (self.state.epoch, self.state.group) = (self.state.epoch + 1, 0);
+            if self.state.group != 0 || self.state.epoch_start != 0 {
+                self.next_epoch();
             }
         }
         Ok(())
+    }
+
+    fn next_epoch(&mut self) {
+        (self.state.epoch, self.state.epoch_start, self.state.group) = (self.state.epoch + 1, 0, 0);
     }
 
     /// Forward and backward of each micro-batch of `group` (gradients accumulate locally), the
@@ -353,9 +392,15 @@ impl<'a> Trainer<'a> {
         }
     }
 
-    /// Epochs done, with the fraction of the current one.
+    /// Epochs done, with the share of the current epoch's questions that steps took (1 once
+    /// its last step is taken).
     fn epoch(&self) -> f64 {
-        self.state.epoch as f64 + self.state.group as f64 / self.plan.per_epoch as f64
+        let (from, len) = (self.state.epoch_start, self.plan.epoch_len().max(1));
+        let fraction = match self.state.group == self.plan.steps_in_epoch(from) {
+            true => 1.0,
+            false => (from + self.state.group * self.plan.global_batch).min(len) as f64 / len as f64,
+        };
+        self.state.epoch as f64 + fraction
     }
 
     /// The time the remaining steps will take at this process's pace so far.

@@ -60,14 +60,21 @@ impl Split {
 pub(crate) struct Plan {
     sampler: Sampler,
     batch: usize,
+    accumulation: usize,
+    /// Questions per optimizer step over all processes.
+    pub global_batch: usize,
+    /// Optimizer steps in a whole epoch.
     pub per_epoch: usize,
     pub total_steps: usize,
     pub schedule: Schedule,
 }
 
 impl Plan {
-    pub fn new(args: &TrainArgs, split: &Split, ddp: &Ddp) -> Result<Plan> {
+    /// `first_per_epoch`: the steps per epoch the run was planned with when it started (a run
+    /// resumed by another number of processes keeps its number of steps and its schedule).
+    pub fn new(args: &TrainArgs, split: &Split, ddp: &Ddp, first_per_epoch: Option<usize>) -> Result<Plan> {
         let (batch, world) = (args.per_device_train_batch_size, ddp.world_size());
+        let accumulation = args.gradient_accumulation_steps;
         // Batch size and accumulation are in range (`TrainArgs::problems`); the group's size
         // is known only here.
         if world > MAX_RANKS {
@@ -76,7 +83,7 @@ impl Plan {
         let group_by_length = match args.group_by_length {
             true => {
                 let lengths = question_lengths(&split.train)?;
-                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), batch * world))
+                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), batch * accumulation))
             }
             false => None,
         };
@@ -89,22 +96,36 @@ impl Plan {
             drop_last: false,
             group_by_length,
         };
-        let per_epoch = steps_per_epoch(sampler.num_samples(), batch, args.gradient_accumulation_steps);
+        let per_epoch = steps_per_epoch(sampler.num_samples(0), batch, accumulation);
+        let planned = first_per_epoch.unwrap_or(per_epoch);
         let total_steps =
-            args.max_steps.unwrap_or_else(|| (args.num_train_epochs * per_epoch as f64).ceil() as usize).max(1);
+            args.max_steps.unwrap_or_else(|| (args.num_train_epochs * planned as f64).ceil() as usize).max(1);
         let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
         let schedule =
             Schedule { kind: args.lr_scheduler_type, base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
         if total_steps as u64 > MAX_STEPS {
             return Err(Error::Input(format!("{total_steps} optimizer steps: at most {MAX_STEPS} are supported")));
         }
-        Ok(Plan { sampler, batch, per_epoch, total_steps, schedule })
+        let global_batch = args.global_batch(world);
+        Ok(Plan { sampler, batch, accumulation, global_batch, per_epoch, total_steps, schedule })
     }
 
-    /// This rank's micro-batches of `epoch`, as question indices of the training cache.
-    pub fn batches(&self, split: &Split, epoch: u64) -> Vec<Vec<usize>> {
-        let shard = self.sampler.shard(epoch);
+    /// This rank's micro-batches of `epoch` from position `from` of its global order, as
+    /// question indices of the training cache.
+    pub fn batches(&self, split: &Split, epoch: u64, from: usize) -> Vec<Vec<usize>> {
+        let shard = self.sampler.shard(epoch, from);
         shard.chunks(self.batch).map(|c| c.iter().map(|s| split.train_idx[s.index]).collect()).collect()
+    }
+
+    /// Optimizer steps in an epoch sharded from position `from` (as the HF Trainer counts
+    /// them: an incomplete last accumulation group is left out).
+    pub fn steps_in_epoch(&self, from: usize) -> usize {
+        steps_per_epoch(self.sampler.num_samples(from), self.batch, self.accumulation)
+    }
+
+    /// Training questions in an epoch.
+    pub fn epoch_len(&self) -> usize {
+        self.sampler.len
     }
 }
 

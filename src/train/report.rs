@@ -35,21 +35,7 @@ impl MetricsLog {
             return Ok(MetricsLog { file: None, tensorboard: None });
         }
         let path = dir.join(METRICS_FILE);
-        if let (Some(step), Ok(text)) = (resumed_step, std::fs::read_to_string(&path)) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_none_or(|s| s as usize <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            crate::atomic::write_file(&path, kept.as_bytes())?;
-        }
-        let file =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        let file = append_after(&path, resumed_step)?;
         let tensorboard = tensorboard.map(|dir| EventWriter::create(dir, resumed_step.map(|s| s + 1))).transpose()?;
         if let Some(writer) = &tensorboard {
             tracing::info!(events = %writer.path().display(), "reporting to TensorBoard");
@@ -74,6 +60,47 @@ impl MetricsLog {
         }
         row.insert("timestamp".into(), now.as_secs_f64().into());
         writeln!(file, "{value}").and_then(|_| file.flush()).map_err(|e| Error::io(&*path, e))
+    }
+}
+
+/// Opens a JSON-lines log for appending; on resume from `resumed_step`, the lines of later
+/// steps (from the interrupted run, which will be redone) are dropped first.
+fn append_after(path: &Path, resumed_step: Option<usize>) -> Result<std::fs::File> {
+    if let (Some(step), Ok(text)) = (resumed_step, std::fs::read_to_string(path)) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_none_or(|s| s as usize <= step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::atomic::write_file(path, kept.as_bytes())?;
+    }
+    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))
+}
+
+/// `--record-questions`: every process appends the training questions (indices into the
+/// training cache) of each optimizer step to its own `questions-rank<R>.jsonl`.
+pub(crate) struct QuestionLog(Option<(std::fs::File, PathBuf)>);
+
+pub const QUESTIONS_PREFIX: &str = "questions-rank";
+
+impl QuestionLog {
+    pub(crate) fn open(dir: &Path, enabled: bool, rank: usize, resumed_step: Option<usize>) -> Result<Self> {
+        if !enabled {
+            return Ok(QuestionLog(None));
+        }
+        let path = dir.join(format!("{QUESTIONS_PREFIX}{rank}.jsonl"));
+        Ok(QuestionLog(Some((append_after(&path, resumed_step)?, path))))
+    }
+
+    pub(crate) fn write(&mut self, step: usize, epoch: u64, group: &[Vec<usize>]) -> Result<()> {
+        let Some((file, path)) = &mut self.0 else { return Ok(()) };
+        let row = serde_json::json!({"step": step, "epoch": epoch, "questions": group.concat()});
+        writeln!(file, "{row}").map_err(|e| Error::io(&*path, e))
     }
 }
 

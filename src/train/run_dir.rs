@@ -3,7 +3,7 @@
 //! `training_args.json` (HF's name) with the data's fingerprints, and a resume checked against
 //! what the interrupted run was told.
 
-use super::report::{METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
+use super::report::{METRICS_FILE, PLOT_FILE, QUESTIONS_PREFIX, SUMMARY_FILE};
 use super::{Ddp, Resume, TrainArgs};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -27,16 +27,13 @@ pub struct SavedArgs {
     pub eval_data: Option<String>,
 }
 
-/// Arguments that change the data order or what an optimizer step means: a resume must keep
-/// them (the world size and the data fingerprints too).
-const FIXED_ON_RESUME: [&str; 6] = [
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "seed",
-    "group_by_length",
-    "holdout",
-    "data.max_length",
-];
+/// Arguments that change the data order: a resume must keep them (the data fingerprints too).
+/// The number of processes, batch size and accumulation may change: the order is global, and
+/// the epoch is resharded where the checkpoint left it.
+const FIXED_ON_RESUME: [&str; 4] = ["seed", "group_by_length", "holdout", "data.max_length"];
+
+/// Under --group-by-length these set the mega-batches' size, so the order depends on them.
+const FIXED_WHEN_GROUPED: [&str; 2] = ["per_device_train_batch_size", "gradient_accumulation_steps"];
 
 /// Flags that say how to start, not what the run is.
 const NOT_COMPARED: [&str; 3] = ["resume", "resume_from_checkpoint", "overwrite_output_dir"];
@@ -109,8 +106,10 @@ pub fn compare(saved: &SavedArgs, now: &SavedArgs) -> Changes {
             continue;
         }
         let line = format!("{name}: {a} -> {b}");
+        let grouped = after.get("group_by_length") == Some(&Value::Bool(true));
         let fixed = FIXED_ON_RESUME.contains(&name.as_str())
-            || ["world_size", "train data", "evaluation data"].contains(&name.as_str());
+            || (grouped && FIXED_WHEN_GROUPED.contains(&name.as_str()))
+            || ["train data", "evaluation data"].contains(&name.as_str());
         match fixed {
             true => changes.refused.push(line),
             false => changes.allowed.push(line),
@@ -154,7 +153,7 @@ fn run_files(dir: &Path) -> Vec<PathBuf> {
         .filter_map(|e| e.ok())
         .filter(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            named.contains(&name.as_str()) || name.starts_with("checkpoint-")
+            named.contains(&name.as_str()) || name.starts_with("checkpoint-") || name.starts_with(QUESTIONS_PREFIX)
         })
         .map(|e| e.path())
         .collect();
@@ -222,9 +221,15 @@ mod tests {
         assert_eq!(changes.refused, ["data.max_length: 128 -> 64"]);
         assert_eq!(changes.allowed, ["learning_rate: 0.00005 -> 0.0001"]);
         let moved = SavedArgs { train_data: "def".into(), ..saved(before.arguments.clone(), 3) };
-        let refused = compare(&before, &moved).refused;
-        assert!(refused.iter().any(|l| l.starts_with("world_size: 2 -> 3")), "{refused:?}");
-        assert!(refused.iter().any(|l| l.starts_with("train data")), "{refused:?}");
+        let changes = compare(&before, &moved);
+        assert_eq!(changes.refused.len(), 1);
+        assert!(changes.refused[0].starts_with("train data"), "{changes:?}");
+        assert_eq!(changes.allowed, ["world_size: 2 -> 3"], "the order is global: resharded, not refused");
+        let batch = |grouped: bool, size: usize| {
+            saved(serde_json::json!({"group_by_length": grouped, "per_device_train_batch_size": size}), 2)
+        };
+        assert_eq!(compare(&batch(false, 8), &batch(false, 4)).allowed, ["per_device_train_batch_size: 8 -> 4"]);
+        assert_eq!(compare(&batch(true, 8), &batch(true, 4)).refused, ["per_device_train_batch_size: 8 -> 4"]);
         let resumed = saved(
             serde_json::json!({"seed": 42, "learning_rate": 5e-5, "data": {"max_length": 128},
             "resume": true}),
