@@ -253,6 +253,35 @@ fn a_killed_worker_brings_the_group_down_and_a_restart_resumes_to_the_same_weigh
     assert!(diff == 0.0, "the restarted run differs from an uninterrupted one by {diff:e} at {name}");
 }
 
+/// Two tasks started as `srun --ntasks 2` starts them (Slurm's variables, no launcher) join
+/// through the first host of the node list and the job's port, and train exactly as the
+/// same run under medbert-run.
+#[test]
+fn srun_tasks_train_like_the_launchers_workers() {
+    let out = common::scratch("ddp-srun");
+    let (job, _) = common::slurm_job_with_free_port();
+    let flags = train_flags(&out, 4, 8);
+    let tasks: Vec<std::process::Child> = (0..2)
+        .map(|rank| {
+            Command::new(common::medbert_bin())
+                .arg("train")
+                .args(&flags)
+                .envs(common::srun_task_env(rank, 2, &job))
+                .env("OMP_NUM_THREADS", "1")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for task in tasks {
+        check(&task.wait_with_output().unwrap());
+    }
+    assert_eq!(common::summary(&out)["world_size"], 2);
+    let (diff, name) = max_diff(&weights(two_process_run()), &weights(&out));
+    assert!(diff == 0.0, "srun's tasks differ from medbert-run's workers by {diff:e} at {name}");
+}
+
 /// The questions (training-cache indices) that `--record-questions` saw trained in `epoch`
 /// at steps in `steps`, over every rank's file in `run`.
 fn questions_trained(run: &Path, epoch: u64, steps: std::ops::RangeInclusive<u64>) -> Vec<u64> {

@@ -52,6 +52,22 @@ fn both_spellings_and_the_rdzv_endpoint_work_as_in_torchrun() {
     }
 }
 
+/// Under `srun --ntasks-per-node 1` the launcher takes its nodes, master and job id from
+/// Slurm; as one of several tasks on a node it refuses, saying how to start it.
+#[test]
+fn under_srun_the_launcher_takes_the_job_from_slurm() {
+    let (job, port) = common::slurm_job_with_free_port();
+    let script = sh("echo $GROUP_WORLD_SIZE $WORLD_SIZE $MASTER_ADDR:$MASTER_PORT $TORCHELASTIC_RUN_ID");
+    let out = launcher(&["--nproc-per-node", "2"], &script).envs(common::srun_task_env(0, 1, &job)).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.matches(&format!(" 1 2 localhost:{port} {job}")).count(), 2, "{stdout}");
+
+    let out = launcher(&["--nproc-per-node", "2"], &script).envs(common::srun_task_env(1, 2, &job)).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).1.contains("start it with `srun --ntasks-per-node 1`"), "{}", text(&out).1);
+}
+
 /// A launcher flag among the training flags is the launcher's error, not the workers'.
 #[test]
 fn a_launcher_flag_after_the_training_flags_is_refused() {

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
+use medbert::dist::slurm::SlurmTask;
 use medbert::launch::{self, GroupSpec, LaunchConfig, Supervision};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
@@ -23,18 +24,20 @@ struct Args {
     /// `auto` (gpu when CUDA is available, else cpu).
     #[arg(long, default_value = "1")]
     nproc_per_node: String,
-    /// Number of nodes.
-    #[arg(long, default_value_t = 1)]
-    nnodes: usize,
-    /// This node's rank, 0..nnodes.
-    #[arg(long, default_value_t = 0)]
-    node_rank: usize,
-    /// Address of the node that hosts rank 0 (the rendezvous store).
-    #[arg(long, default_value = "127.0.0.1")]
-    master_addr: String,
-    /// Port of the rendezvous store on the master node.
-    #[arg(long, default_value_t = 29500)]
-    master_port: u16,
+    /// Number of nodes [default: 1; under `srun --ntasks-per-node 1`, SLURM_NNODES].
+    #[arg(long)]
+    nnodes: Option<usize>,
+    /// This node's rank, 0..nnodes [default: 0; under srun, SLURM_NODEID].
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// Address of the node that hosts rank 0 (the rendezvous store) [default: 127.0.0.1; under
+    /// srun, the first host of SLURM_JOB_NODELIST].
+    #[arg(long)]
+    master_addr: Option<String>,
+    /// Port of the rendezvous store on the master node [default: 29500; under srun, 15000 plus
+    /// the last four digits of SLURM_JOB_ID].
+    #[arg(long)]
+    master_port: Option<u16>,
     /// Single-node job on 127.0.0.1 with a free port (ignores --master-addr/--master-port).
     #[arg(long)]
     standalone: bool,
@@ -50,9 +53,9 @@ struct Args {
     /// Also write each worker's output to DIR/attempt<K>_rank<R>.log.
     #[arg(long)]
     log_dir: Option<PathBuf>,
-    /// Job id given to workers as TORCHELASTIC_RUN_ID.
-    #[arg(long, alias = "rdzv-id", default_value = "none")]
-    run_id: String,
+    /// Job id given to workers as TORCHELASTIC_RUN_ID [default: none; under srun, SLURM_JOB_ID].
+    #[arg(long, alias = "rdzv-id")]
+    run_id: Option<String>,
     /// Rendezvous backend, as torchrun's: c10d (node 0's launcher hosts the store at
     /// --rdzv-endpoint) or static (the same, at --master-addr/--master-port).
     #[arg(long, value_enum, default_value = "static")]
@@ -78,7 +81,8 @@ enum RdzvBackend {
 fn main() {
     let command = medbert::settings::both_spellings(Args::command());
     let args = Args::from_arg_matches(&command.clone().get_matches()).unwrap_or_else(|e| e.exit());
-    let launched = config_from_args(args, &command).and_then(|config| {
+    let slurm = SlurmTask::from_lookup(|name| std::env::var(name).ok()).context("reading Slurm's variables");
+    let launched = slurm.and_then(|slurm| config_from_args(args, &command, slurm)).and_then(|config| {
         let signal = Arc::new(AtomicUsize::new(0));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register_usize(sig, Arc::clone(&signal), sig as usize)
@@ -95,8 +99,40 @@ fn main() {
     }
 }
 
-/// What to launch, from the flags (torchrun's `config_from_args`).
-fn config_from_args(args: Args, command: &clap::Command) -> Result<LaunchConfig> {
+/// The nodes of the job: from the flags, else from Slurm when the launcher is the one task on
+/// each node of an `srun` step, else torchrun's defaults.
+struct Nodes {
+    nnodes: usize,
+    node_rank: usize,
+    master_addr: String,
+    master_port: u16,
+    run_id: String,
+}
+
+impl Nodes {
+    fn new(args: &Args, slurm: Option<SlurmTask>) -> Result<Nodes> {
+        let slurm = match slurm {
+            Some(task) if task.local_world_size != 1 => bail!(
+                "medbert-run is one of {} tasks on this node of an srun step: start it with `srun --ntasks-per-node 1`, \
+                 or let srun start `medbert train` once per GPU without medbert-run",
+                task.local_world_size
+            ),
+            slurm => slurm,
+        };
+        let port = slurm.as_ref().map(SlurmTask::default_port);
+        Ok(Nodes {
+            nnodes: args.nnodes.or(slurm.as_ref().map(|t| t.nnodes)).unwrap_or(1),
+            node_rank: args.node_rank.or(slurm.as_ref().map(|t| t.node_rank)).unwrap_or(0),
+            master_addr: args.master_addr.clone().or(slurm.as_ref().map(|t| t.first_host.clone())).unwrap_or("127.0.0.1".into()),
+            master_port: args.master_port.or(port).unwrap_or(29500),
+            run_id: args.run_id.clone().or(slurm.map(|t| t.job_id)).unwrap_or("none".into()),
+        })
+    }
+}
+
+/// What to launch, from the flags (torchrun's `config_from_args`) and, under `srun`, Slurm's
+/// description of this task.
+fn config_from_args(args: Args, command: &clap::Command, slurm: Option<SlurmTask>) -> Result<LaunchConfig> {
     // Once training flags have begun, clap keeps a later `--` among them.
     if !args.command.is_empty() && !args.train_flags.is_empty() || args.train_flags.iter().any(|a| a == "--") {
         bail!("give training flags or a command after `--`, not both");
@@ -114,6 +150,7 @@ fn config_from_args(args: Args, command: &clap::Command) -> Result<LaunchConfig>
             args.train_flags[0]
         );
     }
+    let nodes = Nodes::new(&args, slurm)?;
     let program = match args.command.is_empty() {
         false => args.command,
         true => {
@@ -122,29 +159,29 @@ fn config_from_args(args: Args, command: &clap::Command) -> Result<LaunchConfig>
         }
     };
     let nproc = nproc_per_node(&args.nproc_per_node)?;
-    if args.nnodes == 0 || args.node_rank >= args.nnodes {
-        bail!("--node-rank {} must be below --nnodes {}", args.node_rank, args.nnodes);
+    if nodes.nnodes == 0 || nodes.node_rank >= nodes.nnodes {
+        bail!("--node-rank {} must be below --nnodes {}", nodes.node_rank, nodes.nnodes);
     }
     let (master_addr, master_port) = match (args.standalone, &args.rdzv_endpoint) {
-        (true, _) if args.nnodes != 1 => {
-            bail!("--standalone is for a single node; use --master-addr with --nnodes {}", args.nnodes)
+        (true, _) if nodes.nnodes != 1 => {
+            bail!("--standalone is for a single node; use --master-addr with --nnodes {}", nodes.nnodes)
         }
         (true, _) => ("127.0.0.1".to_string(), 0),
         (false, Some(endpoint)) => rdzv_endpoint(endpoint)?,
         (false, None) if args.rdzv_backend == RdzvBackend::C10d => {
             bail!("--rdzv-backend c10d needs --rdzv-endpoint HOST[:PORT]")
         }
-        (false, None) => (args.master_addr, args.master_port),
+        (false, None) => (nodes.master_addr, nodes.master_port),
     };
     Ok(LaunchConfig {
         spec: GroupSpec {
-            nnodes: args.nnodes,
-            node_rank: args.node_rank,
+            nnodes: nodes.nnodes,
+            node_rank: nodes.node_rank,
             nproc_per_node: nproc,
             master_addr,
             master_port,
             max_restarts: args.max_restarts,
-            run_id: args.run_id,
+            run_id: nodes.run_id,
         },
         program,
         supervision: Supervision {

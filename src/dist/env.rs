@@ -1,6 +1,7 @@
 //! The launcher's contract: the variables torchrun (and medbert-run) set for each worker,
 //! written (`DistEnv::vars`) and read (`DistEnv::from_env`) here alone.
 
+use super::slurm::SlurmTask;
 use crate::error::{Error, Result};
 use std::str::FromStr;
 
@@ -45,9 +46,11 @@ pub struct DistEnv {
 }
 
 impl DistEnv {
-    /// Reads the process environment. `Ok(None)` when WORLD_SIZE is unset (a plain,
-    /// single-process run); any variable that is present but malformed, or missing while
-    /// WORLD_SIZE is set, is an error naming it.
+    /// Reads the process environment. Without WORLD_SIZE, a task that Slurm's `srun` started
+    /// stands where Slurm says (`SlurmTask`; MASTER_ADDR and MASTER_PORT override its first
+    /// host and job-derived port); `Ok(None)` otherwise (a plain, single-process run). Any
+    /// variable that is present but malformed, or missing while WORLD_SIZE is set, is an error
+    /// naming it.
     pub fn from_env() -> Result<Option<DistEnv>> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
@@ -55,7 +58,21 @@ impl DistEnv {
     /// As `from_env`, over any variable lookup (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
         if get(var::WORLD_SIZE).is_none() {
-            return Ok(None);
+            let Some(task) = SlurmTask::from_lookup(&get)? else { return Ok(None) };
+            return Ok(Some(DistEnv {
+                rank: task.rank,
+                world_size: task.world_size,
+                local_rank: task.local_rank,
+                local_world_size: task.local_world_size,
+                group_rank: task.node_rank,
+                group_world_size: task.nnodes,
+                master_addr: get(var::MASTER_ADDR).filter(|s| !s.trim().is_empty()).unwrap_or(task.first_host.clone()),
+                master_port: get(var::MASTER_PORT).map_or(Ok(task.default_port()), |p| parse(var::MASTER_PORT, Some(p)))?,
+                agent_store: false,
+                restart_count: 0,
+                max_restarts: 0,
+                run_id: task.job_id,
+            }));
         }
         let num = |name: &'static str| -> Result<usize> { parse(name, get(name)) };
         let num_or = |name: &'static str, default: usize| get(name).map_or(Ok(default), |v| parse(name, Some(v)));
@@ -179,6 +196,32 @@ mod tests {
         let bad: Vec<(&str, &str)> =
             pairs.iter().map(|&(k, v)| if k == "TORCHELASTIC_RESTART_COUNT" { (k, "x") } else { (k, v) }).collect();
         assert!(lookup(&bad).unwrap_err().to_string().contains("TORCHELASTIC_RESTART_COUNT"));
+    }
+
+    #[test]
+    fn an_srun_task_joins_as_slurm_says_and_torchruns_variables_win() {
+        let slurm = [
+            ("SLURM_STEP_ID", "0"),
+            ("SLURM_PROCID", "3"),
+            ("SLURM_NTASKS", "4"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_NODEID", "1"),
+            ("SLURM_NNODES", "2"),
+            ("SLURM_TASKS_PER_NODE", "2(x2)"),
+            ("SLURM_JOB_NODELIST", "gpu[07-08]"),
+            ("SLURM_JOB_ID", "123"),
+        ];
+        let env = lookup(&slurm).unwrap().unwrap();
+        assert_eq!((env.rank, env.world_size, env.local_rank, env.local_world_size), (3, 4, 1, 2));
+        assert_eq!((env.group_rank, env.group_world_size, env.run_id.as_str()), (1, 2, "123"));
+        assert_eq!((env.master_addr.as_str(), env.master_port), ("gpu07", 15123));
+        let mut given = slurm.to_vec();
+        given.extend([("MASTER_ADDR", "10.0.0.9"), ("MASTER_PORT", "29501")]);
+        let env = lookup(&given).unwrap().unwrap();
+        assert_eq!((env.master_addr.as_str(), env.master_port), ("10.0.0.9", 29501));
+        let mut both = slurm.to_vec();
+        both.extend(FULL);
+        assert_eq!(lookup(&both).unwrap(), lookup(&FULL).unwrap(), "torchrun's variables win");
     }
 
     #[test]

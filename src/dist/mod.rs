@@ -4,6 +4,7 @@
 mod env;
 mod ffi;
 mod join;
+pub mod slurm;
 
 pub use env::{var, DistEnv};
 pub use join::{in_turn, BackendChoice, GroupArgs};

@@ -215,3 +215,28 @@ pub fn summary(output_dir: &Path) -> serde_json::Value {
     let path = output_dir.join("summary.json");
     serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
+
+/// A Slurm job id whose derived rendezvous port (15000 plus its last four digits) is free.
+pub fn slurm_job_with_free_port() -> (String, u16) {
+    let start = std::process::id() as u64 % 10_000;
+    (0..10_000u64)
+        .map(|k| 4_700_000 + (start + k) % 10_000)
+        .map(|id| (id.to_string(), 15_000 + (id % 10_000) as u16))
+        .find(|&(_, port)| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port in 15000-24999")
+}
+
+/// The variables `srun` gives task `rank` of `ntasks` on one node called localhost.
+pub fn srun_task_env(rank: usize, ntasks: usize, job: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("SLURM_STEP_ID", "0".into()),
+        ("SLURM_PROCID", rank.to_string()),
+        ("SLURM_NTASKS", ntasks.to_string()),
+        ("SLURM_LOCALID", rank.to_string()),
+        ("SLURM_NODEID", "0".into()),
+        ("SLURM_NNODES", "1".into()),
+        ("SLURM_TASKS_PER_NODE", ntasks.to_string()),
+        ("SLURM_JOB_NODELIST", "localhost".into()),
+        ("SLURM_JOB_ID", job.into()),
+    ]
+}
