@@ -118,6 +118,8 @@ pub enum Outcome {
     Failed { rank: usize, exit: Exit },
     /// The launcher got this signal; the workers were stopped.
     Interrupted(i32),
+    /// Another node's launcher restarted the job; this node's workers were stopped.
+    Superseded,
 }
 
 /// How the supervisor watches and stops the group.
@@ -162,6 +164,7 @@ pub fn run_attempt(
     attempt: usize,
     sup: &Supervision,
     signal: &AtomicUsize,
+    superseded: &dyn Fn() -> bool,
 ) -> Result<Outcome> {
     let (exe, args) = program.split_first().ok_or_else(|| Error::Input("no command to run".into()))?;
     if let Some(dir) = &sup.log_dir {
@@ -219,6 +222,10 @@ pub fn run_attempt(
         if workers.iter().all(|w| w.status.is_some()) {
             break Outcome::Succeeded;
         }
+        if superseded() {
+            tear_down(&mut workers, sup.term_timeout);
+            break Outcome::Superseded;
+        }
         std::thread::sleep(sup.monitor_interval);
     };
     // A descendant that left its worker's process group may still hold a pipe open: its
@@ -243,11 +250,52 @@ pub struct LaunchConfig {
     pub omp_threads: Option<usize>,
 }
 
+/// The restart round the launchers of a job agree on, kept in the store node 0's launcher
+/// hosts. A launcher whose workers failed moves the job to the next round; a launcher that
+/// sees a newer round stops its workers and starts them again in it. So every node's workers
+/// meet under the same attempt's keys however often each node failed (torchrun's dynamic
+/// rendezvous negotiates its rounds the same way).
+struct Rounds(Store);
+
+const ROUND_PREFIX: &str = "medbert-run";
+const ROUND_KEY: &str = "round";
+
+/// How long a launcher waits for node 0's store to be up.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(900);
+
+impl Rounds {
+    /// Node 0 opens round 0 in its store; the other nodes connect to it.
+    fn join(spec: &GroupSpec, hosted: Option<&Store>) -> Result<Rounds> {
+        let rounds = match hosted {
+            Some(store) => Rounds(store.with_prefix(ROUND_PREFIX)?),
+            None => Rounds(Store::tcp(&spec.master_addr, spec.master_port, false, 0, JOIN_TIMEOUT)?.with_prefix(ROUND_PREFIX)?),
+        };
+        if hosted.is_some() {
+            rounds.0.set(ROUND_KEY, b"0")?;
+        }
+        Ok(rounds)
+    }
+
+    fn current(&self) -> Result<usize> {
+        let value = self.0.get(ROUND_KEY)?;
+        String::from_utf8_lossy(&value).parse().map_err(|_| Error::Dist(format!("bad {ROUND_KEY} {value:?}")))
+    }
+
+    /// Moves the job past `round` unless another launcher already did.
+    fn advance_past(&self, round: usize) -> Result<()> {
+        match self.current()? {
+            current if current > round => Ok(()),
+            _ => self.0.set(ROUND_KEY, (round + 1).to_string().as_bytes()),
+        }
+    }
+}
+
 /// torchrun's `elastic_launch` in small: node 0 hosts the rendezvous store for the whole
 /// launch (so it outlives every restart; each attempt keeps its keys under its own prefix),
-/// then the group runs, and is restarted after a failure up to `max_restarts` times. A master
-/// port of 0 picks a free one. Returns the launcher's exit code: 0, 128 + the signal that
-/// interrupted it, or 1 when the group failed for good.
+/// then the group runs, and is restarted after a failure on any node up to `max_restarts`
+/// times, every node in the same round (`Rounds`). A master port of 0 picks a free one.
+/// Returns the launcher's exit code: 0, 128 + the signal that interrupted it, or 1 when the
+/// group failed for good.
 pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32> {
     let LaunchConfig { mut spec, program, supervision, omp_threads } = config;
     let store = match spec.node_rank {
@@ -266,9 +314,13 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
         spec.master_addr,
         spec.master_port
     );
-    for attempt in 0..=spec.max_restarts {
-        let workers = spec.workers(attempt, omp_threads);
-        match run_attempt(&program, &workers, attempt, &supervision, signal)? {
+    let rounds = Rounds::join(&spec, store.as_ref())?;
+    let mut round = rounds.current()?;
+    loop {
+        let workers = spec.workers(round, omp_threads);
+        // A store that cannot be read (node 0's launcher finished) restarts nothing.
+        let superseded = || rounds.current().is_ok_and(|r| r > round);
+        match run_attempt(&program, &workers, round, &supervision, signal, &superseded)? {
             Outcome::Succeeded => return Ok(0),
             Outcome::Interrupted(sig) => {
                 eprintln!("medbert-run: got signal {sig}; stopped the workers");
@@ -276,14 +328,17 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
             }
             Outcome::Failed { rank, exit } => {
                 eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers");
-                if attempt < spec.max_restarts {
-                    eprintln!("medbert-run: restarting the group ({}/{})", attempt + 1, spec.max_restarts);
-                }
+                rounds.advance_past(round)?;
             }
+            Outcome::Superseded => eprintln!("medbert-run: another node restarted the group; stopped this node's workers"),
         }
+        round = rounds.current()?;
+        if round > spec.max_restarts {
+            eprintln!("medbert-run: error: the worker group failed after {} restart(s)", spec.max_restarts);
+            return Ok(1);
+        }
+        eprintln!("medbert-run: restarting the group ({round}/{})", spec.max_restarts);
     }
-    eprintln!("medbert-run: error: the worker group failed after {} restart(s)", spec.max_restarts);
-    Ok(1)
 }
 
 /// SIGTERM to every worker's process group (also of workers that have exited: what they

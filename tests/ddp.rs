@@ -197,17 +197,20 @@ fn evaluation_over_two_and_three_processes_counts_exactly_like_one() {
 /// The launcher's worker processes (children of `launcher_pid` running medbert).
 /// The pid of the launcher's worker whose environment says RANK=`rank`.
 fn worker_of_rank(launcher_pid: u32, rank: usize) -> i32 {
+    worker_in_round(launcher_pid, rank, None).unwrap_or_else(|| panic!("no worker of rank {rank}"))
+}
+
+/// The pid of the launcher's worker of `rank`, of restart round `round` when given.
+fn worker_in_round(launcher_pid: u32, rank: usize, round: Option<usize>) -> Option<i32> {
     let out = Command::new("pgrep").args(["-P", &launcher_pid.to_string()]).output().unwrap();
     let children: Vec<i32> =
         String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let wanted = format!("RANK={rank}");
-    *children
-        .iter()
-        .find(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes())
-        })
-        .unwrap_or_else(|| panic!("no worker of rank {rank} among {children:?}"))
+    let mut wanted = vec![format!("RANK={rank}")];
+    wanted.extend(round.map(|r| format!("TORCHELASTIC_RESTART_COUNT={r}")));
+    children.into_iter().find(|pid| {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        wanted.iter().all(|w| environ.split(|&b| b == 0).any(|var| var == w.as_bytes()))
+    })
 }
 
 /// Starts a 2-process run of 8 steps saving every 4, SIGKILLs one worker as soon as
@@ -481,17 +484,27 @@ fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
 fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() {
     let hosts = TwoHosts::create();
     let out = common::scratch("ddp-two-nodes-restart");
-    let nodes = start_two_nodes(&hosts, &out, &["--max-restarts", "1"]);
+    let nodes = start_two_nodes(&hosts, &out, &["--max-restarts", "2"]);
     let deadline = Instant::now() + Duration::from_secs(300);
     while !out.join("checkpoint-4/trainer_state.json").exists() {
         assert!(Instant::now() < deadline, "no checkpoint-4 after 300 s");
         std::thread::sleep(Duration::from_millis(20));
     }
     // `ip netns exec` execs the launcher, so its pid is the child's.
-    let victim = worker_of_rank(nodes[1].id(), 1);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let kill = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    kill(worker_of_rank(nodes[1].id(), 1)).unwrap();
+    // Node 1 fails again as soon as its next round starts, while node 0's workers are still
+    // joining that round: both nodes must go on to the same third round.
+    let restarted = loop {
+        assert!(Instant::now() < deadline, "node 1 did not restart its worker");
+        if let Some(pid) = worker_in_round(nodes[1].id(), 1, Some(1)) {
+            break pid;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    kill(restarted).unwrap();
     for (node, text) in wait_all(nodes).iter().enumerate() {
-        assert!(text.contains("restarting the group (1/1)"), "node {node} did not restart:\n{text}");
+        assert!(text.contains("restarting the group (2/2)"), "node {node} did not reach the third round:\n{text}");
     }
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
     assert!(diff == 0.0, "the restarted 2-node run differs from an uninterrupted one by {diff:e} at {name}");
