@@ -26,14 +26,35 @@ fi
 pip_install() {
   local file=$1 stamp="$MEDBERT_VENV/.installed-$(basename "$1")"
   if [ -f "$stamp" ] && cmp -s "$file" "$stamp"; then echo "$file: up to date"; return; fi
-  "$MEDBERT_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$file"
+  "$MEDBERT_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$file" || return 1
   cp "$file" "$stamp"
 }
 
-step "Python venv $MEDBERT_VENV (torch 2.11.0, CUDA 13 headers, the default model, the test reference)"
+step "Python venv $MEDBERT_VENV (torch 2.11.0, CUDA 13 headers, the default model, the test reference) and cargo build --release, side by side"
 [ -x "$MEDBERT_VENV/bin/python" ] || python3 -m venv "$MEDBERT_VENV"
 . "$(dirname "$0")/env.sh"
-pip_install scripts/requirements.txt
+# pip downloads torch while cargo compiles what does not need it (polars, tokenizers, ...):
+# torch-sys's build script asks `python` where torch is, and the `python` it finds first on
+# PATH waits for pip to finish.
+pip_status="$VIRTUAL_ENV/.pip-status"
+rm -f "$pip_status"
+( if pip_install scripts/requirements.txt; then s=0; else s=1; fi
+  printf '==> [%ss] pip done (exit %s)\n' "$SECONDS" "$s"; echo "$s" > "$pip_status" ) &
+pip_pid=$!
+waiting_python="$PWD/target/setup-python"
+mkdir -p "$waiting_python"
+cat > "$waiting_python/python" <<WAIT
+#!/bin/sh
+while [ ! -s "$pip_status" ]; do sleep 1; done
+[ "\$(cat "$pip_status")" = 0 ] || { echo "pip install failed: see above" >&2; exit 1; }
+exec "$VIRTUAL_ENV/bin/python" "\$@"
+WAIT
+chmod +x "$waiting_python/python"
+built=0
+PATH="$waiting_python:$PATH" cargo build --release --bins || built=$?
+wait "$pip_pid" || true
+[ "$(cat "$pip_status" 2>/dev/null)" = 0 ] || { echo "pip install -r scripts/requirements.txt failed" >&2; exit 1; }
+[ "$built" = 0 ] || exit "$built"
 
 step ".env"
 model_dir=$("$MEDBERT_VENV/bin/python" - <<'PY'
@@ -54,8 +75,6 @@ else
 fi
 . "$(dirname "$0")/env.sh"
 
-step "cargo build --release"
-cargo build --release --bins
 if [ -z "${LIBTORCH:-}" ]; then
   # The venv's torch is a CUDA build and its CUDA headers are installed: NCCL must be in.
   report=$(./target/release/medbert doctor)
