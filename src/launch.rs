@@ -268,7 +268,9 @@ impl Rounds {
     fn join(spec: &GroupSpec, hosted: Option<&Store>) -> Result<Rounds> {
         let rounds = match hosted {
             Some(store) => Rounds(store.with_prefix(ROUND_PREFIX)?),
-            None => Rounds(Store::tcp(&spec.master_addr, spec.master_port, false, 0, JOIN_TIMEOUT)?.with_prefix(ROUND_PREFIX)?),
+            None => Rounds(
+                Store::tcp(&spec.master_addr, spec.master_port, false, 0, JOIN_TIMEOUT)?.with_prefix(ROUND_PREFIX)?,
+            ),
         };
         if hosted.is_some() {
             rounds.0.set(ROUND_KEY, b"0")?;
@@ -330,7 +332,9 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
                 eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers");
                 rounds.advance_past(round)?;
             }
-            Outcome::Superseded => eprintln!("medbert-run: another node restarted the group; stopped this node's workers"),
+            Outcome::Superseded => {
+                eprintln!("medbert-run: another node restarted the group; stopped this node's workers")
+            }
         }
         round = rounds.current()?;
         if round > spec.max_restarts {

@@ -70,8 +70,7 @@ impl EventWriter {
     /// that step, so the events of an interrupted run's later steps are dropped on reading.
     pub fn create(dir: &Path, resumed_at: Option<usize>) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
-        let name = format!("events.out.tfevents.{}.{host}.{}.0", now().trunc(), std::process::id());
+        let name = format!("events.out.tfevents.{}.{}.{}.0", now().trunc(), hostname(), std::process::id());
         let path = dir.join(name);
         let file = std::fs::OpenOptions::new().create_new(true).write(true).open(&path);
         let mut writer = EventWriter { file: file.map_err(|e| Error::io(&path, e))?, path };
@@ -106,6 +105,11 @@ impl EventWriter {
         record.extend_from_slice(&masked_crc(&data).to_le_bytes());
         self.file.write_all(&record).and_then(|_| self.file.flush()).map_err(|e| Error::io(&self.path, e))
     }
+}
+
+/// This machine's name, as TensorBoard's file and directory names carry it ("" if unknown).
+pub fn hostname() -> String {
+    nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn now() -> f64 {

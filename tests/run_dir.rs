@@ -353,17 +353,27 @@ fn tensorboard_receives_the_logged_metrics_and_a_resume_replaces_redone_steps() 
     let (files, scalars) = tensorboard_scalars(&runs[0]);
     assert_eq!(files, 2);
     let rows = metrics(&out);
-    for (key, tag) in [("loss", "train/loss"), ("learning_rate", "train/learning_rate"), ("eval_accuracy", "eval/accuracy")] {
+    for (key, tag) in
+        [("loss", "train/loss"), ("learning_rate", "train/learning_rate"), ("eval_accuracy", "eval/accuracy")]
+    {
         let logged: Vec<(u64, f64)> =
             rows.iter().filter_map(|r| Some((r["step"].as_u64()?, r.get(key)?.as_f64()?))).collect();
         let shown = scalars.get(tag).unwrap_or_else(|| panic!("no {tag} in {:?}", scalars.keys()));
-        assert_eq!(shown.iter().map(|p| p.0).collect::<Vec<_>>(), logged.iter().map(|p| p.0).collect::<Vec<_>>(), "{tag}");
+        assert_eq!(
+            shown.iter().map(|p| p.0).collect::<Vec<_>>(),
+            logged.iter().map(|p| p.0).collect::<Vec<_>>(),
+            "{tag}"
+        );
         for ((step, a), (_, b)) in shown.iter().zip(&logged) {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{tag} at step {step}: {a} shown, {b} logged");
         }
     }
     assert_eq!(scalars["train/loss"].iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
-    assert!(["train/grad_norm", "train/questions_per_second", "eval/loss", "train/train_runtime"]
-        .iter()
-        .all(|t| scalars.contains_key(*t)), "{:?}", scalars.keys());
+    assert!(
+        ["train/grad_norm", "train/questions_per_second", "eval/loss", "train/train_runtime"]
+            .iter()
+            .all(|t| scalars.contains_key(*t)),
+        "{:?}",
+        scalars.keys()
+    );
 }

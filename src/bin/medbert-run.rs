@@ -123,7 +123,11 @@ impl Nodes {
         Ok(Nodes {
             nnodes: args.nnodes.or(slurm.as_ref().map(|t| t.nnodes)).unwrap_or(1),
             node_rank: args.node_rank.or(slurm.as_ref().map(|t| t.node_rank)).unwrap_or(0),
-            master_addr: args.master_addr.clone().or(slurm.as_ref().map(|t| t.first_host.clone())).unwrap_or("127.0.0.1".into()),
+            master_addr: args
+                .master_addr
+                .clone()
+                .or(slurm.as_ref().map(|t| t.first_host.clone()))
+                .unwrap_or("127.0.0.1".into()),
             master_port: args.master_port.or(port).unwrap_or(29500),
             run_id: args.run_id.clone().or(slurm.map(|t| t.job_id)).unwrap_or("none".into()),
         })

@@ -67,7 +67,8 @@ impl DistEnv {
                 group_rank: task.node_rank,
                 group_world_size: task.nnodes,
                 master_addr: get(var::MASTER_ADDR).filter(|s| !s.trim().is_empty()).unwrap_or(task.first_host.clone()),
-                master_port: get(var::MASTER_PORT).map_or(Ok(task.default_port()), |p| parse(var::MASTER_PORT, Some(p)))?,
+                master_port: get(var::MASTER_PORT)
+                    .map_or(Ok(task.default_port()), |p| parse(var::MASTER_PORT, Some(p)))?,
                 agent_store: false,
                 restart_count: 0,
                 max_restarts: 0,

@@ -54,9 +54,9 @@ impl SlurmTask {
         let spec = get(var::TASKS_PER_NODE).unwrap_or_default();
         let env_error = |name, message| Error::Env { name, message };
         let per_node = tasks_per_node(&spec).map_err(|m| env_error(var::TASKS_PER_NODE, m))?;
-        let local_world_size = *per_node.get(node_rank).ok_or_else(|| {
-            env_error(var::TASKS_PER_NODE, format!("{spec:?} names no tasks for node {node_rank}"))
-        })?;
+        let local_world_size = *per_node
+            .get(node_rank)
+            .ok_or_else(|| env_error(var::TASKS_PER_NODE, format!("{spec:?} names no tasks for node {node_rank}")))?;
         if rank >= world_size || local_rank >= local_world_size || node_rank >= nnodes {
             return Err(env_error(
                 var::PROCID,
@@ -193,7 +193,8 @@ mod tests {
     #[test]
     fn a_bad_variable_is_named() {
         for (name, value) in [("SLURM_NTASKS", "x"), ("SLURM_TASKS_PER_NODE", "4"), ("SLURM_JOB_NODELIST", "[")] {
-            let pairs: Vec<(&str, &str)> = STEP.iter().map(|&(k, v)| if k == name { (k, value) } else { (k, v) }).collect();
+            let pairs: Vec<(&str, &str)> =
+                STEP.iter().map(|&(k, v)| if k == name { (k, value) } else { (k, v) }).collect();
             let err = task(&pairs).unwrap_err().to_string();
             assert!(err.contains(name), "{name}: {err}");
         }

@@ -224,9 +224,8 @@ impl TrainArgs {
             return None;
         }
         Some(self.logging_dir.clone().unwrap_or_else(|| {
-            let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
             let time = chrono::Local::now().format("%b%d_%H-%M-%S");
-            self.output_dir.join("runs").join(format!("{time}_{host}"))
+            self.output_dir.join("runs").join(format!("{time}_{}", crate::tensorboard::hostname()))
         }))
     }
 
