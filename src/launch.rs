@@ -266,16 +266,17 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(900);
 impl Rounds {
     /// Node 0 opens round 0 in its store; the other nodes connect to it.
     fn join(spec: &GroupSpec, hosted: Option<&Store>) -> Result<Rounds> {
-        let rounds = match hosted {
-            Some(store) => Rounds(store.with_prefix(ROUND_PREFIX)?),
-            None => Rounds(
-                Store::tcp(&spec.master_addr, spec.master_port, false, 0, JOIN_TIMEOUT)?.with_prefix(ROUND_PREFIX)?,
-            ),
-        };
-        if hosted.is_some() {
-            rounds.0.set(ROUND_KEY, b"0")?;
+        match hosted {
+            Some(store) => {
+                let rounds = Rounds(store.with_prefix(ROUND_PREFIX)?);
+                rounds.0.set(ROUND_KEY, b"0")?;
+                Ok(rounds)
+            }
+            None => {
+                let client = Store::tcp(&spec.master_addr, spec.master_port, false, 0, JOIN_TIMEOUT)?;
+                Ok(Rounds(client.with_prefix(ROUND_PREFIX)?))
+            }
         }
-        Ok(rounds)
     }
 
     fn current(&self) -> Result<usize> {

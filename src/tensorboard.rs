@@ -82,11 +82,8 @@ impl EventWriter {
     }
 
     /// One event with a scalar per `(tag, value)` at `step`.
-    pub fn scalars<'a>(&mut self, step: usize, scalars: impl IntoIterator<Item = (&'a str, f64)>) -> Result<()> {
-        let value = scalars
-            .into_iter()
-            .map(|(tag, v)| SummaryValue { tag: tag.to_string(), simple_value: Some(v as f32) })
-            .collect();
+    pub fn scalars(&mut self, step: usize, scalars: impl IntoIterator<Item = (String, f64)>) -> Result<()> {
+        let value = scalars.into_iter().map(|(tag, v)| SummaryValue { tag, simple_value: Some(v as f32) }).collect();
         self.write(step, What::Summary(Summary { value }))
     }
 

@@ -139,8 +139,6 @@ fn checked(dir: &Path, flag: &str) -> Result<PathBuf> {
     }
 }
 
-/// Loads a resumable checkpoint's optimizer moments and loss-scaler state; returns where the
-/// run stood. A checkpoint of another world size is refused: the data order depends on it.
 /// How a resume lays the rest of an epoch out again: the processes and global batch of the
 /// checkpoint, and of this run.
 #[derive(Debug, PartialEq)]
