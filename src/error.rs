@@ -83,8 +83,61 @@ pub enum Error {
     #[error("{0}")]
     Hook(String),
 
+    /// A safetensors file tch read or wrote; the cause is the source.
+    #[error("{}: safetensors file", path.display())]
+    Safetensors {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error(transparent)]
-    Torch(#[from] tch::TchError),
+    Torch(tch::TchError),
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        match e {
+            tch::TchError::SafeTensorError { path, err } => {
+                Error::Safetensors { path: path.into(), source: safetensors_cause(err) }
+            }
+            other => Error::Torch(other),
+        }
+    }
+}
+
+/// What went wrong with a safetensors file, as a sentence: safetensors 0.3 displays its errors
+/// as Debug dumps (`IoError(Os { code: 28, kind: StorageFull, .. })`), so the I/O or JSON
+/// error inside is the cause as it is, and the rest is said in words.
+pub(crate) fn safetensors_cause(e: safetensors::SafeTensorError) -> Box<dyn std::error::Error + Send + Sync> {
+    use safetensors::SafeTensorError as E;
+    let words = match e {
+        E::IoError(e) => return Box::new(e),
+        E::JsonError(e) => return Box::new(e),
+        E::InvalidHeader => "the header is not UTF-8 text".to_string(),
+        E::InvalidHeaderStart => "the header does not start with '{'".to_string(),
+        E::InvalidHeaderDeserialization => "the header is not valid safetensors JSON".to_string(),
+        E::HeaderTooLarge => "the header is larger than 100 MB".to_string(),
+        E::HeaderTooSmall => "the file is shorter than the 8-byte header length".to_string(),
+        E::InvalidHeaderLength => "the header length runs past the end of the file".to_string(),
+        E::TensorNotFound(name) => format!("no tensor `{name}`"),
+        E::TensorInvalidInfo => "a tensor's shape, dtype and offsets disagree".to_string(),
+        E::InvalidOffset(name) => format!("tensor `{name}` has invalid offsets"),
+        E::InvalidTensorView(dtype, shape, bytes) => {
+            format!("{bytes} bytes do not hold a {dtype:?} tensor of shape {shape:?}")
+        }
+        E::MetadataIncompleteBuffer => "the tensors do not cover the data exactly".to_string(),
+        E::ValidationOverflow => "a tensor's size overflows".to_string(),
+    };
+    words.into()
+}
+
+/// A tch error's message, with safetensors' causes said as [`safetensors_cause`] says them.
+pub(crate) fn torch_message(e: tch::TchError) -> String {
+    match e {
+        tch::TchError::SafeTensorError { err, .. } => safetensors_cause(err).to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// A position in an input file: a JSONL line, or a data row of a table (both 1-based).
@@ -114,6 +167,11 @@ impl Error {
         Error::Write { path: path.into(), source: Box::new(source) }
     }
 
+    /// Writing a safetensors file failed; the cause as [`safetensors_cause`] says it.
+    pub(crate) fn write_safetensors(path: impl Into<PathBuf>, source: safetensors::SafeTensorError) -> Self {
+        Error::Write { path: path.into(), source: safetensors_cause(source) }
+    }
+
     pub(crate) fn data(
         file: &std::path::Path,
         loc: Option<Loc>,
@@ -135,6 +193,23 @@ mod tests {
         let err = Error::write("/runs/x/trainer_state.json", cause);
         assert_eq!(err.to_string(), "/runs/x/trainer_state.json: cannot write");
         assert!(err.source().is_some_and(|s| s.to_string().contains("EOF")), "{:?}", err.source());
+    }
+
+    #[test]
+    fn a_full_disk_under_safetensors_reads_as_a_sentence() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let err = Error::write_safetensors("/runs/x/model.safetensors", safetensors::SafeTensorError::IoError(full));
+        let cause = err.source().map(|s| s.to_string()).unwrap_or_default();
+        assert_eq!(cause, "No space left on device (os error 28)");
+        let header = Error::write_safetensors("/x", safetensors::SafeTensorError::HeaderTooSmall);
+        assert!(!header.source().unwrap().to_string().contains("HeaderTooSmall"));
+        let tch = tch::TchError::SafeTensorError {
+            path: "/y.safetensors".into(),
+            err: safetensors::SafeTensorError::IoError(std::io::Error::from_raw_os_error(28)),
+        };
+        let err = Error::from(tch);
+        assert_eq!(err.to_string(), "/y.safetensors: safetensors file");
+        assert_eq!(err.source().unwrap().to_string(), "No space left on device (os error 28)");
     }
 
     #[test]

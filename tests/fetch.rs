@@ -2,7 +2,24 @@
 
 mod common;
 
+use polars::prelude::*;
+use std::path::Path;
 use std::process::{Command, Output};
+
+/// A replica of the hub's test split (`data/test-00000-of-00001.parquet`): its 6,150 rows
+/// with the validation split's columns and `cop` -1 on every row, as the dataset's loading
+/// script writes the unlabelled split (`cop - 1` with a default of 0). The questions are the
+/// dev split's, repeated, under new ids (the real test questions are not here).
+fn hub_test_split(dev: &Path, dest: &Path) {
+    let dev = ParquetReader::new(std::fs::File::open(dev).unwrap()).finish().unwrap();
+    let n = 6150;
+    let rows: Vec<IdxSize> = (0..n).map(|i| (i % dev.height()) as IdxSize).collect();
+    let mut test = dev.take(&IdxCa::from_vec("rows".into(), rows)).unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("test-{i:05}")).collect();
+    test.with_column(Column::new("id".into(), ids)).unwrap();
+    test.with_column(Column::new("cop".into(), vec![-1i64; n])).unwrap();
+    ParquetWriter::new(std::fs::File::create(dest).unwrap()).finish(&mut test).unwrap();
+}
 
 fn fetch(endpoint: &str, hf_home: &std::path::Path, out: &std::path::Path, splits: &str) -> Output {
     Command::new(common::medbert_bin())
@@ -23,8 +40,7 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
     std::fs::create_dir_all(&repo).unwrap();
     let parquet = data.join("validation-00000-of-00001.parquet");
     std::fs::copy(&parquet, repo.join("validation-00000-of-00001.parquet")).unwrap();
-    // A file of the wrong size where the test split should be.
-    std::fs::copy(&parquet, repo.join("test-00000-of-00001.parquet")).unwrap();
+    hub_test_split(&parquet, &repo.join("test-00000-of-00001.parquet"));
     let server = common::HubServer::start(&root.join("server"));
     let (hf_home, out) = (root.join("hf_home"), root.join("medmcqa"));
 
@@ -32,16 +48,36 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_eq!(std::fs::read(out.join("validation.parquet")).unwrap(), std::fs::read(&parquet).unwrap());
 
-    let wrong = fetch(&server.endpoint, &hf_home, &out, "test");
-    let text = String::from_utf8_lossy(&wrong.stderr);
-    assert_eq!(wrong.status.code(), Some(2), "{text}");
-    assert!(text.contains("4183 rows, MedMCQA's test split has 6150"), "{text}");
-    assert!(!out.join("test.parquet").exists());
-
     let missing = fetch(&server.endpoint, &hf_home, &out, "train");
     let text = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(2), "{text}");
     assert!(text.contains("data/train-00000-of-00001.parquet"), "{text}");
+
+    // A file of the wrong size where the train split should be (a fresh cache: not the miss).
+    std::fs::copy(&parquet, repo.join("train-00000-of-00001.parquet")).unwrap();
+    let wrong = fetch(&server.endpoint, &root.join("hf_home_2"), &out, "train");
+    let text = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{text}");
+    assert!(text.contains("4183 rows, MedMCQA's train split has 182822"), "{text}");
+    assert!(!out.join("train.parquet").exists());
+
+    // The unlabelled test split, as the README's predict command uses it.
+    let test = fetch(&server.endpoint, &hf_home, &out, "test");
+    assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
+    let csv = root.join("predictions.csv");
+    let predicted = Command::new(common::medbert_bin())
+        .args(["predict", "--device", "cpu", "--max-length", "16", "--per-device-eval-batch-size", "256", "--model"])
+        .arg(common::default_model())
+        .arg("--test-file")
+        .arg(out.join("test.parquet"))
+        .arg("--output")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(predicted.status.success(), "{}", String::from_utf8_lossy(&predicted.stderr));
+    let lines: Vec<String> = std::fs::read_to_string(&csv).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 6151, "a header and one prediction per question");
+    assert!(lines[1].starts_with("test-00000,"), "{}", lines[1]);
 
     // The fetched file is ready for prep: same questions as the official JSONL.
     let prep = |input: &std::path::Path, name: &str| {

@@ -120,6 +120,7 @@ fn pytorch_model_bin_checkpoint_loads_like_safetensors() {
     assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
 }
 
+/// Both formats torch.save writes: the zip archive and the legacy (pre-1.6) pickle sequence.
 #[test]
 fn torch_save_views_shared_storages_and_dtypes_read_as_saved() {
     let (out, _) = &reference();
@@ -132,12 +133,15 @@ fn torch_save_views_shared_storages_and_dtypes_read_as_saved() {
             Err(e) => panic!("{e}"),
         }
     };
-    let ours = read(&dir.join("odd.bin"));
+    std::fs::copy(out.join("odd_tensors_legacy.bin"), dir.join("odd_legacy.bin")).unwrap();
     let want = read(&out.join("odd_tensors.safetensors"));
-    assert_eq!(ours.len(), 6, "{:?}", ours.keys());
-    for (name, t) in &want {
-        assert_eq!(ours[name].kind(), t.kind(), "{name}");
-        assert!(ours[name].equal(t), "{name} differs");
+    for file in ["odd.bin", "odd_legacy.bin"] {
+        let ours = read(&dir.join(file));
+        assert_eq!(ours.len(), 6, "{file}: {:?}", ours.keys());
+        for (name, t) in &want {
+            assert_eq!(ours[name].kind(), t.kind(), "{file}: {name}");
+            assert!(ours[name].equal(t), "{file}: {name} differs");
+        }
     }
 }
 
@@ -232,9 +236,15 @@ fn unreadable_files_are_errors_naming_them() {
 
     std::fs::remove_file(dir.join(WEIGHTS_FILE)).unwrap();
     let bin = medbert::model::PICKLE_WEIGHTS_FILE;
-    std::fs::write(dir.join(bin), b"\x80\x02not a zip archive").unwrap();
+    std::fs::write(dir.join(bin), b"\x80\x02not a legacy pickle either").unwrap();
     let text = load_err(&dir).to_string();
-    assert!(text.contains(bin) && text.contains("not a zip-format torch.save file"), "{text}");
+    assert!(text.contains(bin) && text.contains("legacy-format torch.save file"), "{text}");
+    std::fs::write(dir.join(bin), b"PK\x03\x04 not a zip archive").unwrap();
+    let text = load_err(&dir).to_string();
+    assert!(text.contains(bin) && text.contains("zip-format torch.save file"), "{text}");
+    std::fs::write(dir.join(bin), b"<html>404</html>").unwrap();
+    let text = load_err(&dir).to_string();
+    assert!(text.contains(bin) && text.contains("neither format torch.save writes"), "{text}");
 }
 
 #[test]
@@ -254,4 +264,147 @@ fn forward_rejects_mismatched_input() {
         token_type_ids: ids.view([8, 8]),
     };
     assert!(model.forward(&flat, false).unwrap_err().to_string().contains("[batch, choices, seq]"));
+}
+
+/// Replicas of the medical BERTs' hub layouts, built once with transformers:
+/// tests/reference/hub_layouts.py says what each imitates and where that was read.
+fn hub_layouts() -> &'static Path {
+    static OUT: OnceLock<PathBuf> = OnceLock::new();
+    OUT.get_or_init(|| {
+        let out = common::fixture("hub_layouts");
+        common::run_reference("hub_layouts.py", &[Path::new("build"), &out]);
+        out
+    })
+}
+
+fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run medbert");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stderr}");
+    stderr
+}
+
+/// One training step at a negligible learning rate from the layout `name`, then `predict` on
+/// the checkpoint it wrote: every encoder tensor the layout holds reaches `final/` unchanged,
+/// and the logits equal transformers' (the layout's tokenizer, AutoModelForMultipleChoice on
+/// `final/`). Returns the training log and `final/`'s tensors.
+fn conforms(name: &str) -> (String, HashMap<String, Tensor>, common::Scratch) {
+    let layouts = hub_layouts();
+    let model = layouts.join(name);
+    let run = common::scratch(&format!("layout-{name}"));
+    let log = run_ok(
+        std::process::Command::new(common::medbert_bin())
+            .args(["train", "--max-steps", "1", "--learning-rate", "1e-12", "--per-device-train-batch-size", "4"])
+            .args(["--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--train-file")
+            .arg(layouts.join("train.jsonl"))
+            .arg("--output-dir")
+            .arg(run.join("out")),
+    );
+    let checkpoint = run.join("out/final");
+    let saved: HashMap<String, Tensor> =
+        Tensor::read_safetensors(checkpoint.join(WEIGHTS_FILE)).unwrap().into_iter().collect();
+    let expected = Tensor::read_safetensors(model.join("expected.safetensors")).unwrap();
+    assert!(expected.len() >= 36, "{name}: only {} expected tensors", expected.len());
+    for (tensor, want) in &expected {
+        let got = saved.get(tensor).unwrap_or_else(|| panic!("{name}: {tensor} is not in final/"));
+        let diff = max_abs_diff(got, want);
+        assert!(diff < 1e-7, "{name}: {tensor} moved by {diff:e}");
+    }
+
+    let csv = run.join("predictions.csv");
+    run_ok(
+        std::process::Command::new(common::medbert_bin())
+            .args(["predict", "--device", "cpu", "--model"])
+            .arg(&checkpoint)
+            .arg("--test-file")
+            .arg(layouts.join("test.jsonl"))
+            .arg("--cache-dir")
+            .arg(run.join("prepared"))
+            .arg("--output")
+            .arg(&csv),
+    );
+    let reference = run.join("reference.safetensors");
+    common::run_reference(
+        "hub_layouts.py",
+        &[Path::new("logits"), &model, &checkpoint, &layouts.join("test.jsonl"), &reference],
+    );
+    let want: HashMap<String, Tensor> = Tensor::read_safetensors(&reference).unwrap().into_iter().collect();
+    let mut rows = csv::Reader::from_path(&csv).unwrap();
+    let ours: Vec<Vec<f32>> =
+        rows.records().map(|r| r.unwrap().iter().skip(6).map(|v| v.parse::<f32>().unwrap()).collect()).collect();
+    let ours = Tensor::from_slice2(&ours);
+    let diff = max_abs_diff(&ours, &want["logits"]);
+    assert!(diff < 1e-4, "{name}: max |logit difference| {diff:e} from transformers'");
+    let spread = (want["logits"].max() - want["logits"].min()).double_value(&[]);
+    assert!(spread > 0.1, "{name}: logits spread only {spread:e}: a wrong token would pass");
+    (log, saved, run)
+}
+
+#[test]
+fn biomedbert_masked_lm_checkpoint_gets_a_pooler_and_reports_its_unused_head() {
+    let (log, saved, _run) = conforms("BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext");
+    for initialised in ["bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight"] {
+        assert!(log.contains(initialised), "{initialised} not reported as initialised:\n{log}");
+    }
+    assert!(log.contains("newly initialised") && log.contains("were not used"), "{log}");
+    assert!(log.contains("cls.predictions.* (7 tensors)"), "{log}");
+    // transformers' initialisation: N(0, initializer_range) weights (the replicas' 0.5), zero bias.
+    let std = saved["bert.pooler.dense.weight"].std(true).double_value(&[]);
+    assert!((0.45..0.55).contains(&std), "pooler weight std {std}");
+    assert!(saved["bert.pooler.dense.bias"].abs().max().double_value(&[]) < 1e-9);
+}
+
+#[test]
+fn biobert_without_model_type_or_tokenizer_config_is_lowercased_with_a_warning() {
+    let (log, _, run) = conforms("biobert-base-cased-v1.1");
+    assert!(log.contains("a cased vocabulary") && log.contains(r#"{"do_lower_case": false}"#), "{log}");
+    assert!(log.contains("cls.seq_relationship.*"), "{log}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("out/final").join(CONFIG_FILE)).unwrap()).unwrap();
+    assert_eq!(config["model_type"], "bert", "the checkpoint's config names its model type for the Auto classes");
+    assert_eq!(config["architectures"][0], "BertForMultipleChoice");
+    assert_eq!(config["vocab_size"], 39074, "the source config's fields are kept");
+}
+
+#[test]
+fn scibert_legacy_format_checkpoint_with_gamma_beta_names_loads() {
+    let layouts = hub_layouts();
+    let bin = layouts.join("scibert_scivocab_uncased").join(medbert::model::PICKLE_WEIGHTS_FILE);
+    assert_eq!(&std::fs::read(&bin).unwrap()[..2], b"\x80\x02", "the replica must be in the legacy format");
+    let (log, saved, _run) = conforms("scibert_scivocab_uncased");
+    assert_eq!(saved["bert.embeddings.word_embeddings.weight"].size(), [31090, 32]);
+    assert!(!log.contains("bert.pooler"), "the pooler comes from the checkpoint:\n{log}");
+}
+
+#[test]
+fn biolinkbert_with_tokenizer_json_and_a_bare_encoder_loads() {
+    let (log, _, run) = conforms("BioLinkBERT-base");
+    assert!(!log.contains("cased vocabulary"), "{log}");
+    assert!(run.join("out/final/tokenizer.json").is_file(), "the tokenizer travels with the checkpoint");
+}
+
+#[test]
+fn fp16_weights_on_disk_load_as_fp32() {
+    let (_, saved, _run) = conforms("bert-fp16");
+    assert_eq!(saved["bert.encoder.layer.0.output.dense.weight"].kind(), tch::Kind::Float);
+}
+
+#[test]
+fn damaged_legacy_checkpoints_are_errors_naming_the_file() {
+    let source = hub_layouts().join("scibert_scivocab_uncased");
+    let bytes = std::fs::read(source.join(medbert::model::PICKLE_WEIGHTS_FILE)).unwrap();
+    let dir = common::scratch("damaged_legacy");
+    std::fs::copy(source.join(CONFIG_FILE), dir.join(CONFIG_FILE)).unwrap();
+    let bin = dir.join(medbert::model::PICKLE_WEIGHTS_FILE);
+    for (what, cut) in [("truncated storages", bytes.len() - 1000), ("truncated pickle", 200), ("magic only", 13)] {
+        std::fs::write(&bin, &bytes[..cut]).unwrap();
+        let text = load_err(&dir).to_string();
+        assert!(text.contains(&bin.display().to_string()) && text.contains("legacy-format"), "{what}: {text}");
+    }
+    let mut extra = bytes.clone();
+    extra.extend_from_slice(b"trailing");
+    std::fs::write(&bin, &extra).unwrap();
+    assert!(load_err(&dir).to_string().contains("8 bytes after the last storage"));
 }

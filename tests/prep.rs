@@ -349,3 +349,64 @@ fn a_byte_order_mark_is_accepted() {
     let tokens = |name: &str| std::fs::read(dir.join(name).join(medbert::prep::cache::TOKENS_FILE)).unwrap();
     assert_eq!(tokens("a"), tokens("b"));
 }
+
+/// The hub's test split marks every question unanswered with `cop` -1 (its loading script
+/// writes `cop - 1`, with 0 for the missing answers); the official test.json has no `cop`.
+/// Either is a test file: prep and predict take it, train and eval refuse it; a file mixing
+/// answered and unanswered rows is refused at its first unanswered row.
+#[test]
+fn unanswered_files_are_test_splits_that_only_predict_takes() {
+    let dir = workdir("unanswered");
+    let hub = dir.join("hub_test.json");
+    std::fs::write(&hub, [line("t1", "-1"), line("t2", "-1")].join("\n")).unwrap();
+    assert_ok(&prep(&[&hub], &dir.join("hub"), &["--cop-base", "0"]));
+    assert_eq!(PreparedCache::open(&dir.join("hub")).unwrap().labels().unwrap(), [-1, -1]);
+    let (code, stderr) = code_and_stderr(&prep(&[&hub], &dir.join("one_based"), &[]));
+    assert_eq!(code, Some(2), "-1 marks no answer only in the 0-based convention: {stderr}");
+    assert!(stderr.contains("-1 is outside 1..=4"), "{stderr}");
+
+    let mixed = dir.join("mixed.json");
+    std::fs::write(&mixed, [line("m1", "0"), line("m2", "-1"), line("m3", "-1")].join("\n")).unwrap();
+    let (code, stderr) = code_and_stderr(&prep(&[&mixed], &dir.join("mixed"), &["--cop-base", "0"]));
+    assert_eq!(code, Some(2), "{stderr}");
+    for part in ["mixed.json:line 2", "field `cop`", "-1 (no answer), but other rows have answers"] {
+        assert!(stderr.contains(part), "{part:?} missing: {stderr}");
+    }
+
+    let test = dir.join("test.json");
+    let no_cop = |id: &str| line(id, "1").replace(r#", "cop": 1"#, "");
+    std::fs::write(&test, [no_cop("u1"), no_cop("u2")].join("\n")).unwrap();
+    let labelled = dir.join("labelled.json");
+    std::fs::write(&labelled, [line("l1", "1"), line("l2", "2")].join("\n")).unwrap();
+    let medbert = |args: &[&str]| {
+        let mut cmd = Command::new(common::medbert_bin());
+        cmd.args(args).args(["--device", "cpu", "--model"]).arg(common::default_model());
+        cmd.arg("--cache-dir").arg(dir.join("cache")).output().unwrap()
+    };
+    let train = |train: &Path, eval: &Path, out: &str| {
+        let mut cmd = Command::new(common::medbert_bin());
+        cmd.args(["train", "--max-steps", "1", "--device", "cpu", "--model"]).arg(common::default_model());
+        cmd.arg("--train-file").arg(train).arg("--validation-file").arg(eval);
+        cmd.arg("--output-dir").arg(dir.join(out)).output().unwrap()
+    };
+    let test_arg = test.to_str().unwrap();
+    for (what, out) in [
+        ("eval", medbert(&["eval", "--validation-file", test_arg])),
+        ("train on it", train(&test, &labelled, "run_train")),
+        ("evaluate on it", train(&labelled, &test, "run_eval")),
+    ] {
+        let (code, stderr) = code_and_stderr(&out);
+        assert_eq!(code, Some(2), "{what}: {stderr}");
+        for part in [test_arg, "has no answers", "medbert predict"] {
+            assert!(stderr.contains(part), "{what}: {part:?} missing: {stderr}");
+        }
+    }
+    let csv = dir.join("predictions.csv");
+    let out = medbert(&["predict", "--test-file", test_arg, "--output", csv.to_str().unwrap()]);
+    assert_ok(&out);
+    assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3, "a header and two predictions");
+}
+
+fn code_and_stderr(out: &Output) -> (Option<i32>, String) {
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -40,6 +40,4 @@ pub struct RawFile {
     pub records: Vec<Record>,
     /// JSONL lines holding only whitespace (no record, nothing lost).
     pub blank_lines: usize,
-    /// Whether the file has a `cop` column or key at all.
-    pub has_cop: bool,
 }

@@ -99,7 +99,6 @@ fn read_jsonl(path: &Path) -> Result<RawFile> {
         let Value::Object(obj) = value else {
             return Err(Error::data(path, loc, None, "expected a JSON object"));
         };
-        out.has_cop |= obj.contains_key("cop");
         out.records.push(record_from_object(path, loc, &obj)?);
     }
     Ok(out)
@@ -228,7 +227,6 @@ fn from_frame(path: &Path, df: &DataFrame) -> Result<RawFile> {
         options.push(required(field)?.into_iter());
     }
     let cop = cop_column(path, df)?;
-    let has_cop = cop.is_some();
     let mut cop = cop.unwrap_or_else(|| vec![None; df.height()]).into_iter();
     let mut extra: Vec<std::vec::IntoIter<Option<String>>> = Vec::new();
     for field in ["choice_type", "exp", "subject_name", "topic_name"] {
@@ -251,5 +249,5 @@ fn from_frame(path: &Path, df: &DataFrame) -> Result<RawFile> {
             topic_name: more(3),
         });
     }
-    Ok(RawFile { records, blank_lines: 0, has_cop })
+    Ok(RawFile { records, blank_lines: 0 })
 }

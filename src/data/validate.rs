@@ -57,13 +57,22 @@ impl IdRegistry {
     }
 }
 
-/// Validates `raw` (read from `path`) under the `cop_base` convention (0 or 1).
+/// Whether `cop` marks a question without an answer: absent or null, or -1 in the hub's
+/// 0-based convention (its loading script writes `cop - 1`, with 0 for the test split's
+/// missing answers).
+fn unanswered(cop: Option<i64>, base: i64) -> bool {
+    cop.is_none() || (base == 0 && cop == Some(-1))
+}
+
+/// Validates `raw` (read from `path`) under the `cop_base` convention (0 or 1). A file is
+/// labelled throughout, or a test split whose every `cop` is unanswered; a mix is refused at
+/// its first unanswered row.
 pub fn validate(path: &Path, raw: RawFile, cop_base: u8, ids: &mut IdRegistry) -> Result<(Vec<Question>, FileCounts)> {
     if raw.records.is_empty() {
         return Err(Error::data(path, None, None, "no questions in the file"));
     }
-    let labelled = raw.has_cop && raw.records.iter().any(|r| r.cop.is_some());
     let base = i64::from(cop_base);
+    let labelled = raw.records.iter().any(|r| !unanswered(r.cop, base));
     let mut counts = FileCounts { blank_lines: raw.blank_lines, ..FileCounts::default() };
     let mut out = Vec::with_capacity(raw.records.len());
     for r in raw.records {
@@ -81,9 +90,19 @@ pub fn validate(path: &Path, raw: RawFile, cop_base: u8, ids: &mut IdRegistry) -
         if let Some(i) = options.iter().position(String::is_empty) {
             return Err(err(OPTION_FIELDS[i], "empty".into()));
         }
-        let label = match (labelled, r.cop) {
+        let answer = r.cop.filter(|&c| !unanswered(Some(c), base));
+        let label = match (labelled, answer) {
             (false, _) => None,
-            (true, None) => return Err(err("cop", "missing (only an unlabelled test file may omit every cop)".into())),
+            (true, None) => {
+                let what = r.cop.map_or_else(|| "missing".to_string(), |c| format!("{c} (no answer)"));
+                return Err(err(
+                    "cop",
+                    format!(
+                        "{what}, but other rows have answers: a file is labelled throughout, or a test split \
+                         whose every cop is unanswered"
+                    ),
+                ));
+            }
             (true, Some(cop)) if !(base..base + 4).contains(&cop) => {
                 return Err(err(
                     "cop",

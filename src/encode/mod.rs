@@ -14,8 +14,8 @@ use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const VOCAB_FILE: &str = "vocab.txt";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 
-/// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
 /// How a question's model inputs are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -40,6 +40,10 @@ pub struct EncodeSettings {
     /// Text lemmatised with WordNet before encoding.
     #[serde(default)]
     pub lemmatize: bool,
+    /// Whether a bare vocab.txt lowercases (tokenizer_config.json's `do_lower_case`, true
+    /// by default); None for tokenizer.json, whose normalizer says it.
+    #[serde(default)]
+    pub lowercase: Option<bool>,
 }
 
 impl EncodeSettings {
@@ -62,14 +66,19 @@ pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
 
 /// Loads a model directory's tokenizer, truncating longest-first at `max_length`.
 /// tokenizer.json is used as it is; a bare vocab.txt becomes the standard BERT WordPiece
-/// pipeline, lower-casing unless tokenizer_config.json says `"do_lower_case": false`.
+/// pipeline, lower-casing unless tokenizer_config.json says `"do_lower_case": false`
+/// ([`lowercase`]).
 pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> {
     let path = tokenizer_source(model_dir)?;
     let err = |message: String| Error::Tokenizer { path: path.clone(), message };
-    let mut tokenizer = if path.ends_with(TOKENIZER_FILE) {
-        Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?
-    } else {
-        wordpiece_tokenizer(&path, lower_case(model_dir)).map_err(err)?
+    let mut tokenizer = match lowercase(model_dir)? {
+        None => Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?,
+        Some(lowercase) => {
+            if lowercase {
+                warn_if_cased(model_dir, &path)?;
+            }
+            wordpiece_tokenizer(&path, lowercase).map_err(err)?
+        }
     };
     tokenizer.with_padding(None);
     tokenizer
@@ -82,12 +91,52 @@ pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> 
     Ok(tokenizer)
 }
 
-fn lower_case(model_dir: &Path) -> bool {
-    std::fs::read_to_string(model_dir.join("tokenizer_config.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
-        .and_then(|v| v.get("do_lower_case").and_then(serde_json::Value::as_bool))
-        .unwrap_or(true)
+/// Whether the model directory's bare vocab.txt lowercases text, as transformers'
+/// `BertTokenizer` decides: tokenizer_config.json's `do_lower_case`, true when the file or the
+/// key is absent. None when the directory has tokenizer.json (its normalizer decides).
+pub fn lowercase(model_dir: &Path) -> Result<Option<bool>> {
+    if tokenizer_source(model_dir)?.ends_with(TOKENIZER_FILE) {
+        return Ok(None);
+    }
+    Ok(Some(do_lower_case(model_dir)?.unwrap_or(true)))
+}
+
+/// tokenizer_config.json's `do_lower_case`, None when the file or the key is absent.
+fn do_lower_case(model_dir: &Path) -> Result<Option<bool>> {
+    let path = model_dir.join(TOKENIZER_CONFIG_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let err = |message: String| Error::Tokenizer { path: path.clone(), message };
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    match config.get("do_lower_case") {
+        None => Ok(None),
+        Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(err(format!("field `do_lower_case`: expected true or false, found {other}"))),
+    }
+}
+
+/// Warns when a cased vocabulary is lowercased only by default (BioBERT's hub layout has no
+/// tokenizer config), naming the line that keeps case.
+fn warn_if_cased(model_dir: &Path, vocab: &Path) -> Result<()> {
+    if do_lower_case(model_dir)?.is_some() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(vocab).map_err(|e| Error::io(vocab, e))?;
+    let tokens = text.lines().count();
+    let cased = text.lines().filter(|t| !t.starts_with('[') && t.chars().any(char::is_uppercase)).count();
+    if cased * 100 > tokens {
+        tracing::warn!(
+            "{}: a cased vocabulary ({cased} of {tokens} tokens have capitals) is lowercased, as transformers does \
+             when no {TOKENIZER_CONFIG_FILE} says otherwise; if the model was trained on cased text, put \
+             {{\"do_lower_case\": false}} in {}",
+            vocab.display(),
+            model_dir.join(TOKENIZER_CONFIG_FILE).display()
+        );
+    }
+    Ok(())
 }
 
 fn wordpiece_tokenizer(vocab: &Path, lowercase: bool) -> std::result::Result<Tokenizer, String> {

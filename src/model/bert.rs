@@ -1,8 +1,8 @@
 //! The BERT encoder, read top to bottom as transformers' modeling_bert.py: embeddings, a stack
 //! of layers (self-attention through `scaled_dot_product_attention`, then the feed-forward
 //! block), and the pooler. Variable names are the checkpoint's (`embeddings.word_embeddings.
-//! weight`, `encoder.layer.0.attention.self.query.weight`, ...); initialisation is
-//! transformers' `_init_weights`.
+//! weight`, `encoder.layer.0.attention.self.query.weight`, ...); variables are allocated
+//! unset and what no checkpoint fills gets transformers' `_init_weights` ([`initialise`]).
 //!
 //! Two things differ from transformers in how, never in what, is computed:
 //! - Padding is never computed on. Hidden states hold only the real tokens, packed as
@@ -15,35 +15,76 @@ use super::config::{Activation, BertConfig};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-/// Linear layers as transformers initialises them: weights N(0, initializer_range), bias 0.
-pub(crate) fn linear(p: nn::Path, c: &BertConfig, input: i64, output: i64) -> nn::Linear {
-    let config = nn::LinearConfig {
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: c.initializer_range },
-        bs_init: Some(nn::Init::Const(0.0)),
-        bias: true,
-    };
-    nn::linear(p, input, output, config)
+/// A variable of shape `dims` at `p / name`, allocated but not yet set: a checkpoint fills
+/// it, and [`initialise`] sets what the checkpoint lacks (transformers' order: allocate, load,
+/// initialise the rest).
+fn param(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
+    p.add(name, Tensor::empty(dims, (p.kind(), p.device())), true)
 }
 
-fn layer_norm(p: nn::Path, c: &BertConfig) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![c.hidden_size], nn::LayerNormConfig { eps: c.layer_norm_eps, ..Default::default() })
+/// transformers' `_init_weights` for BERT, by the kind of module `name` belongs to: LayerNorm
+/// weight 1 and bias 0; linear weights and embedding tables N(0, initializer_range), the word
+/// embeddings' padding row 0; every other bias 0.
+pub(crate) fn initialise(name: &str, var: &Tensor, c: &BertConfig) {
+    tch::no_grad(|| {
+        let mut var = var.shallow_clone();
+        if name.ends_with("LayerNorm.weight") {
+            let _ = var.fill_(1.0);
+        } else if name.ends_with(".bias") {
+            let _ = var.zero_();
+        } else {
+            let _ = var.normal_(0.0, c.initializer_range);
+            if name.ends_with("word_embeddings.weight") {
+                let _ = var.get(c.pad_token_id).zero_();
+            }
+        }
+    })
 }
 
-/// An embedding table N(0, initializer_range); the padding row starts at zero and gets no
-/// gradient, as `nn.Embedding(padding_idx=...)`.
-fn embedding(p: nn::Path, c: &BertConfig, rows: i64, padding_idx: Option<i64>) -> nn::Embedding {
-    let config = nn::EmbeddingConfig {
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: c.initializer_range },
-        padding_idx: padding_idx.unwrap_or(-1),
-        ..Default::default()
-    };
-    let table = nn::embedding(p, rows, c.hidden_size, config);
-    if let Some(row) = padding_idx {
-        tch::no_grad(|| {
-            let _ = table.ws.get(row).zero_();
-        });
+/// A linear layer's `weight` [output, input] and `bias` [output].
+pub(crate) fn linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
+    nn::Linear { ws: param(&p, "weight", &[output, input]), bs: Some(param(&p, "bias", &[output])) }
+}
+
+#[derive(Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(p: nn::Path, c: &BertConfig) -> Self {
+        let h = c.hidden_size;
+        LayerNorm { weight: param(&p, "weight", &[h]), bias: param(&p, "bias", &[h]), eps: c.layer_norm_eps }
     }
-    table
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        let width = [self.weight.size()[0]];
+        xs.layer_norm(width, Some(&self.weight), Some(&self.bias), self.eps, true)
+    }
+}
+
+/// An embedding table [rows, hidden]; the padding row gets no gradient, as
+/// `nn.Embedding(padding_idx=...)`.
+#[derive(Debug)]
+struct Embedding {
+    weight: Tensor,
+    padding_idx: i64,
+}
+
+impl Embedding {
+    fn new(p: nn::Path, c: &BertConfig, rows: i64, padding_idx: Option<i64>) -> Self {
+        Embedding { weight: param(&p, "weight", &[rows, c.hidden_size]), padding_idx: padding_idx.unwrap_or(-1) }
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, xs: &Tensor) -> Tensor {
+        Tensor::embedding(&self.weight, xs, self.padding_idx, false, false)
+    }
 }
 
 /// Where the real tokens of a padded [sequences, seq] batch are: their flat indices (in
@@ -97,20 +138,20 @@ impl Packing {
 }
 
 pub struct Embeddings {
-    word_embeddings: nn::Embedding,
-    position_embeddings: nn::Embedding,
-    token_type_embeddings: nn::Embedding,
-    layer_norm: nn::LayerNorm,
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    layer_norm: LayerNorm,
     dropout: f64,
 }
 
 impl Embeddings {
     fn new(p: nn::Path, c: &BertConfig) -> Self {
         Embeddings {
-            word_embeddings: embedding(&p / "word_embeddings", c, c.vocab_size, Some(c.pad_token_id)),
-            position_embeddings: embedding(&p / "position_embeddings", c, c.max_position_embeddings, None),
-            token_type_embeddings: embedding(&p / "token_type_embeddings", c, c.type_vocab_size, None),
-            layer_norm: layer_norm(&p / "LayerNorm", c),
+            word_embeddings: Embedding::new(&p / "word_embeddings", c, c.vocab_size, Some(c.pad_token_id)),
+            position_embeddings: Embedding::new(&p / "position_embeddings", c, c.max_position_embeddings, None),
+            token_type_embeddings: Embedding::new(&p / "token_type_embeddings", c, c.type_vocab_size, None),
+            layer_norm: LayerNorm::new(&p / "LayerNorm", c),
             dropout: c.hidden_dropout_prob,
         }
     }
@@ -131,7 +172,7 @@ struct Attention {
     key: nn::Linear,
     value: nn::Linear,
     dense: nn::Linear,
-    layer_norm: nn::LayerNorm,
+    layer_norm: LayerNorm,
     heads: i64,
     attention_dropout: f64,
     dropout: f64,
@@ -141,11 +182,11 @@ impl Attention {
     fn new(p: nn::Path, c: &BertConfig) -> Self {
         let (s, o, h) = (&p / "self", &p / "output", c.hidden_size);
         Attention {
-            query: linear(&s / "query", c, h, h),
-            key: linear(&s / "key", c, h, h),
-            value: linear(&s / "value", c, h, h),
-            dense: linear(&o / "dense", c, h, h),
-            layer_norm: layer_norm(&o / "LayerNorm", c),
+            query: linear(&s / "query", h, h),
+            key: linear(&s / "key", h, h),
+            value: linear(&s / "value", h, h),
+            dense: linear(&o / "dense", h, h),
+            layer_norm: LayerNorm::new(&o / "LayerNorm", c),
             heads: c.num_attention_heads,
             attention_dropout: c.attention_probs_dropout_prob,
             dropout: c.hidden_dropout_prob,
@@ -180,7 +221,7 @@ struct Layer {
     intermediate: nn::Linear,
     activation: Activation,
     output: nn::Linear,
-    layer_norm: nn::LayerNorm,
+    layer_norm: LayerNorm,
     dropout: f64,
 }
 
@@ -188,10 +229,10 @@ impl Layer {
     fn new(p: nn::Path, c: &BertConfig) -> Self {
         Layer {
             attention: Attention::new(&p / "attention", c),
-            intermediate: linear(&p / "intermediate" / "dense", c, c.hidden_size, c.intermediate_size),
+            intermediate: linear(&p / "intermediate" / "dense", c.hidden_size, c.intermediate_size),
             activation: c.hidden_act,
-            output: linear(&p / "output" / "dense", c, c.intermediate_size, c.hidden_size),
-            layer_norm: layer_norm(&p / "output" / "LayerNorm", c),
+            output: linear(&p / "output" / "dense", c.intermediate_size, c.hidden_size),
+            layer_norm: LayerNorm::new(&p / "output" / "LayerNorm", c),
             dropout: c.hidden_dropout_prob,
         }
     }
@@ -226,7 +267,7 @@ impl BertModel {
         BertModel {
             embeddings: Embeddings::new(&p / "embeddings", c),
             layers: (0..c.num_hidden_layers).map(|i| Layer::new(&encoder / i, c)).collect(),
-            pooler: linear(&p / "pooler" / "dense", c, c.hidden_size, c.hidden_size),
+            pooler: linear(&p / "pooler" / "dense", c.hidden_size, c.hidden_size),
         }
     }
 

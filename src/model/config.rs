@@ -64,6 +64,20 @@ impl Default for BertConfig {
     }
 }
 
+/// The config.json a checkpoint of ours carries: the source model's, every field kept, with
+/// what transformers' `save_pretrained` writes for a `BertForMultipleChoice` (its
+/// `architectures`, and `model_type` where an old config lacks it, so that the Auto classes
+/// load the checkpoint).
+pub fn checkpoint_config(source: &Path) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(source).map_err(|e| Error::io(source, e))?;
+    let err = |message: String| Error::Config { path: source.to_path_buf(), message };
+    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let fields = config.as_object_mut().ok_or_else(|| err("expected a JSON object".into()))?;
+    fields.insert("architectures".into(), serde_json::json!(["BertForMultipleChoice"]));
+    fields.entry("model_type").or_insert_with(|| "bert".into());
+    serde_json::to_vec_pretty(&config).map_err(|e| Error::write(source, e))
+}
+
 impl BertConfig {
     /// Reads and checks `config.json`; errors name the file and the field.
     pub fn from_file(path: &Path) -> Result<BertConfig> {

@@ -1,12 +1,20 @@
-//! Reads `pytorch_model.bin`: the zip archive `torch.save` writes (torch >= 1.6), whose
-//! `data.pkl` is a pickle of the state dict and whose `data/<key>` entries hold the raw
-//! storages. libtorch's own C++ unpickler cannot read most such files: it turns
+//! Reads `pytorch_model.bin` in both formats `torch.save` has written:
+//! - the zip archive (torch >= 1.6), whose `data.pkl` is a pickle of the state dict and whose
+//!   `data/<key>` entries hold the raw storages;
+//! - the legacy format (torch < 1.6, and `_use_new_zipfile_serialization=False` since), as
+//!   `torch.serialization._legacy_save` writes it: five things one after the other, a pickled
+//!   magic number, a pickled protocol version, a pickled dict of system information, the
+//!   pickled state dict (storages as persistent ids), the pickled list of storage keys, then
+//!   each storage in that order as its element count (int64, little-endian) and raw bytes.
+//!
+//! libtorch's own C++ unpickler cannot read most such files: it turns
 //! `collections.OrderedDict` (what `model.state_dict()` is) into None. This is a small pickle
 //! machine for the opcodes `torch.save` emits, building tensors with
 //! `torch._utils._rebuild_tensor_v2`'s arguments and no code execution.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::path::Path;
 use tch::{Kind, Tensor};
 
 /// What the pickle builds; only what a state dict needs is kept apart (the other values are
@@ -17,6 +25,8 @@ enum Value {
     None,
     Bool(bool),
     Int(i64),
+    /// An integer too wide for i64 (the legacy format's magic number), little-endian.
+    Long(Vec<u8>),
     Float(f64),
     Str(String),
     Tuple(Vec<Value>),
@@ -42,16 +52,32 @@ enum Value {
 
 type Fail = String;
 
+impl Value {
+    /// What the value is, in a few words (for errors: a state dict's dump would be huge).
+    fn describe(&self) -> String {
+        match self {
+            Value::Dict(d) => format!("a dict of {} entries", d.len()),
+            Value::List(l) => format!("a list of {} items", l.len()),
+            Value::Tuple(t) => format!("a tuple of {} items", t.len()),
+            Value::Str(s) if s.len() > 60 => format!("a string of {} bytes", s.len()),
+            Value::Long(b) => format!("a {}-byte integer", b.len()),
+            Value::Tensor { size, .. } => format!("a tensor of shape {size:?}"),
+            Value::Object => "an object".into(),
+            small => format!("{small:?}"),
+        }
+    }
+}
+
 fn ints(v: &Value, what: &str) -> Result<Vec<i64>, Fail> {
     match v {
         Value::Tuple(items) | Value::List(items) => items
             .iter()
             .map(|i| match i {
                 Value::Int(n) => Ok(*n),
-                other => Err(format!("{what}: expected an integer, found {other:?}")),
+                other => Err(format!("{what}: expected an integer, found {}", other.describe())),
             })
             .collect(),
-        other => Err(format!("{what}: expected a tuple of integers, found {other:?}")),
+        other => Err(format!("{what}: expected a tuple of integers, found {}", other.describe())),
     }
 }
 
@@ -82,9 +108,11 @@ fn reduce(callable: Value, args: Value) -> Result<Value, Fail> {
                 return Err(format!("{name}: {} arguments", args.len()));
             };
             let Value::Storage { kind, key } = storage else {
-                return Err(format!("{name}: expected a storage, found {storage:?}"));
+                return Err(format!("{name}: expected a storage, found {}", storage.describe()));
             };
-            let Value::Int(offset) = offset else { return Err(format!("{name}: bad storage offset {offset:?}")) };
+            let Value::Int(offset) = offset else {
+                return Err(format!("{name}: bad storage offset {}", offset.describe()));
+            };
             Value::Tensor {
                 kind: *kind,
                 key: key.clone(),
@@ -99,12 +127,13 @@ fn reduce(callable: Value, args: Value) -> Result<Value, Fail> {
     })
 }
 
-/// Runs the pickle program; returns the object STOP leaves.
-fn unpickle(data: &[u8]) -> Result<Value, Fail> {
+/// Runs the pickle program that starts at byte `start` of `data`; returns the object STOP
+/// leaves and the byte after the STOP.
+fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
     let mut stack: Vec<Value> = Vec::new();
     let mut marks: Vec<usize> = Vec::new();
     let mut memo: HashMap<u32, Value> = HashMap::new();
-    let mut pos = 0usize;
+    let mut pos = start;
     let take = |pos: &mut usize, n: usize| -> Result<&[u8], Fail> {
         let bytes = data.get(*pos..*pos + n).ok_or_else(|| format!("truncated at byte {pos}"))?;
         *pos += n;
@@ -135,7 +164,7 @@ fn unpickle(data: &[u8]) -> Result<Value, Fail> {
             0x80 => pos += 1,                // PROTO
             0x95 => pos += 8,                // FRAME
             b'(' => marks.push(stack.len()), // MARK
-            b'.' => return stack.pop().ok_or_else(|| "STOP with an empty stack".to_string()),
+            b'.' => return Ok((stack.pop().ok_or("STOP with an empty stack")?, pos)),
             b'N' => stack.push(Value::None),
             0x88 => stack.push(Value::Bool(true)),
             0x89 => stack.push(Value::Bool(false)),
@@ -149,6 +178,10 @@ fn unpickle(data: &[u8]) -> Result<Value, Fail> {
                 // LONG1: little-endian two's complement of n bytes.
                 let n = usize::from(take(&mut pos, 1)?[0]);
                 let b = take(&mut pos, n)?;
+                if n > 8 {
+                    stack.push(Value::Long(b.to_vec()));
+                    continue;
+                }
                 let mut v: i64 = if b.last().is_some_and(|&x| x & 0x80 != 0) { -1 } else { 0 };
                 for &byte in b.iter().rev() {
                     v = (v << 8) | i64::from(byte);
@@ -223,7 +256,12 @@ fn unpickle(data: &[u8]) -> Result<Value, Fail> {
                         }
                     }
                     Some(Value::Object) => {}
-                    other => return Err(format!("SETITEM(S) on {other:?} at byte {at}")),
+                    other => {
+                        return Err(format!(
+                            "SETITEM(S) on {} at byte {at}",
+                            other.map_or("nothing".into(), |v| v.describe())
+                        ))
+                    }
                 }
             }
             b'a' | b'e' => {
@@ -231,7 +269,12 @@ fn unpickle(data: &[u8]) -> Result<Value, Fail> {
                 match stack.last_mut() {
                     Some(Value::List(l)) => l.extend(items),
                     Some(Value::Object) => {}
-                    other => return Err(format!("APPEND(S) on {other:?} at byte {at}")),
+                    other => {
+                        return Err(format!(
+                            "APPEND(S) on {} at byte {at}",
+                            other.map_or("nothing".into(), |v| v.describe())
+                        ))
+                    }
                 }
             }
             b'R' => {
@@ -250,8 +293,15 @@ fn unpickle(data: &[u8]) -> Result<Value, Fail> {
             }
             b'Q' => {
                 let pid = pop!();
-                let Value::Tuple(parts) = pid else { return Err(format!("persistent id {pid:?} at byte {at}")) };
+                let Value::Tuple(parts) = pid else {
+                    return Err(format!("persistent id {} at byte {at}", pid.describe()));
+                };
                 match parts.as_slice() {
+                    // Legacy ids end in a view's (key, offset, size), which torch >= 0.4 never
+                    // writes: refused rather than guessed (its offset unit changed over time).
+                    [Value::Str(tag), _, _, _, _, view] if tag == "storage" && !matches!(view, Value::None) => {
+                        return Err(format!("a storage view {view:?} at byte {at} (not supported)"))
+                    }
                     [Value::Str(tag), Value::Global(_, class), Value::Str(key), ..] if tag == "storage" => {
                         stack.push(Value::Storage { kind: storage_kind(class)?, key: key.clone() })
                     }
@@ -266,11 +316,25 @@ fn unpickle(data: &[u8]) -> Result<Value, Fail> {
     }
 }
 
-/// The named tensors of a `torch.save`d state dict (zip format), on the CPU.
-pub fn read_state_dict(path: &std::path::Path) -> Result<Vec<(String, Tensor)>, Fail> {
+/// The named tensors of a `torch.save`d state dict (either format), on the CPU.
+pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, Fail> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(file)
-        .map_err(|e| format!("not a zip-format torch.save file (torch < 1.6 wrote another format): {e}"))?;
+    // Safety: the map is read once, while this function holds the file open; torch.save's
+    // files are not written in place.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+    match bytes.get(..4) {
+        Some(b"PK\x03\x04") => read_zip(file).map_err(|e| format!("zip-format torch.save file: {e}")),
+        Some([0x80, ..]) => {
+            read_legacy(&bytes).map_err(|e| format!("legacy-format torch.save file (torch < 1.6): {e}"))
+        }
+        _ => {
+            Err("neither format torch.save writes (a zip archive, or the legacy pickle sequence of torch < 1.6)".into())
+        }
+    }
+}
+
+fn read_zip(file: std::fs::File) -> Result<Vec<(String, Tensor)>, Fail> {
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| e.to_string())?;
     let pkl = (0..zip.len())
         .filter_map(|i| zip.by_index(i).ok().map(|f| f.name().to_string()))
         .find(|n| n.ends_with("data.pkl"))
@@ -282,19 +346,109 @@ pub fn read_state_dict(path: &std::path::Path) -> Result<Vec<(String, Tensor)>, 
         entry.read_to_end(&mut bytes).map_err(|e| format!("{name}: {e}"))?;
         Ok(bytes)
     };
-    let root = unpickle(&read(&pkl)?)?;
-    let Value::Dict(entries) = root else { return Err(format!("data.pkl holds {root:?}, not a state dict")) };
+    let (root, _) = unpickle(&read(&pkl)?, 0)?;
     let mut storages: HashMap<String, Tensor> = HashMap::new();
+    assemble(root, |key, kind| {
+        if !storages.contains_key(key) {
+            let bytes = read(&format!("{prefix}data/{key}"))?;
+            storages.insert(key.to_string(), storage(&bytes, kind)?);
+        }
+        Ok(storages[key].shallow_clone())
+    })
+}
+
+/// The magic number `_legacy_save` pickles first (0x1950a86a20f9469cfc6c), little-endian.
+const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
+const LEGACY_PROTOCOL: i64 = 1001;
+
+fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, Fail> {
+    let (magic, pos) = unpickle(data, 0)?;
+    if !matches!(&magic, Value::Long(b) if b[..] == LEGACY_MAGIC) {
+        return Err("a pickle, but not torch.save's: the magic number is missing".into());
+    }
+    let (protocol, pos) = unpickle(data, pos)?;
+    if !matches!(protocol, Value::Int(LEGACY_PROTOCOL)) {
+        return Err(format!("legacy torch.save protocol {}, expected {LEGACY_PROTOCOL}", protocol.describe()));
+    }
+    let (sys_info, pos) = unpickle(data, pos)?;
+    let Value::Dict(info) = sys_info else { return Err(format!("system information: {}", sys_info.describe())) };
+    let little = info.iter().find(|(k, _)| matches!(k, Value::Str(k) if k == "little_endian"));
+    if let Some((_, Value::Bool(false))) = little {
+        return Err("saved on a big-endian machine (not supported)".into());
+    }
+    let (root, pos) = unpickle(data, pos)?;
+    let (keys, mut pos) = unpickle(data, pos)?;
+    let Value::List(keys) = keys else {
+        return Err(format!("storage keys: expected a list, found {}", keys.describe()));
+    };
+    // The storages follow in the keys' order; their element types come from the tensors.
+    let kinds = storage_kinds(&root);
+    let mut storages: HashMap<String, Tensor> = HashMap::new();
+    for key in keys {
+        let Value::Str(key) = key else { return Err(format!("storage key: {}", key.describe())) };
+        let kind = *kinds.get(&key).ok_or_else(|| format!("storage {key} belongs to no tensor"))?;
+        let at = pos;
+        let numel = data.get(pos..pos + 8).ok_or_else(|| format!("storage {key}: truncated at byte {at}"))?;
+        let numel = u64::from_le_bytes(numel.try_into().map_err(|_| "bad storage size")?);
+        let bytes = usize::try_from(numel).ok().and_then(|n| n.checked_mul(kind.elt_size_in_bytes()));
+        let end = bytes.and_then(|b| b.checked_add(pos + 8)).filter(|&end| end <= data.len()).ok_or_else(|| {
+            format!(
+                "storage {key}: {numel} elements from byte {at} run past the end of the file ({} bytes)",
+                data.len()
+            )
+        })?;
+        storages.insert(key, storage(&data[pos + 8..end], kind)?);
+        pos = end;
+    }
+    if pos != data.len() {
+        return Err(format!("{} bytes after the last storage", data.len() - pos));
+    }
+    assemble(root, |key, _| {
+        storages.get(key).map(Tensor::shallow_clone).ok_or_else(|| format!("storage {key} is not in the file"))
+    })
+}
+
+/// The element type of every storage a tensor of the state dict uses.
+fn storage_kinds(root: &Value) -> HashMap<String, Kind> {
+    let Value::Dict(entries) = root else { return HashMap::new() };
+    entries
+        .iter()
+        .filter_map(|(_, v)| match v {
+            Value::Tensor { kind, key, .. } => Some((key.clone(), *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A storage's raw bytes as a flat tensor of `kind`.
+fn storage(bytes: &[u8], kind: Kind) -> Result<Tensor, Fail> {
+    let numel = (bytes.len() / kind.elt_size_in_bytes()) as i64;
+    Tensor::f_from_data_size(&bytes[..numel as usize * kind.elt_size_in_bytes()], &[numel], kind)
+        .map_err(|e| e.to_string())
+}
+
+/// The state dict's tensors, each a strided view of its storage (`storage(key, kind)`),
+/// checked to lie inside it.
+fn assemble(
+    root: Value,
+    mut storage: impl FnMut(&str, Kind) -> Result<Tensor, Fail>,
+) -> Result<Vec<(String, Tensor)>, Fail> {
+    let Value::Dict(entries) = root else {
+        return Err(format!("the pickle holds {}, not a state dict", root.describe()));
+    };
     let mut out = Vec::new();
     for (name, value) in entries {
         let (Value::Str(name), Value::Tensor { kind, key, offset, size, stride }) = (name, value) else { continue };
-        if !storages.contains_key(&key) {
-            let bytes = read(&format!("{prefix}data/{key}"))?;
-            let numel = (bytes.len() / kind.elt_size_in_bytes()) as i64;
-            let storage = Tensor::f_from_data_size(&bytes, &[numel], kind).map_err(|e| e.to_string())?;
-            storages.insert(key.clone(), storage);
+        let data = storage(&key, kind)?;
+        let last = size.iter().zip(&stride).map(|(&n, &s)| (n - 1).max(0) * s).sum::<i64>() + offset;
+        let empty = size.contains(&0);
+        if offset < 0 || (!empty && last >= data.numel() as i64) {
+            return Err(format!(
+                "{name}: shape {size:?} from element {offset} needs more than the {} elements its storage holds",
+                data.numel()
+            ));
         }
-        let tensor = storages[&key].f_as_strided(&size, &stride, offset).map_err(|e| format!("{name}: {e}"))?;
+        let tensor = data.f_as_strided(&size, &stride, offset).map_err(|e| format!("{name}: {e}"))?;
         out.push((name, tensor));
     }
     Ok(out)

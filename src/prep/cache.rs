@@ -61,7 +61,7 @@ pub struct Arrays {
 }
 
 fn view<'a>(file: &Path, dtype: Dtype, len: usize, bytes: &'a [u8]) -> Result<TensorView<'a>> {
-    TensorView::new(dtype, vec![len], bytes).map_err(|e| Error::write(file, e))
+    TensorView::new(dtype, vec![len], bytes).map_err(|e| Error::write_safetensors(file, e))
 }
 
 /// Writes the cache into `dest` atomically (see `crate::atomic`).
@@ -81,7 +81,7 @@ pub fn write(dest: &Path, manifest: &Manifest, arrays: &Arrays) -> Result<()> {
     ]
     .into_iter()
     .collect();
-    let bytes = safetensors::serialize(&tensors, &None).map_err(|e| Error::write(&file, e))?;
+    let bytes = safetensors::serialize(&tensors, &None).map_err(|e| Error::write_safetensors(&file, e))?;
     staged.write(TOKENS_FILE, &bytes)?;
     let json = serde_json::to_vec_pretty(manifest).map_err(|e| Error::write(dest.join(MANIFEST_FILE), e))?;
     staged.write(MANIFEST_FILE, &json)?;
@@ -109,8 +109,9 @@ impl PreparedCache {
         let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
         // SAFETY: the cache is written once and renamed into place, never modified after.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::data(&path, None, None, format!("invalid safetensors: {e:?}")))?;
+        let (header_len, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
+            Error::data(&path, None, None, format!("invalid safetensors: {}", crate::error::safetensors_cause(e)))
+        })?;
         let start = 8 + header_len;
         let ranges = meta
             .tensors()
@@ -123,6 +124,24 @@ impl PreparedCache {
             return Err(Error::data(&cache.path, None, None, "inconsistent array lengths"));
         }
         Ok(cache)
+    }
+
+    /// Refuses a cache with unanswered questions (a test split) for `purpose` ("training",
+    /// "evaluation"), naming the input file they came from.
+    pub fn require_answers(&self, purpose: &str) -> Result<()> {
+        let unanswered = |i: &&InputInfo| i.counts.labelled < i.counts.questions;
+        match self.manifest.inputs.iter().find(unanswered) {
+            None => Ok(()),
+            Some(input) => Err(Error::data(
+                &input.path,
+                None,
+                Some("cop"),
+                format!(
+                    "the file has no answers (every cop is -1 or missing: a test split); {purpose} needs labelled \
+                     questions, and `medbert predict` takes this file"
+                ),
+            )),
+        }
     }
 
     fn array<T: bytemuck::Pod>(&self, name: &str) -> Result<&[T]> {

@@ -83,8 +83,13 @@ fn fingerprint(inputs: &[PlannedInput], settings: &EncodeSettings) -> String {
         h.update(format!("input {} {:?} {}\n", i.sha256, i.format, i.cop_base));
     }
     h.update(format!(
-        "tokenizer {} max_length {} pair {} context_exp {} lemmatize {}\n",
-        settings.tokenizer_sha256, settings.max_length, settings.pair, settings.context_exp, settings.lemmatize
+        "tokenizer {} lowercase {:?} max_length {} pair {} context_exp {} lemmatize {}\n",
+        settings.tokenizer_sha256,
+        settings.lowercase,
+        settings.max_length,
+        settings.pair,
+        settings.context_exp,
+        settings.lemmatize
     ));
     format!("{:x}", h.finalize())
 }
@@ -116,6 +121,7 @@ pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
         pair: opts.pair,
         context_exp: opts.context_exp,
         lemmatize: opts.lemmatize.is_some(),
+        lowercase: encode::lowercase(&opts.model_dir)?,
     };
     let fingerprint = fingerprint(&planned, &settings);
     if let Ok(existing) = cache::read_manifest(&opts.output) {

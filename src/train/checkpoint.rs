@@ -13,9 +13,9 @@ use std::path::Path;
 use std::path::PathBuf;
 use tch::nn::VarStore;
 
-/// Files copied from the source model directory when present.
-const MODEL_FILES: [&str; 5] =
-    ["config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+/// Files copied from the source model directory when present (config.json is rewritten:
+/// [`crate::model::checkpoint_config`]).
+const MODEL_FILES: [&str; 4] = ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
 
 /// Where a run stands: the training loop's state, saved beside the weights of
 /// `checkpoint-<step>` for `--resume` (as the HF Trainer's `TrainerState`).
@@ -86,7 +86,7 @@ pub fn load_resumable(dir: &Path) -> Result<(TrainerState, HashMap<String, tch::
     let state = serde_json::from_str(&text).map_err(|e| Error::data(&path, None, None, e.to_string()))?;
     let path = dir.join(OPTIMIZER_FILE);
     let moments = tch::Tensor::read_safetensors(&path)
-        .map_err(|e| Error::Weights { path: path.clone(), message: e.to_string() })?
+        .map_err(|e| Error::Weights { path: path.clone(), message: crate::error::torch_message(e) })?
         .into_iter()
         .collect();
     Ok((state, moments))
@@ -248,6 +248,8 @@ fn save_with(
         vs.variables().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     write_hf_safetensors(&staged.file(crate::model::WEIGHTS_FILE), &named)?;
+    let config = crate::model::checkpoint_config(&source_model.join(crate::model::CONFIG_FILE))?;
+    staged.write(crate::model::CONFIG_FILE, &config)?;
     for name in MODEL_FILES {
         let src = source_model.join(name);
         if src.is_file() {
@@ -272,11 +274,11 @@ pub fn write_hf_safetensors(path: &Path, named: &[(String, tch::Tensor)]) -> Res
             let shape = shape.iter().map(|&d| d as usize).collect();
             TensorView::new(Dtype::F32, shape, bytemuck::cast_slice(values))
                 .map(|v| (n.as_str(), v))
-                .map_err(|e| Error::write(path, e))
+                .map_err(|e| Error::write_safetensors(path, e))
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
-    safetensors::serialize_to_file(views, &metadata, path).map_err(|e| Error::write(path, e))
+    safetensors::serialize_to_file(views, &metadata, path).map_err(|e| Error::write_safetensors(path, e))
 }
 
 #[cfg(test)]

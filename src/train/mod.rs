@@ -158,13 +158,13 @@ impl<'a> Trainer<'a> {
             "ddp_backend": ddp.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
             "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
         let (resume_from, saved_args) = record_run(args, inputs, resolved, &ddp, &split)?;
-        let (model, report) =
-            MultipleChoiceModel::from_dir(resume_from.as_deref().unwrap_or(&inputs.model_dir), inputs.device)?;
+        let model_dir = resume_from.as_deref().unwrap_or(&inputs.model_dir);
+        let (model, report) = MultipleChoiceModel::from_dir(model_dir, inputs.device)?;
         let betas = (args.adam_beta1, args.adam_beta2);
         let mut opt = AdamW::new(&model.vs, args.weight_decay, betas, args.adam_epsilon);
         ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, args.ddp.ddp_overlap)?;
-        if is_main && (!report.initialised.is_empty() || !report.unexpected.is_empty()) {
-            tracing::info!(initialised = ?report.initialised, unused = ?report.unexpected, "weights loaded ({} tensors)", report.loaded);
+        if is_main {
+            report.log(model_dir, true);
         }
         let mut scaler = GradScaler::new(precision == Precision::Fp16);
         let (world, global_batch) = (ddp.world_size(), args.global_batch(ddp.world_size()));

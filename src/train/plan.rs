@@ -23,8 +23,9 @@ impl Split {
     pub fn open(inputs: &TrainInputs, holdout: Option<usize>) -> Result<Split> {
         let train = PreparedCache::open(&inputs.train_cache)?;
         let eval = inputs.eval_cache.as_deref().map(PreparedCache::open).transpose()?;
-        if train.labels()?.iter().any(|&l| l < 0) {
-            return Err(Error::Input(format!("{}: training data must be labelled", inputs.train_cache.display())));
+        train.require_answers("training")?;
+        if let Some(eval) = &eval {
+            eval.require_answers("evaluation")?;
         }
         let n = train.len();
         let held = match (holdout, &eval) {

@@ -60,6 +60,7 @@ def main(model_dir: str, out_dir: str) -> None:
     odd = {"transposed": base.t(), "row": base[2], "same": base, "half": base.half() / 7,
            "bf16": base.bfloat16() / 3, "ids": torch.arange(5, dtype=torch.int64) - 2}
     torch.save(odd, out / "odd_tensors.bin")
+    torch.save(odd, out / "odd_tensors_legacy.bin", _use_new_zipfile_serialization=False)
     save_file({k: v.clone().contiguous() for k, v in odd.items()}, str(out / "odd_tensors.safetensors"))
 
 

@@ -213,7 +213,8 @@ fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<Path
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join(format!("rank{}.safetensors", env.rank));
         let (summed, broadcast) = (summed.to_device(tch::Device::Cpu), broadcast.to_device(tch::Device::Cpu));
-        Tensor::write_safetensors(&[("allreduce", &summed), ("broadcast", &broadcast)], &path)?;
+        Tensor::write_safetensors(&[("allreduce", &summed), ("broadcast", &broadcast)], &path)
+            .map_err(medbert::Error::from)?;
     }
     let allreduce_ok = summed.equal(&expected_sum);
     let broadcast_ok = broadcast.equal(&base);

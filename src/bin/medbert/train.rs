@@ -134,7 +134,10 @@ impl InferenceArgs {
         let dir = hub::resolve_model(&self.model)?;
         let root = self.cache_dir.clone().unwrap_or(default_cache);
         let cache = PreparedCache::open(&cache_for(file, &root, &dir, self.data.max_length)?)?;
-        let (model, _) = MultipleChoiceModel::from_dir(&dir, device)?;
+        let (model, report) = MultipleChoiceModel::from_dir(&dir, device)?;
+        if env.is_none_or(|e| e.rank == 0) {
+            report.log(&dir, false);
+        }
         Ok((model, cache))
     }
 }
@@ -158,6 +161,7 @@ pub fn run_eval(cli: EvalCli) -> Result<()> {
     let (model, cache) = in_turn(pg.as_ref(), local_rank, || {
         cli.common.load(&cli.validation_file, settings::user_cache_dir(), env.as_ref())
     })?;
+    cache.require_answers("evaluation")?;
     let ddp = Ddp::from_group(pg);
     let precision = cli.common.precision.resolve(model.vs.device())?;
     let r = evaluate(&model, &cache, None, cli.common.per_device_eval_batch_size, precision, &ddp)?;
