@@ -377,3 +377,38 @@ fn tensorboard_receives_the_logged_metrics_and_a_resume_replaces_redone_steps() 
         scalars.keys()
     );
 }
+
+/// The disk fills while the first checkpoint is written (the output directory on a 4 MB
+/// tmpfs, in a mount namespace of the run's own): the run stops with the cause said as a
+/// sentence, not a Debug dump, and leaves no checkpoint and no staging directory behind.
+#[cfg_attr(not(as_root), ignore = "needs root for a mount namespace (CI runs as root)")]
+#[test]
+fn a_disk_full_during_a_checkpoint_is_said_in_words_and_leaves_no_partial_checkpoint() {
+    let (dir, file) = data("disk_full");
+    let (small, listing) = (dir.join("small"), dir.join("listing.txt"));
+    std::fs::create_dir_all(&small).unwrap();
+    // The listing is taken inside the namespace, where the tmpfs is mounted, and written
+    // outside it.
+    let script = r#"mount -t tmpfs -o size=4m tmpfs "$SMALL" || exit 99
+"$0" "$@"; code=$?; ls -A "$SMALL/out" > "$LISTING"; exit $code"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script, common::medbert_bin()])
+        .args(["train", "--device", "cpu", "--per-device-train-batch-size", "4", "--max-steps", "1"])
+        .args(["--save-steps", "1", "--model"])
+        .arg(common::default_model())
+        .arg("--train-file")
+        .arg(&file)
+        .arg("--output-dir")
+        .arg(small.join("out"))
+        .env("SMALL", &small)
+        .env("LISTING", &listing)
+        .output()
+        .unwrap();
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let last = text.lines().rfind(|l| l.contains("error")).unwrap_or_default();
+    assert!(last.ends_with("No space left on device (os error 28)"), "{last}");
+    assert!(!text.contains("IoError") && !text.contains("Os {"), "{text}");
+    let left = std::fs::read_to_string(&listing).unwrap();
+    assert!(!left.contains("checkpoint-") && !left.contains(".medbert-staged"), "left behind: {left}");
+}
