@@ -80,6 +80,16 @@ fn main() {
     if nix::unistd::geteuid().is_root() {
         println!("cargo:rustc-cfg=as_root");
     }
+    // The image build (scripts/docker-check.sh) runs where podman, mmdebstrap and
+    // podman-compose are installed (scripts/setup.sh installs them as root), else is reported
+    // as ignored.
+    println!("cargo:rustc-check-cfg=cfg(podman)");
+    let on_path = |tool: &str| {
+        env::var_os("PATH").is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+    };
+    if ["podman", "mmdebstrap", "podman-compose"].iter().all(|t| on_path(t)) {
+        println!("cargo:rustc-cfg=podman");
+    }
 }
 
 /// "1" when libc10 exports its assert helper with `std::__cxx11::string`, "0" for the old ABI.

@@ -22,6 +22,18 @@ else
   exit 1
 fi
 
+step "Debian packages for the Docker image check (scripts/docker-check.sh): podman, buildah, runc, mmdebstrap"
+containers=()
+for tool in podman buildah runc mmdebstrap; do command -v "$tool" >/dev/null || containers+=("$tool"); done
+if [ ${#containers[@]} -eq 0 ]; then
+  echo "present"
+elif [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${containers[@]}" >/dev/null
+else
+  # Optional: only the image check needs them, and it builds images as root.
+  echo "not installed (${containers[*]}): the test suite reports the Docker image check as ignored"
+fi
+
 # pip runs only when a requirements file changed since the last successful install.
 pip_install() {
   local file=$1 stamp="$MEDBERT_VENV/.installed-$(basename "$1")"
