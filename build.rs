@@ -1,5 +1,8 @@
-//! Compiles the c10d shim (csrc/) against the libtorch that torch-sys linked, with that
-//! libtorch's C++ ABI, and gives every binary a RUNPATH to it.
+//! Compiles the C++ shim (csrc/: c10d's stores and process groups, the autograd hooks, what
+//! else of libtorch tch does not bind) against the libtorch that torch-sys linked, with that
+//! libtorch's C++ ABI; links libtorch_cuda and compiles ProcessGroupNCCL where CUDA is there;
+//! gives every binary a RUNPATH to libtorch; and sets the cfgs that turn tests needing the real
+//! data, root or podman into reported ignores where those are missing.
 
 use std::path::{Path, PathBuf};
 use std::{env, fs};

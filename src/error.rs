@@ -19,7 +19,7 @@ pub enum Error {
     Weights { path: PathBuf, message: String },
 
     #[error("{}: tokenizer: {message}", path.display())]
-    Tokenizer { path: PathBuf, message: String },
+    TokenizerFile { path: PathBuf, message: String },
 
     /// Something the user gave us (a flag, a file, a directory) that cannot be used.
     #[error("{0}")]
@@ -62,7 +62,7 @@ pub enum Error {
 
     /// The tokenizer failed on text it was given.
     #[error("tokenizer: {0}")]
-    Tokenize(String),
+    Encoding(String),
 
     /// A batch that does not fit the model or the cache (a caller's mistake, not the user's).
     #[error("batch: {0}")]

@@ -18,9 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The shape of the job across nodes and where its rendezvous lives.
+/// The shape of the job across nodes and where its rendezvous lives (torchrun's
+/// `WorkerSpec` with its rendezvous settings).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupSpec {
+pub struct WorkerSpec {
     pub nnodes: usize,
     pub node_rank: usize,
     pub nproc_per_node: usize,
@@ -30,22 +31,22 @@ pub struct GroupSpec {
     pub run_id: String,
 }
 
-/// One worker to start: its ranks and the variables it gets.
+/// One worker to start: its ranks and the variables it gets (torchrun's `Worker`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerSpec {
+pub struct Worker {
     pub rank: usize,
     pub local_rank: usize,
     pub env: Vec<(String, String)>,
 }
 
-impl GroupSpec {
+impl WorkerSpec {
     pub fn world_size(&self) -> usize {
         self.nnodes * self.nproc_per_node
     }
 
     /// The workers of this node for the given attempt (0 = first start). `omp_threads` is
     /// set as OMP_NUM_THREADS when the caller did not set it.
-    pub fn workers(&self, restart_count: usize, omp_threads: Option<usize>) -> Vec<WorkerSpec> {
+    pub fn workers(&self, restart_count: usize, omp_threads: Option<usize>) -> Vec<Worker> {
         (0..self.nproc_per_node)
             .map(|local_rank| {
                 let rank = self.node_rank * self.nproc_per_node + local_rank;
@@ -68,7 +69,7 @@ impl GroupSpec {
                 if let Some(n) = omp_threads {
                     env.push(("OMP_NUM_THREADS".to_string(), n.to_string()));
                 }
-                WorkerSpec { rank, local_rank, env }
+                Worker { rank, local_rank, env }
             })
             .collect()
     }
@@ -134,14 +135,14 @@ pub struct Supervision {
 
 /// One started worker. It leads a process group of its own (as torchrun starts each worker
 /// in a new session), so that a signal reaches everything it started, not just itself.
-struct Worker {
+struct Started {
     rank: usize,
     child: Child,
     /// Set once reaped.
     status: Option<ExitStatus>,
 }
 
-impl Worker {
+impl Started {
     /// The worker's process group, numbered by its own pid.
     fn group(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
@@ -160,7 +161,7 @@ impl Worker {
 /// group, then SIGKILL after the deadline. Each output line is prefixed with `[rank<R>]:`.
 pub fn run_attempt(
     program: &[String],
-    specs: &[WorkerSpec],
+    workers_to_start: &[Worker],
     attempt: usize,
     sup: &Supervision,
     signal: &AtomicUsize,
@@ -170,9 +171,9 @@ pub fn run_attempt(
     if let Some(dir) = &sup.log_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let mut workers: Vec<Worker> = Vec::new();
+    let mut workers: Vec<Started> = Vec::new();
     let mut pumps: Vec<JoinHandle<()>> = Vec::new();
-    for w in specs {
+    for w in workers_to_start {
         let mut cmd = Command::new(exe);
         cmd.args(args).envs(w.env.iter().map(|(k, v)| (k, v))).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.process_group(0);
@@ -197,7 +198,7 @@ pub fn run_attempt(
         if let Some(err) = child.stderr.take() {
             pumps.push(pump(err, prefix, true, log));
         }
-        workers.push(Worker { rank: w.rank, child, status: None });
+        workers.push(Started { rank: w.rank, child, status: None });
     }
 
     let outcome = loop {
@@ -244,7 +245,7 @@ const PUMP_GRACE: Duration = Duration::from_secs(1);
 /// watched, and OMP_NUM_THREADS for them when the caller did not set it.
 #[derive(Clone, Debug)]
 pub struct LaunchConfig {
-    pub spec: GroupSpec,
+    pub spec: WorkerSpec,
     pub program: Vec<String>,
     pub supervision: Supervision,
     pub omp_threads: Option<usize>,
@@ -265,7 +266,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(900);
 
 impl Rounds {
     /// Node 0 opens round 0 in its store; the other nodes connect to it.
-    fn join(spec: &GroupSpec, hosted: Option<&Store>) -> Result<Rounds> {
+    fn join(spec: &WorkerSpec, hosted: Option<&Store>) -> Result<Rounds> {
         match hosted {
             Some(store) => {
                 let rounds = Rounds(store.with_prefix(ROUND_PREFIX)?);
@@ -349,7 +350,7 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
 /// SIGTERM to every worker's process group (also of workers that have exited: what they
 /// started may live on), then SIGKILL to the groups with a process left after `deadline`;
 /// returns once every worker is reaped and every group is empty.
-fn tear_down(workers: &mut [Worker], deadline: Duration) {
+fn tear_down(workers: &mut [Started], deadline: Duration) {
     let alive = |g: Pid| killpg(g, None).is_ok();
     for w in workers.iter() {
         let _ = killpg(w.group(), Signal::SIGTERM);
@@ -359,7 +360,7 @@ fn tear_down(workers: &mut [Worker], deadline: Duration) {
         for w in workers.iter_mut() {
             let _ = w.reap();
         }
-        let left: Vec<Pid> = workers.iter().map(Worker::group).filter(|&g| alive(g)).collect();
+        let left: Vec<Pid> = workers.iter().map(Started::group).filter(|&g| alive(g)).collect();
         if left.is_empty() {
             return;
         }
@@ -415,8 +416,8 @@ mod tests {
     use super::*;
     use crate::dist::var;
 
-    fn spec() -> GroupSpec {
-        GroupSpec {
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
             nnodes: 2,
             node_rank: 1,
             nproc_per_node: 3,
@@ -427,7 +428,7 @@ mod tests {
         }
     }
 
-    fn value<'a>(w: &'a WorkerSpec, name: &str) -> &'a str {
+    fn value<'a>(w: &'a Worker, name: &str) -> &'a str {
         &w.env.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{name} not set")).1
     }
 

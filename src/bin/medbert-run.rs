@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use medbert::dist::slurm::SlurmTask;
-use medbert::launch::{self, GroupSpec, LaunchConfig, Supervision};
+use medbert::launch::{self, LaunchConfig, Supervision, WorkerSpec};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -178,7 +178,7 @@ fn config_from_args(args: Args, command: &clap::Command, slurm: Option<SlurmTask
         (false, None) => (nodes.master_addr, nodes.master_port),
     };
     Ok(LaunchConfig {
-        spec: GroupSpec {
+        spec: WorkerSpec {
             nnodes: nodes.nnodes,
             node_rank: nodes.node_rank,
             nproc_per_node: nproc,

@@ -88,7 +88,7 @@ impl Template {
 impl<'t> Encoder<'t> {
     pub fn new(full: &'t Tokenizer, layout: Layout) -> Result<Self> {
         let mut pieces = full.clone();
-        pieces.with_truncation(None).map_err(|e| Error::Tokenize(e.to_string()))?;
+        pieces.with_truncation(None).map_err(|e| Error::Encoding(e.to_string()))?;
         let split = matches!(full.get_pre_tokenizer(), Some(PreTokenizerWrapper::BertPreTokenizer(_)));
         let template = (split && layout == Layout::Joined).then(|| Template::probe(full, &pieces)).flatten();
         Ok(Encoder { full, pieces, layout, split, template })
@@ -162,7 +162,7 @@ impl<'t> Encoder<'t> {
             texts.push(text);
             bounds.push(ends);
         }
-        let tokenized = self.pieces.encode_batch(texts, false).map_err(|e| Error::Tokenize(e.to_string()))?;
+        let tokenized = self.pieces.encode_batch(texts, false).map_err(|e| Error::Encoding(e.to_string()))?;
         let per_question: Vec<Vec<Encoded>> = tokenized
             .into_par_iter()
             .zip(bounds)
@@ -194,13 +194,13 @@ impl<'t> Encoder<'t> {
     fn encode_pieces(&self, questions: &[Question]) -> Result<Vec<Encoded>> {
         let per_question = self.texts(&questions[0]).len();
         let texts: Vec<EncodeInput> = questions.iter().flat_map(|q| self.texts(q)).collect();
-        let tokenized = self.pieces.encode_batch_fast(texts, false).map_err(|e| Error::Tokenize(e.to_string()))?;
+        let tokenized = self.pieces.encode_batch_fast(texts, false).map_err(|e| Error::Encoding(e.to_string()))?;
         let assembled: tokenizers::Result<Vec<Vec<Encoded>>> = tokenized
             .into_par_iter()
             .chunks(per_question)
             .map(|t| (0..CHOICES).map(|c| self.assemble(&t, c).map(Encoded::from)).collect())
             .collect();
-        Ok(assembled.map_err(|e| Error::Tokenize(e.to_string()))?.into_iter().flatten().collect())
+        Ok(assembled.map_err(|e| Error::Encoding(e.to_string()))?.into_iter().flatten().collect())
     }
 }
 

@@ -58,7 +58,7 @@ impl EncodeSettings {
 
 /// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
 pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
-    crate::model::first_file(model_dir, &[TOKENIZER_FILE, VOCAB_FILE]).ok_or_else(|| Error::Tokenizer {
+    crate::model::first_file(model_dir, &[TOKENIZER_FILE, VOCAB_FILE]).ok_or_else(|| Error::TokenizerFile {
         path: model_dir.to_path_buf(),
         message: format!("neither {TOKENIZER_FILE} nor {VOCAB_FILE} found"),
     })
@@ -70,7 +70,7 @@ pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
 /// ([`lowercase`]).
 pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> {
     let path = tokenizer_source(model_dir)?;
-    let err = |message: String| Error::Tokenizer { path: path.clone(), message };
+    let err = |message: String| Error::TokenizerFile { path: path.clone(), message };
     let mut tokenizer = match lowercase(model_dir)? {
         None => Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?,
         Some(lowercase) => {
@@ -109,7 +109,7 @@ fn do_lower_case(model_dir: &Path) -> Result<Option<bool>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    let err = |message: String| Error::Tokenizer { path: path.clone(), message };
+    let err = |message: String| Error::TokenizerFile { path: path.clone(), message };
     let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
     match config.get("do_lower_case") {
         None => Ok(None),

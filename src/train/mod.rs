@@ -1,5 +1,5 @@
 //! Fine-tuning `BertForMultipleChoice` on a prepared cache with the HF Trainer's semantics:
-//! AdamW with its parameter groups, linear warm-up and decay, clipping by global norm,
+//! AdamW with its parameter groups, the HF Trainer's schedules, clipping by global norm,
 //! gradient accumulation, evaluation every N steps and each epoch, early stopping.
 
 pub mod amp;
@@ -90,7 +90,7 @@ struct Trainer<'a> {
 /// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
 /// and records the run's effective configuration: printed and saved as training_args.json by
 /// rank 0. Returns the checkpoint and that file's contents (saved in every checkpoint too).
-fn record_run(
+fn resume_and_record(
     args: &TrainArgs,
     inputs: &TrainInputs,
     resolved: serde_json::Value,
@@ -157,7 +157,7 @@ impl<'a> Trainer<'a> {
         let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
             "ddp_backend": ddp.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
             "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
-        let (resume_from, saved_args) = record_run(args, inputs, resolved, &ddp, &split)?;
+        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &ddp, &split)?;
         let model_dir = resume_from.as_deref().unwrap_or(&inputs.model_dir);
         let (model, report) = MultipleChoiceModel::from_dir(model_dir, inputs.device)?;
         let betas = (args.adam_beta1, args.adam_beta2);
@@ -233,11 +233,14 @@ impl<'a> Trainer<'a> {
                 let finished = self.state.step >= self.plan.total_steps;
                 let epoch_done = self.state.group == in_epoch;
                 let step = self.state.step;
-                let stop = self.args.eval_due(step, epoch_done, finished) && self.evaluate()?;
+                let stop = self.args.eval_due(step, epoch_done, finished) && self.evaluate_and_track_best()?;
                 if epoch_done {
                     self.next_epoch();
                 }
-                self.verify_and_save(self.args.save_due(step, epoch_done))?;
+                self.verify_sync()?;
+                if self.args.save_due(step, epoch_done) {
+                    self.save_checkpoint()?;
+                }
                 if stop || finished {
                     return Ok(());
                 }
@@ -320,15 +323,19 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// `--verify-sync` when this step is due for it, and a checkpoint when `save`.
-    fn verify_and_save(&mut self, save: bool) -> Result<()> {
+    /// `--verify-sync`, when this step is due for it.
+    fn verify_sync(&self) -> Result<()> {
         let step = self.state.step;
-        if self.args.ddp.verify_sync.is_some_and(|n| step % n == 0) {
-            self.ddp.verify_sync(step, &self.opt.variables().collect::<Vec<_>>())?;
+        match self.args.ddp.verify_sync.is_some_and(|n| step % n == 0) {
+            true => self.ddp.verify_sync(step, &self.opt.variables().collect::<Vec<_>>()),
+            false => Ok(()),
         }
-        if !save {
-            return Ok(());
-        }
+    }
+
+    /// `checkpoint-<step>` with everything a resume needs (rank 0), once every rank agrees that
+    /// no loss so far was NaN or infinite; the oldest beyond --save-total-limit go.
+    fn save_checkpoint(&mut self) -> Result<()> {
+        let step = self.state.step;
         self.check_finite()?;
         if !self.ddp.is_main() {
             return Ok(());
@@ -349,8 +356,8 @@ impl<'a> Trainer<'a> {
     }
 
     /// Evaluates on every rank (each its share, results summed), logs, keeps the best
-    /// checkpoint, and says whether patience ran out (the same answer on every rank).
-    fn evaluate(&mut self) -> Result<bool> {
+    /// checkpoint in `best/`, and says whether patience ran out (the same answer on every rank).
+    fn evaluate_and_track_best(&mut self) -> Result<bool> {
         let Some((cache, questions)) = self.split.eval_set() else { return Ok(false) };
         let started = Instant::now();
         let batch = self.args.per_device_eval_batch_size;
@@ -426,13 +433,14 @@ impl<'a> Trainer<'a> {
         let checkpoint = self.args.output_dir.join("final");
         let mut plot = None;
         let best = self.args.output_dir.join("best");
+        let baselines = self.split.baselines()?.unwrap_or_default();
         if self.ddp.is_main() {
             match self.args.load_best_model_at_end && self.state.best_metric.is_some() {
                 true => checkpoint::copy(&best, &checkpoint)?,
                 false => checkpoint::save(&checkpoint, &self.model.vs, &self.inputs.model_dir)?,
             }
             let png = self.args.output_dir.join(PLOT_FILE);
-            report::plot(&report::Curves::read(&self.args.output_dir.join(METRICS_FILE))?, &png)?;
+            report::plot(&report::Curves::read(&self.args.output_dir.join(METRICS_FILE))?, &baselines, &png)?;
             plot = Some(png);
         }
         let world = self.ddp.world_size();
@@ -445,6 +453,7 @@ impl<'a> Trainer<'a> {
             final_train_loss: self.last_loss,
             final_eval_loss: self.last_eval.as_ref().map(EvalResult::loss),
             final_eval_accuracy: self.last_eval.as_ref().map(EvalResult::accuracy),
+            baselines,
             final_eval: self.last_eval,
             metric_for_best_model: self.args.best_metric().to_string(),
             best_metric: self.state.best_metric,

@@ -1,7 +1,8 @@
-//! AdamW, linear warm-up and decay, and gradient clipping, as torch and the HF Trainer do
-//! them. The update is torch's own fused kernel (`torch.optim.AdamW(fused=True)`, the HF
-//! Trainer's default optimizer on torch 2.8+); the state lives here because tch's wrapper
-//! cannot save or restore the moments, and an exact `--resume` needs them.
+//! AdamW, the HF Trainer's learning-rate schedules (linear, cosine, constant, constant with
+//! warm-up, polynomial), and gradient clipping, as torch and the HF Trainer do them. The
+//! update is torch's own fused kernel (`torch.optim.AdamW(fused=True)`, the HF Trainer's
+//! default optimizer on torch 2.8+); the state lives here because tch's wrapper cannot save or
+//! restore the moments, and an exact `--resume` needs them.
 
 use crate::error::Result;
 use crate::sys::{self, AdamWGroup, AdamWHyper};

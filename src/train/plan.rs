@@ -2,8 +2,10 @@
 //! each epoch, the number of optimizer steps and the learning-rate schedule.
 
 use super::optim::Schedule;
+use super::report::Baseline;
 use super::{Ddp, TrainArgs, TrainInputs};
 use crate::batch::{question_lengths, Sampler};
+use crate::data::{CHOICES, OPTION_FIELDS};
 use crate::error::{Error, Result};
 use crate::prep::cache::PreparedCache;
 
@@ -46,6 +48,32 @@ impl Split {
 
     pub fn eval_cache(&self) -> Option<&PreparedCache> {
         self.eval.as_ref()
+    }
+
+    /// What the evaluation accuracy compares with: chance, and always giving the training
+    /// questions' most common answer (scored on the evaluation questions). None without an
+    /// evaluation set.
+    pub fn baselines(&self) -> Result<Option<Vec<Baseline>>> {
+        let Some((cache, questions)) = self.eval_set() else { return Ok(None) };
+        let train = self.train.labels()?;
+        let mut counts = [0usize; CHOICES];
+        for &q in &self.train_idx {
+            counts[usize::try_from(train[q]).unwrap_or(0).min(CHOICES - 1)] += 1;
+        }
+        let majority = (0..CHOICES).max_by_key(|&i| (counts[i], std::cmp::Reverse(i))).unwrap_or(0);
+        let labels = cache.labels()?;
+        let eval: Vec<i64> = match questions {
+            Some(q) => q.iter().map(|&i| labels[i]).collect(),
+            None => labels.to_vec(),
+        };
+        let hits = eval.iter().filter(|&&l| l == majority as i64).count();
+        Ok(Some(vec![
+            Baseline { name: "chance".into(), accuracy: 1.0 / CHOICES as f64 },
+            Baseline {
+                name: format!("always {} (training's commonest answer)", OPTION_FIELDS[majority]),
+                accuracy: hits as f64 / eval.len().max(1) as f64,
+            },
+        ]))
     }
 
     pub fn eval_set(&self) -> Option<EvalSet<'_>> {

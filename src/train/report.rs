@@ -133,6 +133,9 @@ pub struct TrainSummary {
     pub final_eval: Option<EvalResult>,
     pub final_eval_loss: Option<f64>,
     pub final_eval_accuracy: Option<f64>,
+    /// Accuracies to compare with on the evaluation questions: chance, and always giving the
+    /// training questions' commonest answer (empty without evaluation).
+    pub baselines: Vec<Baseline>,
     /// The metric that picked best/, its best value and the step that reached it.
     pub metric_for_best_model: String,
     pub best_metric: Option<f64>,
@@ -164,6 +167,18 @@ impl TrainSummary {
             ("eval questions", eval.map_or_else(|| "-".into(), |e| e.questions.to_string())),
             ("eval loss", opt(eval.map(EvalResult::loss), 4)),
             ("eval accuracy", opt(eval.map(EvalResult::accuracy), 4)),
+            (
+                "baselines",
+                match self.baselines.is_empty() {
+                    true => "-".into(),
+                    false => self
+                        .baselines
+                        .iter()
+                        .map(|b| format!("{} {:.4}", b.name, b.accuracy))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            ),
             (
                 "best eval metric",
                 match (self.best_metric, self.best_step) {
@@ -241,8 +256,17 @@ fn bounds(series: &[&Series]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
     (0.0..x1, (y0 - pad)..(y1 + pad))
 }
 
-/// Draws `curves` to a PNG: loss (train and evaluation) on the left, accuracy on the right.
-pub fn plot(curves: &Curves, png: &Path) -> Result<()> {
+/// An accuracy to compare the model with, drawn as a dashed line: chance, or always giving
+/// the training labels' most common answer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Baseline {
+    pub name: String,
+    pub accuracy: f64,
+}
+
+/// Draws `curves` to a PNG: loss (train and evaluation) on the left, accuracy on the right
+/// with the `baselines` as dashed lines. Each legend sits in the corner the lines leave free.
+pub fn plot(curves: &Curves, baselines: &[Baseline], png: &Path) -> Result<()> {
     register_font();
     let draw_err = |message: String| Error::Plot { path: png.to_path_buf(), message };
     let root = BitMapBackend::new(png, (1200, 480)).into_drawing_area();
@@ -254,16 +278,28 @@ pub fn plot(curves: &Curves, png: &Path) -> Result<()> {
         (&right, "eval accuracy", vec![("eval", &curves.eval_accuracy, RED)]),
     ];
     for (area, title, lines) in panels {
-        let (xs, mut ys) = bounds(&lines.iter().map(|(_, s, _)| *s).collect::<Vec<_>>());
-        if title.contains("accuracy") {
+        let accuracy = title.contains("accuracy");
+        let series: Vec<&Series> = lines.iter().map(|(_, s, _)| *s).collect();
+        let (xs, mut ys) = bounds(&series);
+        if accuracy {
             ys = 0.0..1.0;
+        }
+        // The legend goes where the lines are not: above them when they end low, else below.
+        let (last, height) = (last_value(&series).unwrap_or(ys.start), ys.end - ys.start);
+        let legend = match (last - ys.start) / height > 0.5 {
+            true => SeriesLabelPosition::LowerRight,
+            false => SeriesLabelPosition::UpperRight,
+        };
+        if !accuracy {
+            // Room for the legend above a falling loss.
+            ys = ys.start..ys.end + 0.3 * height;
         }
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 22))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(56)
-            .build_cartesian_2d(xs, ys)
+            .build_cartesian_2d(xs.clone(), ys)
             .map_err(|e| draw_err(e.to_string()))?;
         chart.configure_mesh().x_desc("optimizer step").draw().map_err(|e| draw_err(e.to_string()))?;
         for (name, series, color) in lines {
@@ -276,12 +312,30 @@ pub fn plot(curves: &Curves, png: &Path) -> Result<()> {
                 .draw_series(series.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|e| draw_err(e.to_string()))?;
         }
+        if accuracy {
+            let greys = [RGBColor(90, 90, 90), RGBColor(150, 110, 40)];
+            for (b, color) in baselines.iter().zip(greys) {
+                let (y, style) = (b.accuracy, color.stroke_width(1));
+                let dashes = DashedLineSeries::new([(xs.start, y), (xs.end, y)], 6, 4, style);
+                chart
+                    .draw_series(dashes)
+                    .map_err(|e| draw_err(e.to_string()))?
+                    .label(format!("{} {:.3}", b.name, b.accuracy))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            }
+        }
         chart
             .configure_series_labels()
+            .position(legend)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
             .map_err(|e| draw_err(e.to_string()))?;
     }
     root.present().map_err(|e| draw_err(e.to_string()))
+}
+
+/// The last value of the series that reaches furthest right.
+fn last_value(series: &[&Series]) -> Option<f64> {
+    series.iter().filter_map(|s| s.last()).max_by(|a, b| a.0.total_cmp(&b.0)).map(|p| p.1)
 }
