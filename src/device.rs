@@ -1,10 +1,21 @@
-//! `--device`: where a process computes, as the user names it (`auto`, `cpu`, `cuda`,
-//! `cuda:N`) and as it resolves for one worker of a group.
+//! Devices: where a process computes, as the user names it with `--device` (`auto`, `cpu`,
+//! `cuda`, `cuda:N`) and as it resolves for one worker of a group; and moving a tensor there.
 
 use crate::error::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
 use tch::Device;
+
+/// `t` on `device`. From the CPU to a GPU through pinned memory and without waiting, as a
+/// DataLoader with `pin_memory=True` and `.to(device, non_blocking=True)` do, so the host can
+/// queue the next step while the GPU still runs this one.
+pub fn upload(t: &tch::Tensor, device: Device) -> tch::Tensor {
+    match (t.device(), device) {
+        (from, to) if from == to => t.shallow_clone(),
+        (Device::Cpu, Device::Cuda(_)) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        _ => t.to_device(device),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {

@@ -11,6 +11,7 @@ pub mod encode;
 pub mod error;
 pub mod fetch;
 pub mod hub;
+pub mod infer;
 pub mod launch;
 pub mod model;
 pub mod prep;

@@ -75,18 +75,14 @@ fn train_flags(out: &Path, batch: usize, steps: usize) -> Vec<String> {
 }
 
 fn launcher(launch: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medbert-run"));
-    cmd.args(launch).env("OMP_NUM_THREADS", "1");
+    let mut cmd = common::launcher(launch);
+    cmd.env("OMP_NUM_THREADS", "1");
     cmd
 }
 
 fn single(flags: &[String]) -> Output {
     let out = Command::new(common::medbert_bin()).arg("train").args(flags).env("OMP_NUM_THREADS", "1").output();
     out.unwrap()
-}
-
-fn check(out: &Output) {
-    assert!(out.status.success(), "exit {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
 }
 
 fn weights(run: &Path) -> HashMap<String, Tensor> {
@@ -109,7 +105,7 @@ fn two_process_run() -> &'static PathBuf {
         let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
         let extra = ["--verify-sync", "1", "--save-steps", "4", "--record-questions"];
         launch.extend(flags.iter().map(String::as_str).chain(extra));
-        check(&launcher(&launch).output().unwrap());
+        common::assert_success(&launcher(&launch).output().unwrap());
         out
     })
 }
@@ -121,7 +117,7 @@ fn one_process_run() -> &'static PathBuf {
         let out = common::fixture("ddp-one");
         let mut flags = train_flags(&out, 8, 8);
         flags.extend(["--save-steps", "2", "--record-questions"].map(String::from));
-        check(&single(&flags));
+        common::assert_success(&single(&flags));
         out
     })
 }
@@ -153,7 +149,7 @@ fn accumulation_micro_steps_stay_local_and_the_group_matches_one_process() {
     flags.extend(["--gradient-accumulation-steps", "2", "--verify-sync", "1"].map(String::from));
     let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
     launch.extend(flags.iter().map(String::as_str));
-    check(&launcher(&launch).output().unwrap());
+    common::assert_success(&launcher(&launch).output().unwrap());
     let (diff, name) = max_diff(&weights(one_process_run()), &weights(&out));
     assert!(diff < 1e-5, "2 processes x 2 micro-steps x 2 questions differ from 1 x 8 by {diff:e} at {name}");
 }
@@ -175,7 +171,7 @@ fn evaluate(model: &Path, nproc: Option<&str>) -> serde_json::Value {
             launcher(&launch).output().unwrap()
         }
     };
-    check(&out);
+    common::assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.contains("\"questions\"")).unwrap_or_else(|| panic!("{text}"));
     serde_json::from_str(line.trim_start_matches(|c| c != '{')).unwrap()
@@ -251,7 +247,7 @@ fn a_killed_worker_brings_the_group_down_and_a_restart_resumes_to_the_same_weigh
 
     let out = common::scratch("ddp-restarted");
     let (output, _) = run_and_kill_a_worker(&out, "1");
-    check(&output);
+    common::assert_success(&output);
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
     assert!(diff == 0.0, "the restarted run differs from an uninterrupted one by {diff:e} at {name}");
 }
@@ -278,7 +274,7 @@ fn srun_tasks_train_like_the_launchers_workers() {
         })
         .collect();
     for task in tasks {
-        check(&task.wait_with_output().unwrap());
+        common::assert_success(&task.wait_with_output().unwrap());
     }
     assert_eq!(common::summary(&out)["world_size"], 2);
     let (diff, name) = max_diff(&weights(two_process_run()), &weights(&out));
@@ -334,7 +330,7 @@ fn a_two_process_checkpoint_resumes_on_one_process() {
     let mut flags = train_flags(&copy, 4, 8);
     flags.extend(["--gradient-accumulation-steps", "2", "--record-questions", "--resume"].map(String::from));
     let out = single(&flags);
-    check(&out);
+    common::assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("resuming on 1 process(es), the checkpoint was written by 2"), "{stderr}");
     assert!(!stderr.contains("global batch changes"), "{stderr}");
@@ -359,7 +355,7 @@ fn a_one_process_checkpoint_resumes_on_three_processes() {
     flags.extend(["--record-questions", "--resume"].map(String::from));
     launch.extend(flags.iter().map(String::as_str));
     let out = launcher(&launch).output().unwrap();
-    check(&out);
+    common::assert_success(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     for said in ["resuming on 3 process(es), the checkpoint was written by 1", "global batch changes from 8 to 12"] {
         assert!(stderr.contains(said), "{said:?} not said:\n{stderr}");

@@ -45,7 +45,7 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
     let (hf_home, out) = (root.join("hf_home"), root.join("medmcqa"));
 
     let ok = fetch(&server.endpoint, &hf_home, &out, "validation");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    common::assert_success(&ok);
     assert_eq!(std::fs::read(out.join("validation.parquet")).unwrap(), std::fs::read(&parquet).unwrap());
 
     let missing = fetch(&server.endpoint, &hf_home, &out, "train");
@@ -63,7 +63,7 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
 
     // The unlabelled test split, as the README's predict command uses it.
     let test = fetch(&server.endpoint, &hf_home, &out, "test");
-    assert!(test.status.success(), "{}", String::from_utf8_lossy(&test.stderr));
+    common::assert_success(&test);
     let csv = root.join("predictions.csv");
     let predicted = Command::new(common::medbert_bin())
         .args(["predict", "--device", "cpu", "--max-length", "16", "--per-device-eval-batch-size", "256", "--model"])
@@ -74,7 +74,7 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
         .arg(&csv)
         .output()
         .unwrap();
-    assert!(predicted.status.success(), "{}", String::from_utf8_lossy(&predicted.stderr));
+    common::assert_success(&predicted);
     let lines: Vec<String> = std::fs::read_to_string(&csv).unwrap().lines().map(str::to_string).collect();
     assert_eq!(lines.len(), 6151, "a header and one prediction per question");
     assert!(lines[1].starts_with("test-00000,"), "{}", lines[1]);
@@ -88,7 +88,7 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
             .arg(root.join(name))
             .output()
             .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        common::assert_success(&o);
         std::fs::read(root.join(name).join(medbert::prep::cache::TOKENS_FILE)).unwrap()
     };
     assert_eq!(prep(&out.join("validation.parquet"), "from-hub"), prep(&data.join("dev.json"), "from-jsonl"));

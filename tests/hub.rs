@@ -39,7 +39,7 @@ fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory
 
     let server = common::HubServer::start(&dir.join("server"));
     let fetched = eval_with("acme/minilm", &data, &hf_home, &server.endpoint);
-    assert!(fetched.status.success(), "{}", String::from_utf8_lossy(&fetched.stderr));
+    common::assert_success(&fetched);
     let snapshot = hf_home.join("hub/models--acme--minilm/snapshots/0123456789abcdef0123456789abcdef01234567");
     assert!(snapshot.join("model.safetensors").is_file(), "no snapshot in {}", snapshot.display());
     let log = std::fs::read_to_string(dir.join("server/requests.log")).unwrap();
@@ -53,7 +53,7 @@ fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory
 
     // The cache answers without the server, and the model is the local one.
     let cached = eval_with("acme/minilm", &data, &hf_home, "http://127.0.0.1:9");
-    assert!(cached.status.success(), "{}", String::from_utf8_lossy(&cached.stderr));
+    common::assert_success(&cached);
     let local = eval_with(repo.to_str().unwrap(), &data, &hf_home, "http://127.0.0.1:9");
     assert!(local.status.success());
     let json = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };

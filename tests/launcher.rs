@@ -7,8 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn launcher(args: &[&str], worker: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medbert-run"));
-    cmd.args(args).arg("--").args(worker).env_remove("OMP_NUM_THREADS");
+    let mut cmd = common::launcher(args);
+    cmd.arg("--").args(worker).env_remove("OMP_NUM_THREADS");
     cmd
 }
 

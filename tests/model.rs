@@ -278,10 +278,7 @@ fn hub_layouts() -> &'static Path {
 }
 
 fn run_ok(cmd: &mut std::process::Command) -> String {
-    let out = cmd.output().expect("run medbert");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{cmd:?} failed:\n{stderr}");
-    stderr
+    common::assert_success(&cmd.output().expect("run medbert"))
 }
 
 /// One training step at a negligible learning rate from the layout `name`, then `predict` on
@@ -292,16 +289,14 @@ fn conforms(name: &str) -> (String, HashMap<String, Tensor>, common::Scratch) {
     let layouts = hub_layouts();
     let model = layouts.join(name);
     let run = common::scratch(&format!("layout-{name}"));
-    let log = run_ok(
-        std::process::Command::new(common::medbert_bin())
-            .args(["train", "--max-steps", "1", "--learning-rate", "1e-12", "--per-device-train-batch-size", "4"])
-            .args(["--device", "cpu", "--model"])
-            .arg(&model)
-            .arg("--train-file")
-            .arg(layouts.join("train.jsonl"))
-            .arg("--output-dir")
-            .arg(run.join("out")),
-    );
+    let log = run_ok(common::train_command(&model, &layouts.join("train.jsonl"), &run.join("out")).args([
+        "--max-steps",
+        "1",
+        "--learning-rate",
+        "1e-12",
+        "--per-device-train-batch-size",
+        "4",
+    ]));
     let checkpoint = run.join("out/final");
     let saved: HashMap<String, Tensor> =
         Tensor::read_safetensors(checkpoint.join(WEIGHTS_FILE)).unwrap().into_iter().collect();

@@ -4,7 +4,7 @@ mod common;
 
 use medbert::data::CHOICES;
 use medbert::prep::cache::PreparedCache;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn prep(inputs: &[&Path], output: &Path, extra: &[&str]) -> Output {
@@ -20,30 +20,18 @@ fn prep_with_model(model: &Path, inputs: &[&Path], output: &Path, extra: &[&str]
     cmd.args(extra).output().expect("run medbert prep")
 }
 
-fn assert_ok(out: &Output) {
-    assert!(out.status.success(), "prep failed:\n{}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A fresh directory for one test.
-fn workdir(name: &str) -> PathBuf {
-    let dir = common::scratch_dir().join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[cfg_attr(not(medmcqa_dir), ignore = "MEDMCQA_DIR is not set: needs the real MedMCQA data (scripts/test.sh sets it)")]
 #[test]
 fn dev_json_and_parquet_encode_to_identical_caches() {
     let data = common::medmcqa_dir();
-    let dir = workdir("json_vs_parquet");
+    let dir = common::scratch("json_vs_parquet");
     let (a, b) = (dir.join("from_json"), dir.join("from_parquet"));
-    assert_ok(&prep(&[&data.join("dev.json")], &a, &[]));
-    assert_ok(&prep(&[&data.join("validation-00000-of-00001.parquet")], &b, &[]));
+    common::assert_success(&prep(&[&data.join("dev.json")], &a, &[]));
+    common::assert_success(&prep(&[&data.join("validation-00000-of-00001.parquet")], &b, &[]));
     let (a, b) = (PreparedCache::open(&a).unwrap(), PreparedCache::open(&b).unwrap());
     assert_eq!(a.len(), 4183);
     assert!(a.to_arrays().unwrap() == b.to_arrays().unwrap(), "the two conventions encode differently");
@@ -60,9 +48,9 @@ fn dev_json_and_parquet_encode_to_identical_caches() {
 #[test]
 fn token_ids_match_the_python_tokenizer() {
     let data = common::medmcqa_dir();
-    let dir = workdir("python_ids");
+    let dir = common::scratch("python_ids");
     let cache_dir = dir.join("cache");
-    assert_ok(&prep(&[&data.join("dev.json")], &cache_dir, &["--max-length", "64"]));
+    common::assert_success(&prep(&[&data.join("dev.json")], &cache_dir, &["--max-length", "64"]));
     let reference = dir.join("reference.json");
     let dev = data.join("dev.json");
     common::run_reference(
@@ -92,23 +80,23 @@ const GOOD: &str = r#"{"id": "q1", "question": "Which vitamin deficiency causes 
 
 #[test]
 fn same_inputs_hit_the_cache_and_changed_options_rebuild_it() {
-    let dir = workdir("cache_hit");
+    let dir = common::scratch("cache_hit");
     let input = dir.join("train.json");
     std::fs::write(&input, GOOD).unwrap();
     let cache = dir.join("cache");
     let first = prep(&[&input], &cache, &[]);
-    assert_ok(&first);
+    common::assert_success(&first);
     assert!(stdout(&first).contains("written"));
     let tokens = cache.join("tokens.safetensors");
     let modified = std::fs::metadata(&tokens).unwrap().modified().unwrap();
 
     let again = prep(&[&input], &cache, &[]);
-    assert_ok(&again);
+    common::assert_success(&again);
     assert!(stdout(&again).contains("cache hit"), "{}", stdout(&again));
     assert_eq!(std::fs::metadata(&tokens).unwrap().modified().unwrap(), modified, "a hit rewrote the cache");
 
     let changed = prep(&[&input], &cache, &["--max-length", "16", "--pair"]);
-    assert_ok(&changed);
+    common::assert_success(&changed);
     assert!(stdout(&changed).contains("written"));
     let c = PreparedCache::open(&cache).unwrap();
     assert_eq!(c.manifest.encoding.max_length, 16);
@@ -125,7 +113,7 @@ fn same_inputs_hit_the_cache_and_changed_options_rebuild_it() {
 
 #[test]
 fn csv_and_unlabelled_test_files_are_read() {
-    let dir = workdir("csv");
+    let dir = common::scratch("csv");
     let json = dir.join("a.json");
     std::fs::write(&json, GOOD).unwrap();
     let csv = dir.join("a.csv");
@@ -136,22 +124,22 @@ fn csv_and_unlabelled_test_files_are_read() {
          q2,Drug of choice for absence seizures,Ethosuximide,Phenytoin,Valproate,Valproate,1,multi,Pharmacology\n",
     )
     .unwrap();
-    assert_ok(&prep(&[&json], &dir.join("from_json"), &[]));
-    assert_ok(&prep(&[&csv], &dir.join("from_csv"), &[]));
+    common::assert_success(&prep(&[&json], &dir.join("from_json"), &[]));
+    common::assert_success(&prep(&[&csv], &dir.join("from_csv"), &[]));
     let (a, b) =
         (PreparedCache::open(&dir.join("from_json")).unwrap(), PreparedCache::open(&dir.join("from_csv")).unwrap());
     assert!(a.to_arrays().unwrap() == b.to_arrays().unwrap());
 
     let test = dir.join("test.json");
     std::fs::write(&test, GOOD.replace(", \"cop\": 3", "").replace(", \"cop\": 1", "")).unwrap();
-    assert_ok(&prep(&[&test], &dir.join("unlabelled"), &[]));
+    common::assert_success(&prep(&[&test], &dir.join("unlabelled"), &[]));
     assert_eq!(PreparedCache::open(&dir.join("unlabelled")).unwrap().labels().unwrap(), [-1, -1]);
 }
 
 /// Writes `content` as `name`, runs prep on it and returns (exit code, stderr); asserts
 /// that no cache appeared.
 fn broken(name: &str, content: &[u8]) -> (Option<i32>, String) {
-    let dir = workdir(&format!("broken_{}", name.replace('.', "_")));
+    let dir = common::scratch(&format!("broken_{}", name.replace('.', "_")));
     let input = dir.join(name);
     std::fs::write(&input, content).unwrap();
     let out = prep(&[&input], &dir.join("cache"), &[]);
@@ -234,7 +222,7 @@ fn each_broken_input_fails_with_file_line_and_field() {
 
 #[test]
 fn huge_and_unicode_heavy_questions_encode() {
-    let dir = workdir("unusual");
+    let dir = common::scratch("unusual");
     let input = dir.join("odd.json");
     let huge = "the patient presents with fever ".repeat(3200);
     let unicode = "Ｃａｒｄｉａｃ\u{00a0}output ≥ 5 L/min — which ﬁnding? 患者 🫀 α-β\u{200b}";
@@ -246,7 +234,7 @@ fn huge_and_unicode_heavy_questions_encode() {
     std::fs::write(&input, rows.join("\n")).unwrap();
     assert!(huge.len() > 100_000);
     let out = prep(&[&input], &dir.join("cache"), &["--max-length", "32"]);
-    assert_ok(&out);
+    common::assert_success(&out);
     let c = PreparedCache::open(&dir.join("cache")).unwrap();
     let offsets = c.offsets().unwrap();
     assert_eq!(offsets[1] - offsets[0], 32, "the huge question is truncated to --max-length");
@@ -261,7 +249,7 @@ fn huge_and_unicode_heavy_questions_encode() {
 fn cache_equals_the_tokenizers_own_encode_for_every_sequence() {
     let data = common::medmcqa_dir();
     let dev = data.join("dev.json");
-    let dir = workdir("library_equivalence");
+    let dir = common::scratch("library_equivalence");
     let tokenizer = medbert::encode::load_tokenizer(&common::default_model(), 48).unwrap();
     let raw = medbert::data::read_file(&dev, medbert::data::Format::Jsonl).unwrap();
     let (questions, _) = medbert::data::validate(&dev, raw, 1, &mut medbert::data::IdRegistry::default()).unwrap();
@@ -269,7 +257,7 @@ fn cache_equals_the_tokenizers_own_encode_for_every_sequence() {
         let out = dir.join(layout);
         let mut args = vec!["--max-length", "48"];
         args.extend_from_slice(flags);
-        assert_ok(&prep(&[&dev], &out, &args));
+        common::assert_success(&prep(&[&dev], &out, &args));
         let cache = PreparedCache::open(&out).unwrap();
         let (ids, types, offsets) =
             (cache.input_ids().unwrap(), cache.token_type_ids().unwrap(), cache.offsets().unwrap());
@@ -293,19 +281,19 @@ fn cache_equals_the_tokenizers_own_encode_for_every_sequence() {
 
 #[test]
 fn lemmatize_encodes_the_wordnet_lemmas() {
-    let dir = workdir("lemmatize");
+    let dir = common::scratch("lemmatize");
     let row = |q: &str, a: &str| {
         format!(r#"{{"id": "q1", "question": "{q}", "opa": "{a}", "opb": "b", "opc": "c", "opd": "d", "cop": 1}}"#)
     };
     let (inflected, lemmas) = (dir.join("inflected.json"), dir.join("lemmas.json"));
     std::fs::write(&inflected, row("Kidneys were enlarged with lesions", "Tubules")).unwrap();
     std::fs::write(&lemmas, row("kidney be enlarge with lesion", "tubule")).unwrap();
-    assert_ok(&prep(&[&inflected], &dir.join("a"), &["--lemmatize"]));
-    assert_ok(&prep(&[&lemmas], &dir.join("b"), &[]));
+    common::assert_success(&prep(&[&inflected], &dir.join("a"), &["--lemmatize"]));
+    common::assert_success(&prep(&[&lemmas], &dir.join("b"), &[]));
     let (a, b) = (PreparedCache::open(&dir.join("a")).unwrap(), PreparedCache::open(&dir.join("b")).unwrap());
     assert!(a.manifest.encoding.lemmatize && !b.manifest.encoding.lemmatize);
     assert_eq!(a.input_ids().unwrap(), b.input_ids().unwrap());
-    assert_ok(&prep(&[&inflected], &dir.join("c"), &[]));
+    common::assert_success(&prep(&[&inflected], &dir.join("c"), &[]));
     assert_ne!(PreparedCache::open(&dir.join("c")).unwrap().input_ids().unwrap(), a.input_ids().unwrap());
 }
 
@@ -313,7 +301,7 @@ fn lemmatize_encodes_the_wordnet_lemmas() {
 /// its tokenizer.json does.
 #[test]
 fn a_vocab_txt_model_encodes_like_its_tokenizer_json() {
-    let dir = workdir("vocab_only");
+    let dir = common::scratch("vocab_only");
     let model = dir.join("model");
     std::fs::create_dir_all(&model).unwrap();
     for file in ["vocab.txt", "tokenizer_config.json"] {
@@ -322,7 +310,7 @@ fn a_vocab_txt_model_encodes_like_its_tokenizer_json() {
     let input = dir.join("q.json");
     std::fs::write(&input, GOOD).unwrap();
     let run = |model_dir: &Path, out: &Path| {
-        assert_ok(&prep_with_model(model_dir, &[&input], out, &[]));
+        common::assert_success(&prep_with_model(model_dir, &[&input], out, &[]));
         PreparedCache::open(out).unwrap()
     };
     let a = run(&model, &dir.join("from_vocab"));
@@ -336,7 +324,7 @@ fn a_vocab_txt_model_encodes_like_its_tokenizer_json() {
 /// them) reads as the same questions as without it.
 #[test]
 fn a_byte_order_mark_is_accepted() {
-    let dir = workdir("bom");
+    let dir = common::scratch("bom");
     let plain = dir.join("plain.json");
     common::synthetic_task(&plain, 5, 9);
     let with_bom = dir.join("bom.json");
@@ -344,7 +332,7 @@ fn a_byte_order_mark_is_accepted() {
     bytes.extend(std::fs::read(&plain).unwrap());
     std::fs::write(&with_bom, bytes).unwrap();
     for (input, name) in [(&plain, "a"), (&with_bom, "b")] {
-        assert_ok(&prep(&[input.as_path()], &dir.join(name), &[]));
+        common::assert_success(&prep(&[input.as_path()], &dir.join(name), &[]));
     }
     let tokens = |name: &str| std::fs::read(dir.join(name).join(medbert::prep::cache::TOKENS_FILE)).unwrap();
     assert_eq!(tokens("a"), tokens("b"));
@@ -356,10 +344,10 @@ fn a_byte_order_mark_is_accepted() {
 /// answered and unanswered rows is refused at its first unanswered row.
 #[test]
 fn unanswered_files_are_test_splits_that_only_predict_takes() {
-    let dir = workdir("unanswered");
+    let dir = common::scratch("unanswered");
     let hub = dir.join("hub_test.json");
     std::fs::write(&hub, [line("t1", "-1"), line("t2", "-1")].join("\n")).unwrap();
-    assert_ok(&prep(&[&hub], &dir.join("hub"), &["--cop-base", "0"]));
+    common::assert_success(&prep(&[&hub], &dir.join("hub"), &["--cop-base", "0"]));
     assert_eq!(PreparedCache::open(&dir.join("hub")).unwrap().labels().unwrap(), [-1, -1]);
     let (code, stderr) = code_and_stderr(&prep(&[&hub], &dir.join("one_based"), &[]));
     assert_eq!(code, Some(2), "-1 marks no answer only in the 0-based convention: {stderr}");
@@ -384,10 +372,8 @@ fn unanswered_files_are_test_splits_that_only_predict_takes() {
         cmd.arg("--cache-dir").arg(dir.join("cache")).output().unwrap()
     };
     let train = |train: &Path, eval: &Path, out: &str| {
-        let mut cmd = Command::new(common::medbert_bin());
-        cmd.args(["train", "--max-steps", "1", "--device", "cpu", "--model"]).arg(common::default_model());
-        cmd.arg("--train-file").arg(train).arg("--validation-file").arg(eval);
-        cmd.arg("--output-dir").arg(dir.join(out)).output().unwrap()
+        let mut cmd = common::train_command(&common::default_model(), train, &dir.join(out));
+        cmd.args(["--max-steps", "1", "--validation-file"]).arg(eval).output().unwrap()
     };
     let test_arg = test.to_str().unwrap();
     for (what, out) in [
@@ -403,7 +389,7 @@ fn unanswered_files_are_test_splits_that_only_predict_takes() {
     }
     let csv = dir.join("predictions.csv");
     let out = medbert(&["predict", "--test-file", test_arg, "--output", csv.to_str().unwrap()]);
-    assert_ok(&out);
+    common::assert_success(&out);
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 3, "a header and two predictions");
 }
 

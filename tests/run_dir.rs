@@ -16,16 +16,9 @@ fn data(name: &str) -> (common::Scratch, PathBuf) {
 }
 
 fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(common::medbert_bin())
-        .args(["train", "--device", "cpu", "--per-device-train-batch-size", "4", "--logging-steps", "1"])
-        .arg("--model")
-        .arg(common::default_model())
-        .arg("--train-file")
+    common::train_command(&common::default_model(), data, out)
+        .args(["--per-device-train-batch-size", "4", "--logging-steps", "1", "--validation-file"])
         .arg(data)
-        .arg("--validation-file")
-        .arg(data)
-        .arg("--output-dir")
-        .arg(out)
         .args(extra)
         .output()
         .unwrap()
@@ -33,10 +26,6 @@ fn train(data: &Path, out: &Path, extra: &[&str]) -> Output {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
 }
 
 fn metrics(out: &Path) -> Vec<serde_json::Value> {
@@ -61,7 +50,7 @@ fn eval_rows(out: &Path) -> Vec<(u64, f64)> {
 fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
     let (root, data) = data("guard");
     let out = root.join("run");
-    ok(&train(&data, &out, &["--max-steps", "2", "--save-steps", "1"]));
+    common::assert_success(&train(&data, &out, &["--max-steps", "2", "--save-steps", "1"]));
     let saved: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("training_args.json")).unwrap()).unwrap();
     assert_eq!(saved["arguments"]["max_steps"], 2);
@@ -77,7 +66,7 @@ fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
     assert!(stderr(&again).contains("holds another run") && stderr(&again).contains("--overwrite-output-dir"));
     assert_eq!(loss_steps(&out), [1, 2], "the refused run wrote");
 
-    ok(&train(&data, &out, &["--max-steps", "3", "--overwrite-output-dir"]));
+    common::assert_success(&train(&data, &out, &["--max-steps", "3", "--overwrite-output-dir"]));
     let steps = loss_steps(&out);
     assert_eq!(steps, [1, 2, 3], "only the new run's rows");
     assert!(!out.join("checkpoint-1").exists() && !out.join("checkpoint-2").exists(), "old checkpoints kept");
@@ -94,7 +83,7 @@ fn an_output_dir_holding_another_run_is_refused_unless_overwritten() {
 fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
     let (root, data) = data("resume-check");
     let out = root.join("run");
-    ok(&train(&data, &out, &["--max-steps", "4", "--save-steps", "2"]));
+    common::assert_success(&train(&data, &out, &["--max-steps", "4", "--save-steps", "2"]));
 
     let reseeded = train(&data, &out, &["--max-steps", "6", "--resume", "--seed", "7"]);
     assert_eq!(reseeded.status.code(), Some(2));
@@ -105,7 +94,7 @@ fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
 
     // HfArgumentParser's spelling, with an underscore, works too.
     let faster = train(&data, &out, &["--max_steps", "6", "--resume", "--learning_rate", "1e-4"]);
-    ok(&faster);
+    common::assert_success(&faster);
     assert!(stderr(&faster).contains("learning_rate: 0.00005 -> 0.0001"), "{}", stderr(&faster));
     assert_eq!(common::summary(&out)["steps"], 6);
 }
@@ -114,11 +103,11 @@ fn a_resume_refuses_order_changing_settings_and_lists_the_others() {
 fn resume_from_checkpoint_continues_from_the_given_directory() {
     let (root, data) = data("resume-from");
     let first = root.join("first");
-    ok(&train(&data, &first, &["--max-steps", "4", "--save-steps", "2"]));
+    common::assert_success(&train(&data, &first, &["--max-steps", "4", "--save-steps", "2"]));
     let second = root.join("second");
     let checkpoint = first.join("checkpoint-2");
     let out = train(&data, &second, &["--max-steps", "4", "--resume-from-checkpoint", checkpoint.to_str().unwrap()]);
-    ok(&out);
+    common::assert_success(&out);
     assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
     let steps = loss_steps(&second);
     assert_eq!(steps, [3, 4], "continues after step 2");
@@ -136,14 +125,18 @@ fn resume_from_checkpoint_continues_from_the_given_directory() {
 fn a_resume_neither_repeats_nor_loses_an_evaluation() {
     let (root, data) = data("eval-order");
     let out = root.join("run");
-    ok(&train(&data, &out, &["--num-train-epochs", "2", "--save-steps", "4"]));
+    common::assert_success(&train(&data, &out, &["--num-train-epochs", "2", "--save-steps", "4"]));
     assert_eq!(eval_rows(&out), [(4, 1.0), (8, 2.0)]);
     let checkpoint = out.join("checkpoint-4");
-    ok(&train(&data, &out, &["--num-train-epochs", "2", "--resume-from-checkpoint", checkpoint.to_str().unwrap()]));
+    common::assert_success(&train(
+        &data,
+        &out,
+        &["--num-train-epochs", "2", "--resume-from-checkpoint", checkpoint.to_str().unwrap()],
+    ));
     assert_eq!(eval_rows(&out), [(4, 1.0), (8, 2.0)], "the resumed run evaluated again or lost one");
 
     let cut = root.join("cut");
-    ok(&train(&data, &cut, &["--max-steps", "3"]));
+    common::assert_success(&train(&data, &cut, &["--max-steps", "3"]));
     assert_eq!(eval_rows(&cut), [(3, 0.75)]);
 }
 
@@ -214,7 +207,7 @@ fn eval_and_predict_keep_their_caches_out_of_the_current_directory() {
             .env_remove("MEDBERT_CACHE_DIR")
             .output()
             .unwrap();
-        ok(&out);
+        common::assert_success(&out);
     };
     run(&["eval", "--validation-file", data.to_str().unwrap()]);
     assert!(root.join("xdg/medbert/prepared/d/tokens.safetensors").is_file());
@@ -242,7 +235,7 @@ fn a_run_without_a_terminal_logs_plain_lines_per_logging_step() {
             .env_remove("RUST_LOG")
             .output()
             .unwrap();
-        ok(&output);
+        common::assert_success(&output);
         stderr(&output)
     };
     let text = run(&root, "plain");
@@ -265,13 +258,21 @@ fn a_run_without_a_terminal_logs_plain_lines_per_logging_step() {
 fn eval_and_save_strategies_choose_when_each_happens() {
     let (root, data) = data("strategies");
     let by_epoch = root.join("by-epoch");
-    ok(&train(&data, &by_epoch, &["--num-train-epochs", "2", "--eval-strategy", "no", "--save-strategy", "epoch"]));
+    common::assert_success(&train(
+        &data,
+        &by_epoch,
+        &["--num-train-epochs", "2", "--eval-strategy", "no", "--save-strategy", "epoch"],
+    ));
     assert_eq!(eval_rows(&by_epoch), []);
     assert!(by_epoch.join("checkpoint-4").is_dir() && by_epoch.join("checkpoint-8").is_dir());
     assert!(common::summary(&by_epoch)["best_checkpoint"].is_null(), "no evaluation, no best/");
 
     let by_steps = root.join("by-steps");
-    ok(&train(&data, &by_steps, &["--max-steps", "8", "--eval-strategy", "steps", "--eval-steps", "3"]));
+    common::assert_success(&train(
+        &data,
+        &by_steps,
+        &["--max-steps", "8", "--eval-strategy", "steps", "--eval-steps", "3"],
+    ));
     let steps: Vec<u64> = eval_rows(&by_steps).iter().map(|r| r.0).collect();
     assert_eq!(steps, [3, 6, 8], "every 3 steps and at the end, not at the epoch's end");
     assert!(!by_steps.join("checkpoint-8").exists(), "saved without a save strategy");
@@ -289,7 +290,7 @@ fn the_best_model_follows_the_chosen_metric() {
     let (root, data) = data("best-metric");
     let out = root.join("run");
     let flags = ["--num-train-epochs", "3", "--metric-for-best-model", "eval_accuracy", "--load-best-model-at-end"];
-    ok(&train(&data, &out, &[&flags[..], &["--learning-rate", "1e-4"]].concat()));
+    common::assert_success(&train(&data, &out, &[&flags[..], &["--learning-rate", "1e-4"]].concat()));
     let evals: Vec<(u64, f64)> = metrics(&out)
         .iter()
         .filter(|r| r.get("eval_accuracy").is_some())
@@ -334,7 +335,7 @@ fn tensorboard_receives_the_logged_metrics_and_a_resume_replaces_redone_steps() 
     let (root, data) = data("tensorboard");
     let out = root.join("run");
     let flags = ["--max-steps", "4", "--save-steps", "2", "--eval-steps", "2", "--report-to", "tensorboard"];
-    ok(&train(&data, &out, &flags));
+    common::assert_success(&train(&data, &out, &flags));
     let runs: Vec<PathBuf> = std::fs::read_dir(out.join("runs")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     let name = runs[0].file_name().unwrap().to_string_lossy().into_owned();
@@ -348,7 +349,7 @@ fn tensorboard_receives_the_logged_metrics_and_a_resume_replaces_redone_steps() 
     // A run interrupted after step 4 whose last checkpoint is step 2 redoes steps 3 and 4.
     let (logdir, checkpoint) = (runs[0].to_str().unwrap(), out.join("checkpoint-2"));
     let resume = ["--resume-from-checkpoint", checkpoint.to_str().unwrap(), "--logging-dir", logdir];
-    ok(&train(&data, &out, &[&flags[..], &resume].concat()));
+    common::assert_success(&train(&data, &out, &[&flags[..], &resume].concat()));
 
     let (files, scalars) = tensorboard_scalars(&runs[0]);
     assert_eq!(files, 2);

@@ -148,7 +148,7 @@ fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
         .arg(dir.join("run"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::assert_success(&out);
     let summary = common::summary(&dir.join("run"));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("eval accuracy") && table.contains("curves.png"), "summary table:\n{table}");
@@ -204,7 +204,7 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     let cache = medbert::prep::cache::PreparedCache::open(&opts.output).unwrap();
     let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
     let evaluate = || {
-        let single = medbert::train::Ddp::single();
+        let single = medbert::dist::Comm::single();
         medbert::train::evaluate(&model, &cache, None, 8, medbert::train::Precision::Fp32, &single).unwrap()
     };
     let (a, b) = (evaluate(), evaluate());
@@ -250,7 +250,7 @@ fn predictions_are_a_quoted_csv_of_the_models_logits() {
         .arg(&csv_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::assert_success(&out);
 
     let cache = medbert::prep::cache::PreparedCache::open(&dir.join("prepared/d")).unwrap();
     let (batch, _) = medbert::batch::collate(&cache, &(0..6).collect::<Vec<_>>()).unwrap();
@@ -284,20 +284,14 @@ fn holdout_evaluates_the_last_questions_of_the_training_file() {
     let data = dir.join("d.json");
     common::synthetic_task(&data, 40, 4);
     let run = |out: &str, extra: &[&str]| {
-        std::process::Command::new(common::medbert_bin())
-            .args(["train", "--max-steps", "2", "--per-device-train-batch-size", "8", "--device", "cpu"])
-            .arg("--model")
-            .arg(common::default_model())
-            .arg("--train-file")
-            .arg(&data)
-            .arg("--output-dir")
-            .arg(dir.join(out))
+        common::train_command(&common::default_model(), &data, &dir.join(out))
+            .args(["--max-steps", "2", "--per-device-train-batch-size", "8"])
             .args(extra)
             .output()
             .unwrap()
     };
     let out = run("run", &["--holdout", "10"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::assert_success(&out);
     let summary = common::summary(&dir.join("run"));
     assert_eq!(summary["final_eval"]["questions"], 10);
     assert_eq!(summary["steps"], 2);
@@ -345,7 +339,7 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
         cmd
     };
     let whole = command("whole", &[]).output().unwrap();
-    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    common::assert_success(&whole);
 
     let mut child = command("cut", &[]).spawn().unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -361,7 +355,7 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     assert!(kept.iter().filter(|n| n.to_string_lossy().starts_with("checkpoint-")).count() == 2, "{kept:?}");
 
     let resumed = command("cut", &["--resume"]).output().unwrap();
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    common::assert_success(&resumed);
     let read = |run: &str| -> HashMap<String, Tensor> {
         Tensor::read_safetensors(dir.join(run).join("final").join(WEIGHTS_FILE)).unwrap().into_iter().collect()
     };

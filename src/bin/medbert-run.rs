@@ -119,16 +119,15 @@ impl Nodes {
             ),
             slurm => slurm,
         };
-        let port = slurm.as_ref().map(SlurmTask::default_port);
+        let (master_addr, master_port) = match &slurm {
+            Some(task) => task.rendezvous(args.master_addr.clone(), args.master_port),
+            None => (args.master_addr.clone().unwrap_or("127.0.0.1".into()), args.master_port.unwrap_or(29500)),
+        };
         Ok(Nodes {
             nnodes: args.nnodes.or(slurm.as_ref().map(|t| t.nnodes)).unwrap_or(1),
             node_rank: args.node_rank.or(slurm.as_ref().map(|t| t.node_rank)).unwrap_or(0),
-            master_addr: args
-                .master_addr
-                .clone()
-                .or(slurm.as_ref().map(|t| t.first_host.clone()))
-                .unwrap_or("127.0.0.1".into()),
-            master_port: args.master_port.or(port).unwrap_or(29500),
+            master_addr,
+            master_port,
             run_id: args.run_id.clone().or(slurm.map(|t| t.job_id)).unwrap_or("none".into()),
         })
     }

@@ -59,6 +59,9 @@ impl DistEnv {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>> {
         if get(var::WORLD_SIZE).is_none() {
             let Some(task) = SlurmTask::from_lookup(&get)? else { return Ok(None) };
+            let port = get(var::MASTER_PORT).map(|p| parse(var::MASTER_PORT, Some(p))).transpose()?;
+            let (master_addr, master_port) =
+                task.rendezvous(get(var::MASTER_ADDR).filter(|s| !s.trim().is_empty()), port);
             return Ok(Some(DistEnv {
                 rank: task.rank,
                 world_size: task.world_size,
@@ -66,9 +69,8 @@ impl DistEnv {
                 local_world_size: task.local_world_size,
                 group_rank: task.node_rank,
                 group_world_size: task.nnodes,
-                master_addr: get(var::MASTER_ADDR).filter(|s| !s.trim().is_empty()).unwrap_or(task.first_host.clone()),
-                master_port: get(var::MASTER_PORT)
-                    .map_or(Ok(task.default_port()), |p| parse(var::MASTER_PORT, Some(p)))?,
+                master_addr,
+                master_port,
                 agent_store: false,
                 restart_count: 0,
                 max_restarts: 0,

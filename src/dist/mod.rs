@@ -1,11 +1,15 @@
 //! Distributed primitives from PyTorch's c10d, through the C++ shim in csrc/: a TCPStore
 //! rendezvous and a process group (Gloo on CPU, NCCL on CUDA) with in-place collectives.
 
+mod check;
+mod comm;
 mod env;
 mod ffi;
 mod join;
 pub mod slurm;
 
+pub use check::{check_collectives, CollectiveCheck};
+pub use comm::Comm;
 pub use env::{var, DistEnv};
 pub use join::{in_turn, BackendChoice, GroupArgs};
 

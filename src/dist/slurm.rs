@@ -72,6 +72,13 @@ impl SlurmTask {
         Ok(Some(SlurmTask { rank, world_size, local_rank, local_world_size, node_rank, nnodes, first_host, job_id }))
     }
 
+    /// Where the job's rendezvous is: `addr` and `port` where given (MASTER_ADDR and
+    /// MASTER_PORT, or the launcher's flags), else the job's first host and
+    /// [`default_port`](Self::default_port).
+    pub fn rendezvous(&self, addr: Option<String>, port: Option<u16>) -> (String, u16) {
+        (addr.unwrap_or_else(|| self.first_host.clone()), port.unwrap_or_else(|| self.default_port()))
+    }
+
     /// The rendezvous port when MASTER_PORT is not given: 15000 plus the job id's last four
     /// digits (Lightning's choice), so every task of a job derives the same one and jobs
     /// sharing a node rarely collide.

@@ -15,6 +15,8 @@ use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const VOCAB_FILE: &str = "vocab.txt";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// The shortest `--max-length`: room for [CLS], [SEP] and a few tokens of each text.
+pub const MIN_MAX_LENGTH: usize = 8;
 
 /// How a question's model inputs are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,124 +11,25 @@
 
 pub mod bert;
 pub mod config;
+mod load;
 mod torch_pickle;
 
+pub use crate::device::upload;
 use crate::error::{Error, Result};
 use bert::BertModel;
 pub use config::{checkpoint_config, Activation, BertConfig};
-use std::collections::{BTreeMap, HashMap};
+use load::copy_into;
+pub(crate) use load::first_file;
+pub use load::{read_tensors, weights_file, LoadReport, CONFIG_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE};
 use std::path::{Path, PathBuf};
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};
-
-pub const CONFIG_FILE: &str = "config.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// PyTorch's pickle checkpoint, read when a directory has no safetensors file.
-pub const PICKLE_WEIGHTS_FILE: &str = "pytorch_model.bin";
-
-/// The first of `names` that is a file in `dir`.
-pub(crate) fn first_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
-    names.iter().map(|f| dir.join(f)).find(|p| p.is_file())
-}
-
-/// The weights file of an HF model directory: model.safetensors, else pytorch_model.bin.
-pub fn weights_file(dir: &Path) -> Result<PathBuf> {
-    first_file(dir, &[WEIGHTS_FILE, PICKLE_WEIGHTS_FILE]).ok_or_else(|| Error::Weights {
-        path: dir.to_path_buf(),
-        message: format!("neither {WEIGHTS_FILE} nor {PICKLE_WEIGHTS_FILE} found"),
-    })
-}
-const CLASSIFIER_PREFIX: &str = "classifier.";
-/// What a checkpoint may lack: transformers initialises these afresh.
-const MAY_BE_MISSING: [&str; 2] = ["bert.pooler.", CLASSIFIER_PREFIX];
-
-/// `t` on `device`. From the CPU to a GPU through pinned memory and without waiting, as a
-/// DataLoader with `pin_memory=True` and `.to(device, non_blocking=True)` do, so the host can
-/// queue the next step while the GPU still runs this one.
-pub fn upload(t: &Tensor, device: Device) -> Tensor {
-    match (t.device(), device) {
-        (from, to) if from == to => t.shallow_clone(),
-        (Device::Cpu, Device::Cuda(_)) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
-        _ => t.to_device(device),
-    }
-}
-
-/// The named tensors of a weights file, on the CPU: safetensors, or what `torch.save` writes
-/// (`.bin`, `.pt`: a zip archive holding a pickled state dict).
-pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let pickle = matches!(path.extension().and_then(|e| e.to_str()), Some("bin" | "pt"));
-    match pickle {
-        true => torch_pickle::read_state_dict(path),
-        false => Tensor::read_safetensors(path).map_err(crate::error::torch_message),
-    }
-    .map_err(|message| Error::Weights { path: path.to_path_buf(), message })
-}
 
 /// One batch of multiple-choice input, each tensor of shape [batch, choices, seq], int64.
 pub struct ChoiceBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub token_type_ids: Tensor,
-}
-
-/// What a weight load did, for a one-time report.
-#[derive(Debug, Default, PartialEq)]
-pub struct LoadReport {
-    pub loaded: usize,
-    /// Model variables absent from the checkpoint and freshly initialised (the classifier,
-    /// and the pooler of a masked-LM checkpoint).
-    pub initialised: Vec<String>,
-    /// Checkpoint tensors the model has no place for (`cls.predictions.*`,
-    /// `embeddings.position_ids`, ...), by their names in the checkpoint.
-    pub unexpected: Vec<String>,
-}
-
-impl LoadReport {
-    /// transformers' load report, as log lines: what was initialised and what was not used.
-    /// Outside `training` a fresh classifier is a warning: its predictions mean nothing yet.
-    pub fn log(&self, dir: &Path, training: bool) {
-        if !self.initialised.is_empty() {
-            let message = format!(
-                "{} tensors of BertForMultipleChoice are not in the checkpoint at {} and were newly initialised: {}",
-                self.initialised.len(),
-                dir.display(),
-                self.initialised.join(", ")
-            );
-            match training {
-                true => tracing::info!("{message}"),
-                false => tracing::warn!("{message}; train the model before using its predictions"),
-            }
-        }
-        if !self.unexpected.is_empty() {
-            tracing::info!(
-                "{} tensors of the checkpoint at {} were not used (heads and buffers BertForMultipleChoice has no \
-                 place for): {}",
-                self.unexpected.len(),
-                dir.display(),
-                abbreviate(&self.unexpected)
-            );
-        }
-    }
-}
-
-/// Names grouped by their module path's first two parts (`cls.predictions.* (7 tensors)`),
-/// so a head's dozens of tensors take one entry.
-fn abbreviate(names: &[String]) -> String {
-    // (the group's prefix, its first name, how many)
-    let mut groups: Vec<(String, &str, usize)> = Vec::new();
-    for name in names {
-        let parts: Vec<&str> = name.splitn(3, '.').collect();
-        let prefix = if parts.len() == 3 { format!("{}.{}.", parts[0], parts[1]) } else { name.clone() };
-        match groups.last_mut() {
-            Some((p, _, n)) if *p == prefix => *n += 1,
-            _ => groups.push((prefix, name, 1)),
-        }
-    }
-    let shown: Vec<String> = groups
-        .into_iter()
-        .map(|(prefix, first, n)| if n == 1 { first.to_string() } else { format!("{prefix}* ({n} tensors)") })
-        .collect();
-    shown.join(", ")
 }
 
 /// `BertForMultipleChoice`: each (question, option) sequence through BERT, the pooled [CLS]
@@ -238,63 +139,6 @@ impl MultipleChoiceModel {
     }
 }
 
-/// Maps a checkpoint name to the model's: adds the `bert.` prefix of a bare encoder and
-/// renames the legacy LayerNorm `gamma`/`beta` as transformers does.
-fn model_name(name: &str) -> String {
-    let name = match name.strip_suffix(".gamma") {
-        Some(stem) => format!("{stem}.weight"),
-        None => match name.strip_suffix(".beta") {
-            Some(stem) => format!("{stem}.bias"),
-            None => name.to_string(),
-        },
-    };
-    if name.starts_with("bert.") || name.starts_with(CLASSIFIER_PREFIX) {
-        name
-    } else {
-        format!("bert.{name}")
-    }
-}
-
-fn copy_into(variables: &HashMap<String, Tensor>, tensors: Vec<(String, Tensor)>, path: &Path) -> Result<LoadReport> {
-    let mut by_name: BTreeMap<String, (String, Tensor)> = BTreeMap::new();
-    for (name, tensor) in tensors {
-        by_name.insert(model_name(&name), (name, tensor));
-    }
-    let mut report = LoadReport::default();
-    let mut names: Vec<&String> = variables.keys().collect();
-    names.sort();
-    tch::no_grad(|| -> Result<()> {
-        for name in names {
-            let mut var = variables[name].shallow_clone();
-            match by_name.remove(name) {
-                Some((_, src)) => {
-                    if src.size() != var.size() {
-                        return Err(Error::ShapeMismatch {
-                            path: path.to_path_buf(),
-                            name: name.clone(),
-                            expected: var.size(),
-                            found: src.size(),
-                        });
-                    }
-                    var.f_copy_(&src)?;
-                    report.loaded += 1;
-                }
-                None if MAY_BE_MISSING.iter().any(|p| name.starts_with(p)) => report.initialised.push(name.clone()),
-                None => {
-                    return Err(Error::MissingTensor {
-                        path: path.to_path_buf(),
-                        name: name.clone(),
-                        shape: var.size(),
-                    })
-                }
-            }
-        }
-        Ok(())
-    })?;
-    report.unexpected = by_name.into_values().map(|(original, _)| original).collect();
-    Ok(report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,30 +169,5 @@ mod tests {
             let std = vars[name].std(true).double_value(&[]);
             assert!((0.019..0.021).contains(&std), "{name}: std {std}");
         }
-    }
-
-    #[test]
-    fn names_are_grouped_by_head_in_the_report() {
-        let names: Vec<String> = [
-            "cls.predictions.bias",
-            "cls.predictions.transform.dense.weight",
-            "cls.seq_relationship.weight",
-            "embeddings.position_ids",
-        ]
-        .map(String::from)
-        .to_vec();
-        assert_eq!(
-            abbreviate(&names),
-            "cls.predictions.* (2 tensors), cls.seq_relationship.weight, embeddings.position_ids"
-        );
-    }
-
-    #[test]
-    fn checkpoint_names_map_to_the_model() {
-        assert_eq!(model_name("encoder.layer.0.output.dense.weight"), "bert.encoder.layer.0.output.dense.weight");
-        assert_eq!(model_name("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
-        assert_eq!(model_name("classifier.weight"), "classifier.weight");
-        assert_eq!(model_name("bert.embeddings.LayerNorm.gamma"), "bert.embeddings.LayerNorm.weight");
-        assert_eq!(model_name("embeddings.LayerNorm.beta"), "bert.embeddings.LayerNorm.bias");
     }
 }

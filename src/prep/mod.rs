@@ -94,24 +94,67 @@ fn fingerprint(inputs: &[PlannedInput], settings: &EncodeSettings) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// A prepared cache for `path`: `path` itself when it is one, else `path` prepared (with the
+/// defaults) under `cache_root`, named after its stem; reused while inputs and tokenizer are
+/// unchanged.
+pub fn prepared(path: &Path, cache_root: &Path, model: &Path, max_length: usize) -> Result<PathBuf> {
+    if path.join(cache::MANIFEST_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let stem = path.file_stem().map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
+    let output = cache_root.join(stem);
+    let opts = PrepOptions::new(vec![path.to_path_buf()], output.clone(), model.to_path_buf(), max_length);
+    let report = run(&opts)?;
+    tracing::info!(cache = %output.display(), hit = report.cache_hit, questions = report.manifest.questions, "prepared");
+    Ok(output)
+}
+
+/// Prepares `opts.inputs` into `opts.output`: nothing when a cache with the same fingerprint
+/// is there, else the whole cache, written atomically.
 pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
+    match decide(opts)? {
+        Decision::Hit(manifest) => {
+            tracing::info!(cache = %opts.output.display(), "cache hit: inputs, tokenizer and options unchanged");
+            Ok(PrepReport { manifest, cache_hit: true })
+        }
+        Decision::Build(plan) => build(opts, plan),
+    }
+}
+
+/// What a build will read and how it will encode it, under which fingerprint.
+struct Plan {
+    inputs: Vec<PlannedInput>,
+    settings: EncodeSettings,
+    fingerprint: String,
+}
+
+enum Decision {
+    /// The cache at the output has this fingerprint already.
+    Hit(Manifest),
+    Build(Plan),
+}
+
+/// Checks the options, hashes the inputs and the tokenizer, and compares the fingerprint
+/// with the cache already at the output; reads no question.
+fn decide(opts: &PrepOptions) -> Result<Decision> {
     if opts.inputs.is_empty() {
         return Err(Error::Input("prep needs at least one --input file".into()));
     }
     if opts.pair && opts.context_exp {
         return Err(Error::Input("--pair and --context exp both use the second segment; choose one".into()));
     }
-    if opts.max_length < 8 {
-        return Err(Error::Input(format!("--max-length {} is too short (at least 8)", opts.max_length)));
+    if opts.max_length < encode::MIN_MAX_LENGTH {
+        let least = encode::MIN_MAX_LENGTH;
+        return Err(Error::Input(format!("--max-length {} is too short (at least {least})", opts.max_length)));
     }
-    let mut planned = Vec::new();
+    let mut inputs = Vec::new();
     for path in &opts.inputs {
         let format = match opts.format {
             Some(f) => f,
             None => Format::detect(path)?,
         };
         let cop_base = opts.cop_base.unwrap_or_else(|| format.default_cop_base());
-        planned.push(PlannedInput { path: path.clone(), format, cop_base, sha256: sha256_file(path)? });
+        inputs.push(PlannedInput { path: path.clone(), format, cop_base, sha256: sha256_file(path)? });
     }
     let tokenizer_path = encode::tokenizer_source(&opts.model_dir)?;
     let settings = EncodeSettings {
@@ -123,17 +166,21 @@ pub fn run(opts: &PrepOptions) -> Result<PrepReport> {
         lemmatize: opts.lemmatize.is_some(),
         lowercase: encode::lowercase(&opts.model_dir)?,
     };
-    let fingerprint = fingerprint(&planned, &settings);
+    let fingerprint = fingerprint(&inputs, &settings);
     if let Ok(existing) = cache::read_manifest(&opts.output) {
         if existing.fingerprint == fingerprint && opts.output.join(cache::TOKENS_FILE).is_file() {
-            tracing::info!(cache = %opts.output.display(), "cache hit: inputs, tokenizer and options unchanged");
-            return Ok(PrepReport { manifest: existing, cache_hit: true });
+            return Ok(Decision::Hit(existing));
         }
     }
+    Ok(Decision::Build(Plan { inputs, settings, fingerprint }))
+}
+
+/// Reads, validates, cleans (and lemmatises) every input, encodes it, and writes the cache.
+fn build(opts: &PrepOptions, plan: Plan) -> Result<PrepReport> {
+    let Plan { inputs: planned, settings, fingerprint } = plan;
     if opts.context_exp {
         tracing::warn!("--context exp: MedMCQA explanations often state the answer (\"Ans. is b\"); this leaks labels");
     }
-
     let mut ids = IdRegistry::default();
     let mut questions: Vec<Question> = Vec::new();
     let mut inputs = Vec::new();

@@ -4,6 +4,15 @@
 use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
+/// `--precision`, declared once for train, eval and predict.
+#[derive(Clone, Copy, Debug, serde::Serialize, clap::Args)]
+pub struct PrecisionArg {
+    /// Arithmetic: auto is bf16 autocast on CUDA devices that support it (fp16 on older ones,
+    /// with a dynamic loss scaler when training) and fp32 on CPU.
+    #[arg(long, env = "MEDBERT_PRECISION", value_enum, default_value = "auto")]
+    pub precision: Precision,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {

@@ -3,9 +3,10 @@
 
 use crate::device::DeviceSpec;
 use crate::dist::GroupArgs;
+use crate::encode::MIN_MAX_LENGTH;
 use crate::settings;
+use crate::train::amp::PrecisionArg;
 use crate::train::optim::SchedulerType;
-use crate::train::Precision;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -143,10 +144,9 @@ pub struct TrainArgs {
     /// (metrics, checkpoints, best/, final/, summary); prepared caches are kept.
     #[arg(long, env = "MEDBERT_OVERWRITE_OUTPUT_DIR")]
     pub overwrite_output_dir: bool,
-    /// Arithmetic: auto is bf16 autocast on CUDA devices that support it (fp16 with a dynamic
-    /// loss scaler on older ones) and fp32 on CPU.
-    #[arg(long, env = "MEDBERT_PRECISION", value_enum, default_value = "auto")]
-    pub precision: Precision,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub arithmetic: PrecisionArg,
     #[command(flatten)]
     pub ddp: DdpArgs,
     #[command(flatten)]
@@ -217,6 +217,11 @@ impl TrainArgs {
         self.metric_for_best_model.strip_prefix("eval_").unwrap_or(&self.metric_for_best_model)
     }
 
+    /// --output-dir, with its layout.
+    pub fn run_dir(&self) -> super::RunDir {
+        super::RunDir::new(&self.output_dir)
+    }
+
     /// The TensorBoard log directory when --report-to asks for TensorBoard: --logging-dir, or
     /// the HF Trainer's default (`runs/<Mon><DD>_<HH>-<MM>-<SS>_<host>` in --output-dir).
     pub fn tensorboard_dir(&self) -> Option<PathBuf> {
@@ -225,7 +230,7 @@ impl TrainArgs {
         }
         Some(self.logging_dir.clone().unwrap_or_else(|| {
             let time = chrono::Local::now().format("%b%d_%H-%M-%S");
-            self.output_dir.join("runs").join(format!("{time}_{}", crate::tensorboard::hostname()))
+            self.run_dir().tensorboard(&format!("{time}_{}", crate::tensorboard::hostname()))
         }))
     }
 
@@ -313,7 +318,8 @@ impl TrainArgs {
         check("logging_steps", self.logging_steps >= 1, "must be at least 1");
         check("save_steps", at_least_one(self.save_steps), "must be at least 1");
         check("save_total_limit", at_least_one(self.save_total_limit), "must be at least 1");
-        check("max_length", self.data.max_length >= 8, "must be at least 8");
+        let least = format!("must be at least {MIN_MAX_LENGTH}");
+        check("max_length", self.data.max_length >= MIN_MAX_LENGTH, &least);
         check("ddp_bucket_cap_mb", positive(self.ddp.ddp_bucket_cap_mb), "must be a finite number above 0");
         check("ddp_timeout", self.ddp.group.ddp_timeout >= 1, "must be at least 1 second");
         check("verify_sync", at_least_one(self.ddp.verify_sync), "must be at least 1");

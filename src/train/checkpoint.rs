@@ -5,8 +5,10 @@
 
 use super::amp::GradScaler;
 use super::optim::AdamW;
-use super::{Ddp, Resume};
+use super::run_dir::RunDir;
+use super::Resume;
 use crate::atomic::StagedDir;
+use crate::dist::Comm;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,7 +61,6 @@ fn one() -> usize {
 
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-const PREFIX: &str = "checkpoint-";
 
 /// Saves the model as `save` does, plus the trainer state, the optimizer moments and the
 /// run's arguments (`training_args.json`).
@@ -94,33 +95,30 @@ pub fn load_resumable(dir: &Path) -> Result<(TrainerState, HashMap<String, tch::
 
 /// The checkpoint a run continues from, if any; the newest is chosen by rank 0 so that every
 /// rank resumes from the same.
-pub(crate) fn to_resume(output_dir: &Path, resume: &Resume, ddp: &Ddp) -> Result<Option<PathBuf>> {
+pub(crate) fn to_resume(run: &RunDir, resume: &Resume, comm: &Comm) -> Result<Option<PathBuf>> {
     let fallback = match resume {
         Resume::No => return Ok(None),
         Resume::From(dir) => return checked(dir, "--resume-from-checkpoint").map(Some),
         Resume::Required => None,
         Resume::IfAny(fallback) => Some(fallback),
     };
-    let newest = resumable(output_dir)?.pop();
-    let mut chosen = [match (ddp.is_main(), &newest) {
-        (true, Some((step, _))) => *step as f64 + 1.0,
-        _ => 0.0,
-    }];
-    ddp.sum(&mut chosen)?;
-    match (chosen[0], fallback) {
+    let newest = resumable(run)?.pop();
+    // Rank 0's newest step + 1, or 0 for none.
+    let chosen = comm.from_rank0(newest.map_or(0.0, |(step, _)| step as f64 + 1.0))?;
+    match (chosen, fallback) {
         (0.0, Some(None)) => Ok(None),
         (0.0, Some(Some(dir))) => checked(dir, "--resume-from-checkpoint").map(Some),
         (0.0, None) => Err(Error::Input(format!(
             "--resume: no checkpoint-<step> with a trainer state in {}",
-            output_dir.display()
+            run.root().display()
         ))),
         (step, _) => {
-            let dir = dir_for_step(output_dir, step as usize - 1);
+            let dir = run.checkpoint(step as usize - 1);
             match dir.join(STATE_FILE).is_file() {
                 true => Ok(Some(dir)),
                 false => Err(Error::Input(format!(
                     "--resume: rank {} cannot see {} that rank 0 resumes from (the output directory must be shared)",
-                    ddp.rank(),
+                    comm.rank(),
                     dir.display()
                 ))),
             }
@@ -185,22 +183,18 @@ pub(crate) fn restore(
     Ok((state, reshard))
 }
 
-/// The `checkpoint-<step>` directories under `dir` that hold a trainer state, by step.
-pub fn resumable(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(Vec::new()) };
+/// The run's `checkpoint-<step>` directories that hold a trainer state, by step.
+pub fn resumable(run: &RunDir) -> Result<Vec<(usize, PathBuf)>> {
+    let Ok(entries) = std::fs::read_dir(run.root()) else { return Ok(Vec::new()) };
     let mut out: Vec<(usize, PathBuf)> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let step = e.file_name().to_str()?.strip_prefix(PREFIX)?.parse().ok()?;
+            let step = RunDir::checkpoint_step(e.file_name().to_str()?)?;
             e.path().join(STATE_FILE).is_file().then(|| (step, e.path()))
         })
         .collect();
     out.sort();
     Ok(out)
-}
-
-pub fn dir_for_step(output_dir: &Path, step: usize) -> PathBuf {
-    output_dir.join(format!("{PREFIX}{step}"))
 }
 
 /// The checkpoints to delete so that only the newest `keep` remain.
@@ -211,11 +205,11 @@ pub fn to_delete(steps: &[usize], keep: usize) -> Vec<usize> {
 }
 
 /// Deletes all but the newest `keep` resumable checkpoints.
-pub fn prune(output_dir: &Path, keep: usize) -> Result<()> {
-    let found = resumable(output_dir)?;
+pub fn prune(run: &RunDir, keep: usize) -> Result<()> {
+    let found = resumable(run)?;
     let steps: Vec<usize> = found.iter().map(|(s, _)| *s).collect();
     for step in to_delete(&steps, keep) {
-        let dir = dir_for_step(output_dir, step);
+        let dir = run.checkpoint(step);
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
     Ok(())

@@ -1,10 +1,10 @@
 //! Data parallelism as PyTorch's DistributedDataParallel does it, over a c10d process group:
 //! identical start (names and shapes checked, then rank 0's values broadcast), gradients
 //! averaged in flat buckets with one asynchronous all-reduce each, started from autograd hooks
-//! while backward still runs, exact sums for metrics, and an optional parameter checksum. With
-//! one process every operation is a no-op.
+//! while backward still runs, and an optional parameter checksum. With one process every
+//! operation is a no-op. Collectives on plain values are `dist::Comm`'s.
 
-use crate::dist::{ProcessGroup, Work};
+use crate::dist::{Comm, ProcessGroup, Work};
 use crate::error::{Error, Result};
 use crate::sys::GradHooks;
 use std::sync::{Arc, Mutex};
@@ -14,41 +14,35 @@ use tch::{Device, Kind, Tensor};
 /// PyTorch DDP's default bucket size.
 pub const DEFAULT_BUCKET_CAP_MB: f64 = 25.0;
 
-/// The trainable parameters, split into buckets of at most `cap_bytes` in reverse order (the
-/// order backward produces gradients in, as PyTorch's Reducer assigns them).
-pub fn buckets(sizes: &[usize], cap_bytes: usize) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut end = sizes.len();
-    while end > 0 {
-        let mut start = end - 1;
-        let mut bytes = sizes[start];
-        while start > 0 && bytes + sizes[start - 1] <= cap_bytes {
-            start -= 1;
-            bytes += sizes[start];
+/// Parameters (by index, in `order`) packed into buckets of at most `cap_bytes` each (a
+/// parameter larger than the cap gets a bucket of its own), as PyTorch's Reducer assigns them.
+pub fn buckets(order: impl IntoIterator<Item = usize>, sizes: &[usize], cap_bytes: usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0;
+    for i in order {
+        match out.last_mut() {
+            Some(last) if bytes + sizes[i] <= cap_bytes => last.push(i),
+            _ => {
+                out.push(vec![i]);
+                bytes = 0;
+            }
         }
-        out.push(start..end);
-        end = start;
+        bytes += sizes[i];
     }
     out
 }
 
 pub struct Ddp {
-    pg: Option<Arc<ProcessGroup>>,
+    comm: Comm,
     reducer: Option<Arc<Reducer>>,
     /// With overlap: the hooks that tell the reducer which gradients are ready.
     hooks: Option<GradHooks>,
 }
 
 impl Ddp {
-    /// One process: nothing to synchronise.
-    pub fn single() -> Ddp {
-        Ddp { pg: None, reducer: None, hooks: None }
-    }
-
-    /// Data parallelism over `pg` (one process when None). Collectives on plain values work
-    /// at once; gradients once `attach` has run.
-    pub fn from_group(pg: Option<ProcessGroup>) -> Ddp {
-        Ddp { pg: pg.map(Arc::new), reducer: None, hooks: None }
+    /// Data parallelism over `comm`'s processes: gradients once `attach` has run.
+    pub fn new(comm: &Comm) -> Ddp {
+        Ddp { comm: comm.clone(), reducer: None, hooks: None }
     }
 
     /// Takes charge of `params` (name, variable) in the optimizer's order: checks that every
@@ -56,8 +50,8 @@ impl Ddp {
     /// `overlap`) hooks every parameter so that a bucket's all-reduce starts as soon as
     /// backward has produced its last gradient.
     pub fn attach(&mut self, params: &[(&str, &Tensor)], bucket_cap_mb: f64, overlap: bool) -> Result<()> {
-        let Some(pg) = &self.pg else { return Ok(()) };
-        check_same_parameters(pg, params)?;
+        let Some(pg) = self.comm.group() else { return Ok(()) };
+        check_same_parameters(&self.comm, params)?;
         tch::no_grad(|| -> Result<()> {
             let mut flat = Tensor::cat(&params.iter().map(|(_, t)| t.detach().view(-1)).collect::<Vec<_>>(), 0);
             pg.broadcast(&mut [&mut flat], 0)?.wait()?;
@@ -70,7 +64,7 @@ impl Ddp {
         let mut state = State::default();
         if !overlap {
             // Without hooks, the buckets follow the reverse of the optimizer's order.
-            state.set_buckets(buckets(&sizes, cap_bytes).into_iter().map(|r| r.collect()).collect(), tensors.len());
+            state.set_buckets(buckets((0..sizes.len()).rev(), &sizes, cap_bytes), tensors.len());
         }
         let reducer = Arc::new(Reducer { pg: pg.clone(), params: tensors, sizes, cap_bytes, state: Mutex::new(state) });
         if overlap {
@@ -79,21 +73,6 @@ impl Ddp {
         }
         self.reducer = Some(reducer);
         Ok(())
-    }
-
-    /// The collective backend, or None for one process without a group.
-    pub fn backend(&self) -> Option<crate::dist::Backend> {
-        self.pg.as_ref().map(|pg| pg.backend())
-    }
-
-    pub fn world_size(&self) -> usize {
-        self.pg.as_ref().map_or(1, |pg| pg.world_size())
-    }
-    pub fn rank(&self) -> usize {
-        self.pg.as_ref().map_or(0, |pg| pg.rank())
-    }
-    pub fn is_main(&self) -> bool {
-        self.rank() == 0
     }
 
     /// Says that the next backward pass ends an accumulation group: its gradients are to be
@@ -124,24 +103,16 @@ impl Ddp {
         Some((s.buckets.len(), s.exposed / s.steps.max(1) as u32))
     }
 
-    /// Sums `values` over the ranks in place (f64: exact for counts below 2^53).
-    pub fn sum(&self, values: &mut [f64]) -> Result<()> {
-        match &self.pg {
-            Some(pg) => sum_over(pg, values),
-            None => Ok(()),
-        }
-    }
-
     /// Errors on every rank, naming `step` and the first differing parameter, when the
     /// parameters are not bitwise identical across ranks.
     pub fn verify_sync(&self, step: usize, params: &[(&str, &Tensor)]) -> Result<()> {
-        let Some(pg) = &self.pg else { return Ok(()) };
+        let Some(pg) = self.comm.group() else { return Ok(()) };
         let local = tch::no_grad(|| Tensor::stack(&params.iter().map(|(_, p)| checksum(p)).collect::<Vec<_>>(), 0));
         let mut reference = local.copy();
         pg.broadcast(&mut [&mut reference], 0)?.wait()?;
         let differs: Vec<bool> = Vec::try_from(local.ne_tensor(&reference).to_device(Device::Cpu))?;
         let first = differs.iter().position(|&d| d);
-        if any_rank(pg, first.is_some())? {
+        if self.comm.any(first.is_some())? {
             let which = match first {
                 Some(i) => format!("`{}` on rank {} differs from rank 0", params[i].0, pg.rank()),
                 None => format!("rank {} matches rank 0; another rank differs", pg.rank()),
@@ -259,19 +230,7 @@ impl Reducer {
         self.pg.broadcast(&mut [&mut t], 0)?.wait()?;
         let order: Vec<usize> =
             Vec::<i64>::try_from(&t.to_device(Device::Cpu))?.into_iter().map(|i| i as usize).collect();
-        let mut buckets: Vec<Vec<usize>> = Vec::new();
-        let mut bytes = 0;
-        for i in order {
-            if buckets.is_empty() || bytes + self.sizes[i] > self.cap_bytes {
-                buckets.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += self.sizes[i];
-            if let Some(last) = buckets.last_mut() {
-                last.push(i);
-            }
-        }
-        s.set_buckets(buckets, self.params.len());
+        s.set_buckets(buckets(order, &self.sizes, self.cap_bytes), self.params.len());
         s.seen.clear();
         Ok(())
     }
@@ -302,21 +261,6 @@ impl Reducer {
         s.steps += 1;
         Ok(())
     }
-}
-
-/// Sums `values` over the ranks of `pg` in place (f64: exact for counts below 2^53).
-fn sum_over(pg: &ProcessGroup, values: &mut [f64]) -> Result<()> {
-    let mut t = Tensor::from_slice(values).to_device(pg.device());
-    pg.allreduce_sum(&mut [&mut t])?.wait()?;
-    values.copy_from_slice(&Vec::<f64>::try_from(&t.to_device(Device::Cpu))?);
-    Ok(())
-}
-
-/// Whether `local` holds on any rank; every rank gets the same answer.
-fn any_rank(pg: &ProcessGroup, local: bool) -> Result<bool> {
-    let mut flag = [f64::from(u8::from(local))];
-    sum_over(pg, &mut flag)?;
-    Ok(flag[0] > 0.0)
 }
 
 /// Copies consecutive slices of `flat` into the (element count, target) parts, in order; an
@@ -350,7 +294,8 @@ fn checksum(p: &Tensor) -> Tensor {
 
 /// Fails fast when ranks disagree on the parameter list: every rank compares its names and
 /// shapes with rank 0's (through the store) and names the first difference.
-fn check_same_parameters(pg: &ProcessGroup, params: &[(&str, &Tensor)]) -> Result<()> {
+fn check_same_parameters(comm: &Comm, params: &[(&str, &Tensor)]) -> Result<()> {
+    let Some(pg) = comm.group() else { return Ok(()) };
     let mine: Vec<(String, Vec<i64>)> = params.iter().map(|(n, t)| (n.to_string(), t.size())).collect();
     let encoded = serde_json::to_vec(&mine).map_err(|e| Error::Dist(e.to_string()))?;
     const KEY: &str = "medbert/ddp/parameters";
@@ -360,7 +305,7 @@ fn check_same_parameters(pg: &ProcessGroup, params: &[(&str, &Tensor)]) -> Resul
     let theirs: Vec<(String, Vec<i64>)> =
         serde_json::from_slice(&pg.store().get(KEY)?).map_err(|e| Error::Dist(e.to_string()))?;
     let mismatch = first_difference(&theirs, &mine);
-    match (any_rank(pg, mismatch.is_some())?, mismatch) {
+    match (comm.any(mismatch.is_some())?, mismatch) {
         (_, Some(what)) => Err(Error::Dist(format!("rank {} parameters differ from rank 0's: {what}", pg.rank()))),
         (true, None) => Err(Error::Dist("another rank's parameters differ from rank 0's".into())),
         (false, None) => Ok(()),
@@ -413,7 +358,7 @@ mod tests {
             let opts = (Kind::Float, Device::Cpu);
             let a = Tensor::zeros([3], opts).set_requires_grad(true);
             let b = Tensor::zeros([5], opts).set_requires_grad(true);
-            let mut ddp = Ddp::from_group(Some(pg));
+            let mut ddp = Ddp::new(&Comm::from_group(Some(pg)));
             // A cap below one parameter's size: one bucket per parameter.
             ddp.attach(&[("a", &a), ("b", &b)], 1e-6, overlap).unwrap();
             let scale = rank as f64 + 1.0;
@@ -453,9 +398,10 @@ mod tests {
     #[test]
     fn buckets_cover_every_parameter_in_reverse_within_the_cap() {
         let sizes = [4, 4, 10, 3, 3, 3];
-        let b = buckets(&sizes, 8);
-        assert_eq!(b, vec![4..6, 3..4, 2..3, 0..2]);
-        assert_eq!(buckets(&sizes, 1000), vec![0..6]);
+        let b = buckets((0..6).rev(), &sizes, 8);
+        assert_eq!(b, vec![vec![5, 4], vec![3], vec![2], vec![1, 0]]);
+        assert_eq!(buckets((0..6).rev(), &sizes, 1000), vec![vec![5, 4, 3, 2, 1, 0]]);
+        assert_eq!(buckets([2, 0, 1], &sizes, 8), vec![vec![2], vec![0, 1]], "in the order given");
     }
 
     #[test]

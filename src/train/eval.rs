@@ -1,8 +1,9 @@
 //! Evaluation: loss and accuracy over labelled questions, each rank its share, summed
 //! exactly over the group (never an average of averages).
 
-use super::{Ddp, Precision};
+use super::Precision;
 use crate::batch::collate;
+use crate::dist::Comm;
 use crate::error::Result;
 use crate::model::{upload, MultipleChoiceModel};
 use crate::prep::cache::PreparedCache;
@@ -40,10 +41,10 @@ impl EvalResult {
     }
 
     /// Adds up every rank's counts and sums.
-    fn sum_over(mut self, ddp: &Ddp) -> Result<EvalResult> {
+    fn sum_over(mut self, comm: &Comm) -> Result<EvalResult> {
         let mut v = vec![self.questions as f64, self.correct as f64, self.loss_sum];
         v.extend(self.per_subject.iter().flat_map(|&(_, c, t)| [c as f64, t as f64]));
-        ddp.sum(&mut v)?;
+        comm.sum(&mut v)?;
         (self.questions, self.correct, self.loss_sum) = (v[0] as usize, v[1] as usize, v[2]);
         for (s, pair) in self.per_subject.iter_mut().zip(v[3..].chunks(2)) {
             (s.1, s.2) = (pair[0] as usize, pair[1] as usize);
@@ -54,15 +55,15 @@ impl EvalResult {
 
 /// Loss and accuracy of `model` on the labelled questions of `cache` among `questions` (all
 /// when None), in eval mode without a graph, under `precision`'s autocast (as the HF Trainer
-/// evaluates a bf16 run in bf16). Each rank of `ddp` takes every world_size-th question (no
-/// padding) and the results are summed over the ranks; `Ddp::single()` evaluates them all.
+/// evaluates a bf16 run in bf16). Each rank of `comm` takes every world_size-th question (no
+/// padding) and the results are summed over the ranks; `Comm::single()` evaluates them all.
 pub fn evaluate(
     model: &MultipleChoiceModel,
     cache: &PreparedCache,
     questions: Option<&[usize]>,
     batch_size: usize,
     precision: Precision,
-    ddp: &Ddp,
+    comm: &Comm,
 ) -> Result<EvalResult> {
     let labels = cache.labels()?;
     let subjects = cache.subjects()?;
@@ -72,7 +73,7 @@ pub fn evaluate(
         None => (0..cache.len()).collect(),
     };
     let mine: Vec<usize> =
-        all.into_iter().filter(|&q| labels[q] >= 0).skip(ddp.rank()).step_by(ddp.world_size()).collect();
+        all.into_iter().filter(|&q| labels[q] >= 0).skip(comm.rank()).step_by(comm.world_size()).collect();
     let mut per_subject = vec![(0usize, 0usize); names.len()];
     let mut out = EvalResult::default();
     tch::no_grad(|| -> Result<()> {
@@ -95,5 +96,5 @@ pub fn evaluate(
         Ok(())
     })?;
     out.per_subject = names.iter().zip(per_subject).map(|(n, (c, t))| (n.clone(), c, t)).collect();
-    out.sum_over(ddp)
+    out.sum_over(comm)
 }

@@ -13,7 +13,7 @@ pub mod report;
 mod run_dir;
 
 use crate::batch::collate_to;
-use crate::dist::ProcessGroup;
+use crate::dist::{Comm, ProcessGroup};
 use crate::error::{Error, Result};
 use crate::model::{upload, ChoiceBatch, MultipleChoiceModel};
 pub use amp::{GradScaler, Precision};
@@ -24,10 +24,10 @@ pub use eval::{evaluate, EvalResult};
 use optim::{clip_grad_norm, AdamW};
 pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
+pub use report::TrainSummary;
 use report::{MetricsLog, QuestionLog};
-pub use report::{TrainSummary, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
 use run_dir::SavedArgs;
-pub use run_dir::ARGS_FILE;
+pub use run_dir::{RunDir, ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
@@ -42,6 +42,35 @@ pub fn batch_loss(
     let logits = model.forward(batch, train)?;
     let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?;
     Ok((loss, logits))
+}
+
+/// `medbert train` on this process: joins the group medbert-run (or torchrun, or Slurm)
+/// describes in the environment, prepares raw data files under the run directory (one
+/// process per node at a time), trains, and on rank 0 writes summary.json and returns the
+/// summary (None on the other ranks). `model_dir` is `--model` resolved to a local directory.
+pub fn run(args: &TrainArgs, model_dir: std::path::PathBuf) -> Result<Option<TrainSummary>> {
+    let env = crate::dist::DistEnv::from_env()?;
+    let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
+    let device = args.data.device.resolve(local_rank)?;
+    let pg = args.ddp.group.join(env.as_ref(), device)?;
+    let (root, max_length) = (args.run_dir().prepared(), args.data.max_length);
+    let (train_cache, eval_cache) = crate::dist::in_turn(pg.as_ref(), local_rank, || {
+        let train = crate::prep::prepared(&args.train_file, &root, &model_dir, max_length)?;
+        let eval = args.validation_file.as_deref();
+        let eval = eval.map(|p| crate::prep::prepared(p, &root, &model_dir, max_length)).transpose()?;
+        Ok::<_, Error>((train, eval))
+    })?;
+    let restarted = env.as_ref().is_some_and(crate::dist::DistEnv::restarted);
+    let resume = Resume::from_flags(args.resume, args.resume_from_checkpoint.as_deref(), restarted);
+    let inputs = TrainInputs { model_dir, train_cache, eval_cache, device, resume };
+    let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
+    let summary = train(args, &inputs, pg)?;
+    if !is_main {
+        return Ok(None);
+    }
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::write(args.run_dir().summary(), e))?;
+    crate::atomic::write_file(&args.run_dir().summary(), &json)?;
+    Ok(Some(summary))
 }
 
 /// Fine-tunes as `args` says: on one process when `pg` is None, else data-parallel over `pg`
@@ -63,6 +92,10 @@ struct Trainer<'a> {
     opt: AdamW,
     /// The trainable variables, in the optimizer's order.
     params: Vec<Tensor>,
+    run: RunDir,
+    /// The processes of the run, for what they agree on (sums, any rank, rank 0's choice).
+    comm: Comm,
+    /// The gradient reducer.
     ddp: Ddp,
     precision: Precision,
     scaler: GradScaler,
@@ -94,19 +127,20 @@ fn resume_and_record(
     args: &TrainArgs,
     inputs: &TrainInputs,
     resolved: serde_json::Value,
-    ddp: &Ddp,
+    comm: &Comm,
     split: &Split,
 ) -> Result<(Option<std::path::PathBuf>, Vec<u8>)> {
     let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
-    let saved = SavedArgs::new(args, resolved, ddp.world_size(), &split.train.manifest.fingerprint, eval_data)?;
-    let resume_from = checkpoint::to_resume(&args.output_dir, &inputs.resume, ddp)?;
+    let saved = SavedArgs::new(args, resolved, comm.world_size(), &split.train.manifest.fingerprint, eval_data)?;
+    let run = args.run_dir();
+    let resume_from = checkpoint::to_resume(&run, &inputs.resume, comm)?;
     if let Some(dir) = &resume_from {
-        run_dir::check_resume(dir, &args.output_dir, &saved, ddp.is_main())?;
+        run_dir::check_resume(dir, &run, &saved, comm.is_main())?;
     }
     let saved_args = saved.to_json()?;
-    if ddp.is_main() {
+    if comm.is_main() {
         eprintln!("effective configuration:\n{}", String::from_utf8_lossy(&saved_args));
-        crate::atomic::write_file(&args.output_dir.join(run_dir::ARGS_FILE), &saved_args)?;
+        crate::atomic::write_file(&run.args(), &saved_args)?;
     }
     Ok((resume_from, saved_args))
 }
@@ -145,29 +179,31 @@ struct StepOutput {
 
 impl<'a> Trainer<'a> {
     fn set_up(args: &'a TrainArgs, inputs: &'a TrainInputs, pg: Option<ProcessGroup>) -> Result<Self> {
-        let precision = args.precision.resolve(inputs.device)?;
+        let precision = args.arithmetic.precision.resolve(inputs.device)?;
         tch::manual_seed(args.seed as i64);
-        let mut ddp = Ddp::from_group(pg);
-        let is_main = ddp.is_main();
-        run_dir::claim(args, &inputs.resume, &ddp)?;
+        let comm = Comm::from_group(pg);
+        let is_main = comm.is_main();
+        let run = args.run_dir();
+        run.claim(&inputs.resume, args.overwrite_output_dir, &comm)?;
         let split = Split::open(inputs, args.holdout)?;
         // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
         let on_terminal = std::io::stderr().is_terminal();
         let tensorboard_dir = args.tensorboard_dir();
         let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
-            "ddp_backend": ddp.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
+            "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
             "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
-        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &ddp, &split)?;
+        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &comm, &split)?;
         let model_dir = resume_from.as_deref().unwrap_or(&inputs.model_dir);
         let (model, report) = MultipleChoiceModel::from_dir(model_dir, inputs.device)?;
         let betas = (args.adam_beta1, args.adam_beta2);
         let mut opt = AdamW::new(&model.vs, args.weight_decay, betas, args.adam_epsilon);
+        let mut ddp = Ddp::new(&comm);
         ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, args.ddp.ddp_overlap)?;
         if is_main {
             report.log(model_dir, true);
         }
         let mut scaler = GradScaler::new(precision == Precision::Fp16);
-        let (world, global_batch) = (ddp.world_size(), args.global_batch(ddp.world_size()));
+        let (world, global_batch) = (comm.world_size(), args.global_batch(comm.world_size()));
         let mut state = TrainerState { world_size: world, global_batch: Some(global_batch), ..TrainerState::default() };
         if let Some(dir) = &resume_from {
             let reshard;
@@ -179,11 +215,11 @@ impl<'a> Trainer<'a> {
                 }
             }
         }
-        let plan = Plan::new(args, &split, &ddp, state.steps_per_epoch)?;
+        let plan = Plan::new(args, &split, &comm, state.steps_per_epoch)?;
         state.steps_per_epoch.get_or_insert(plan.per_epoch);
         let resumed_at = resume_from.as_ref().map(|_| state.step);
-        let metrics = MetricsLog::open(&args.output_dir, is_main, resumed_at, tensorboard_dir.as_deref())?;
-        let questions = QuestionLog::open(&args.output_dir, args.record_questions, ddp.rank(), resumed_at)?;
+        let metrics = MetricsLog::open(&run.metrics(), is_main, resumed_at, tensorboard_dir.as_deref())?;
+        let questions = QuestionLog::open(run.questions(comm.rank()), args.record_questions, resumed_at)?;
         let bar = crate::progress::bar(
             plan.total_steps,
             is_main && on_terminal,
@@ -197,6 +233,8 @@ impl<'a> Trainer<'a> {
             model,
             opt,
             params,
+            run,
+            comm,
             ddp,
             precision,
             scaler,
@@ -264,7 +302,7 @@ impl<'a> Trainer<'a> {
         let n = group.len() as f64;
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         for (m, micro) in group.iter().enumerate() {
-            tch::manual_seed(dropout_seed(self.args.seed, self.state.step, m, self.ddp.rank()));
+            tch::manual_seed(dropout_seed(self.args.seed, self.state.step, m, self.comm.rank()));
             // Collated on the CPU; the model and `upload` move it without waiting.
             let (x, y) = collate_to(&self.split.train, micro, pad_to)?;
             let y = upload(&y, device);
@@ -299,12 +337,12 @@ impl<'a> Trainer<'a> {
         if step % self.args.logging_steps.max(1) == 0 || step == self.plan.total_steps {
             self.check_finite()?;
             // Every rank takes this collective: whether a step logs depends on its number alone.
-            let mut loss = [out.loss.double_value(&[]) / self.ddp.world_size() as f64];
-            self.ddp.sum(&mut loss)?;
+            let mut loss = [out.loss.double_value(&[]) / self.comm.world_size() as f64];
+            self.comm.sum(&mut loss)?;
             let qps = self.questions_per_second();
             self.last_loss = Some(loss[0]);
             self.bar.set_message(format!("loss {:.4} lr {:.2e} {qps:.1} q/s", loss[0], out.lr));
-            if self.bar.is_hidden() && self.ddp.is_main() {
+            if self.bar.is_hidden() && self.comm.is_main() {
                 let grad_norm = out.grad_norm.double_value(&[]);
                 tracing::info!(
                     "step {step}/{} epoch {:.2} loss {:.4} lr {:.2e} grad_norm {grad_norm:.3} {qps:.1} q/s eta {}",
@@ -337,7 +375,7 @@ impl<'a> Trainer<'a> {
     fn save_checkpoint(&mut self) -> Result<()> {
         let step = self.state.step;
         self.check_finite()?;
-        if !self.ddp.is_main() {
+        if !self.comm.is_main() {
             return Ok(());
         }
         let started = Instant::now();
@@ -346,10 +384,10 @@ impl<'a> Trainer<'a> {
             scaler: Some(self.scaler.clone()),
             ..self.state.clone()
         };
-        let dir = checkpoint::dir_for_step(&self.args.output_dir, step);
+        let dir = self.run.checkpoint(step);
         checkpoint::save_resumable(&dir, &self.model.vs, &self.inputs.model_dir, &state, &self.opt, &self.saved_args)?;
         if let Some(keep) = self.args.save_total_limit {
-            checkpoint::prune(&self.args.output_dir, keep)?;
+            checkpoint::prune(&self.run, keep)?;
         }
         self.paused += started.elapsed();
         Ok(())
@@ -361,11 +399,11 @@ impl<'a> Trainer<'a> {
         let Some((cache, questions)) = self.split.eval_set() else { return Ok(false) };
         let started = Instant::now();
         let batch = self.args.per_device_eval_batch_size;
-        let r = evaluate(&self.model, cache, questions, batch, self.precision, &self.ddp)?;
+        let r = evaluate(&self.model, cache, questions, batch, self.precision, &self.comm)?;
         self.metrics.write(serde_json::json!({"step": self.state.step, "epoch": self.epoch(),
             "eval_loss": r.loss(), "eval_accuracy": r.accuracy(), "eval_questions": r.questions,
             "eval_runtime": started.elapsed().as_secs_f64(), "per_subject": r.per_subject}))?;
-        if self.ddp.is_main() {
+        if self.comm.is_main() {
             tracing::info!(step = self.state.step, loss = r.loss(), accuracy = r.accuracy(), "evaluation");
         }
         let value = r.metric(self.args.best_metric()).unwrap_or(f64::NAN);
@@ -373,8 +411,8 @@ impl<'a> Trainer<'a> {
         if self.state.best_metric.is_none_or(|best| if greater { value > best } else { value < best }) {
             (self.state.best_metric, self.state.best_step) = (Some(value), Some(self.state.step));
             self.state.evals_without_improvement = 0;
-            if self.ddp.is_main() {
-                checkpoint::save(&self.args.output_dir.join("best"), &self.model.vs, &self.inputs.model_dir)?;
+            if self.comm.is_main() {
+                checkpoint::save(&self.run.best(), &self.model.vs, &self.inputs.model_dir)?;
             }
         } else {
             self.state.evals_without_improvement += 1;
@@ -390,11 +428,9 @@ impl<'a> Trainer<'a> {
     fn check_finite(&self) -> Result<()> {
         let Some(first) = &self.first_nonfinite else { return Ok(()) };
         let local = first.int64_value(&[]);
-        let mut bad = [f64::from(u8::from(local >= 0))];
         // Every rank checks at the same steps, so every rank takes this collective.
-        self.ddp.sum(&mut bad)?;
-        match bad[0] > 0.0 {
-            true => Err(Error::NonFinite { step: usize::try_from(local).ok(), rank: self.ddp.rank() }),
+        match self.comm.any(local >= 0)? {
+            true => Err(Error::NonFinite { step: usize::try_from(local).ok(), rank: self.comm.rank() }),
             false => Ok(()),
         }
     }
@@ -419,7 +455,7 @@ impl<'a> Trainer<'a> {
 
     /// Questions per second over all ranks, evaluation and checkpointing left out.
     fn questions_per_second(&self) -> f64 {
-        (self.state.seen * self.ddp.world_size()) as f64 / (self.started.elapsed() - self.paused).as_secs_f64()
+        (self.state.seen * self.comm.world_size()) as f64 / (self.started.elapsed() - self.paused).as_secs_f64()
     }
 
     /// Writes `final/` and the plot (rank 0) and reports.
@@ -430,20 +466,20 @@ impl<'a> Trainer<'a> {
         self.metrics.write(serde_json::json!({"step": self.state.step, "epoch": self.epoch(),
             "train_runtime": runtime, "train_questions_per_second": self.questions_per_second()}))?;
         let communication = self.ddp.exposed_communication();
-        let checkpoint = self.args.output_dir.join("final");
+        let checkpoint = self.run.last();
         let mut plot = None;
-        let best = self.args.output_dir.join("best");
+        let best = self.run.best();
         let baselines = self.split.baselines()?.unwrap_or_default();
-        if self.ddp.is_main() {
+        if self.comm.is_main() {
             match self.args.load_best_model_at_end && self.state.best_metric.is_some() {
                 true => checkpoint::copy(&best, &checkpoint)?,
                 false => checkpoint::save(&checkpoint, &self.model.vs, &self.inputs.model_dir)?,
             }
-            let png = self.args.output_dir.join(PLOT_FILE);
-            report::plot(&report::Curves::read(&self.args.output_dir.join(METRICS_FILE))?, &baselines, &png)?;
+            let png = self.run.plot();
+            report::plot(&report::Curves::read(&self.run.metrics())?, &baselines, &png)?;
             plot = Some(png);
         }
-        let world = self.ddp.world_size();
+        let world = self.comm.world_size();
         Ok(TrainSummary {
             steps: self.state.step,
             epochs_run: (self.state.seen * world) as f64 / self.split.train_idx.len().max(1) as f64,

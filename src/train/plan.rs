@@ -3,9 +3,10 @@
 
 use super::optim::Schedule;
 use super::report::Baseline;
-use super::{Ddp, TrainArgs, TrainInputs};
+use super::{TrainArgs, TrainInputs};
 use crate::batch::{question_lengths, Sampler};
 use crate::data::{CHOICES, OPTION_FIELDS};
+use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::prep::cache::PreparedCache;
 
@@ -101,8 +102,8 @@ pub(crate) struct Plan {
 impl Plan {
     /// `first_per_epoch`: the steps per epoch the run was planned with when it started (a run
     /// resumed by another number of processes keeps its number of steps and its schedule).
-    pub fn new(args: &TrainArgs, split: &Split, ddp: &Ddp, first_per_epoch: Option<usize>) -> Result<Plan> {
-        let (batch, world) = (args.per_device_train_batch_size, ddp.world_size());
+    pub fn new(args: &TrainArgs, split: &Split, comm: &Comm, first_per_epoch: Option<usize>) -> Result<Plan> {
+        let (batch, world) = (args.per_device_train_batch_size, comm.world_size());
         let accumulation = args.gradient_accumulation_steps;
         // Batch size and accumulation are in range (`TrainArgs::problems`); the group's size
         // is known only here.
@@ -119,7 +120,7 @@ impl Plan {
         let sampler = Sampler {
             len: split.train_idx.len(),
             world_size: world,
-            rank: ddp.rank(),
+            rank: comm.rank(),
             shuffle: true,
             seed: args.seed,
             drop_last: false,

@@ -3,8 +3,8 @@
 //! `training_args.json` (HF's name) with the data's fingerprints, and a resume checked against
 //! what the interrupted run was told.
 
-use super::report::{METRICS_FILE, PLOT_FILE, QUESTIONS_PREFIX, SUMMARY_FILE};
-use super::{Ddp, Resume, TrainArgs};
+use super::{Resume, TrainArgs};
+use crate::dist::Comm;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -12,6 +12,101 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub const ARGS_FILE: &str = "training_args.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const PLOT_FILE: &str = "curves.png";
+pub const SUMMARY_FILE: &str = "summary.json";
+const QUESTIONS_PREFIX: &str = "questions-rank";
+const CHECKPOINT_PREFIX: &str = "checkpoint-";
+const BEST: &str = "best";
+const FINAL: &str = "final";
+/// TensorBoard's default logging directory (the HF Trainer's `runs/`).
+const TENSORBOARD: &str = "runs";
+/// Raw training and evaluation files prepared for this run.
+const PREPARED: &str = "prepared";
+
+/// `--output-dir` and everything in it: the one place its layout is spelled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunDir(PathBuf);
+
+impl RunDir {
+    pub fn new(root: &Path) -> RunDir {
+        RunDir(root.to_path_buf())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn args(&self) -> PathBuf {
+        self.0.join(ARGS_FILE)
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.0.join(METRICS_FILE)
+    }
+
+    pub fn plot(&self) -> PathBuf {
+        self.0.join(PLOT_FILE)
+    }
+
+    pub fn summary(&self) -> PathBuf {
+        self.0.join(SUMMARY_FILE)
+    }
+
+    /// `--record-questions`' file for `rank`.
+    pub fn questions(&self, rank: usize) -> PathBuf {
+        self.0.join(format!("{QUESTIONS_PREFIX}{rank}.jsonl"))
+    }
+
+    /// The model with the best evaluation metric so far.
+    pub fn best(&self) -> PathBuf {
+        self.0.join(BEST)
+    }
+
+    /// The model at the end of the run.
+    pub fn last(&self) -> PathBuf {
+        self.0.join(FINAL)
+    }
+
+    /// `checkpoint-<step>`.
+    pub fn checkpoint(&self, step: usize) -> PathBuf {
+        self.0.join(format!("{CHECKPOINT_PREFIX}{step}"))
+    }
+
+    /// The step of a `checkpoint-<step>` directory name.
+    pub fn checkpoint_step(name: &str) -> Option<usize> {
+        name.strip_prefix(CHECKPOINT_PREFIX)?.parse().ok()
+    }
+
+    /// Where TensorBoard logs go by default: `runs/<run name>`.
+    pub fn tensorboard(&self, run: &str) -> PathBuf {
+        self.0.join(TENSORBOARD).join(run)
+    }
+
+    /// Where the run prepares raw data files.
+    pub fn prepared(&self) -> PathBuf {
+        self.0.join(PREPARED)
+    }
+
+    /// What in the directory belongs to a run: its arguments, metrics, plot, summary,
+    /// checkpoints, question logs, and TensorBoard logs in their default place.
+    fn run_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.0) else { return Vec::new() };
+        let named = [ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, FINAL, BEST, TENSORBOARD];
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                named.contains(&name.as_str())
+                    || name.starts_with(CHECKPOINT_PREFIX)
+                    || name.starts_with(QUESTIONS_PREFIX)
+            })
+            .map(|e| e.path())
+            .collect();
+        found.sort();
+        found
+    }
+}
 
 /// What a run was told: every flag as given, the number of processes, the fingerprints of its
 /// training and evaluation data (from their prepared caches), and what the flags resolved to.
@@ -119,10 +214,10 @@ pub fn compare(saved: &SavedArgs, now: &SavedArgs) -> Changes {
 }
 
 /// Checks a resume from `checkpoint` against the arguments saved with it (or beside it in
-/// `output_dir`): differences that change the data order or the optimizer's meaning are
+/// the run directory): differences that change the data order or the optimizer's meaning are
 /// refused, listed; the others are logged by rank 0.
-pub(crate) fn check_resume(checkpoint: &Path, output_dir: &Path, now: &SavedArgs, is_main: bool) -> Result<()> {
-    let Some(path) = [checkpoint.join(ARGS_FILE), output_dir.join(ARGS_FILE)].into_iter().find(|p| p.is_file()) else {
+pub(crate) fn check_resume(checkpoint: &Path, run: &RunDir, now: &SavedArgs, is_main: bool) -> Result<()> {
+    let Some(path) = [checkpoint.join(ARGS_FILE), run.args()].into_iter().find(|p| p.is_file()) else {
         if is_main {
             tracing::warn!(checkpoint = %checkpoint.display(), "no {ARGS_FILE} to compare this resume with");
         }
@@ -144,65 +239,49 @@ pub(crate) fn check_resume(checkpoint: &Path, output_dir: &Path, now: &SavedArgs
     Ok(())
 }
 
-/// What in `dir` belongs to a run: its arguments, metrics, plot, summary, checkpoints, and
-/// TensorBoard logs in their default place.
-fn run_files(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let named = [ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE, "final", "best", "runs"];
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            named.contains(&name.as_str()) || name.starts_with("checkpoint-") || name.starts_with(QUESTIONS_PREFIX)
-        })
-        .map(|e| e.path())
-        .collect();
-    found.sort();
-    found
-}
+impl RunDir {
+    /// Makes the directory this run's: refused when it holds another run, unless the run
+    /// resumes or `overwrite` (`--overwrite-output-dir`, which deletes the other run's files
+    /// first). Rank 0 decides; every rank gets the same answer.
+    pub(crate) fn claim(&self, resume: &Resume, overwrite: bool, comm: &Comm) -> Result<()> {
+        let verdict = match comm.is_main() {
+            true => self.claim_on_main(resume, overwrite),
+            false => Ok(()),
+        };
+        let refused = comm.any(verdict.is_err())?;
+        verdict?;
+        if refused {
+            return Err(Error::Input(format!("rank 0 refused --output-dir {}", self.0.display())));
+        }
+        Ok(())
+    }
 
-/// Makes `--output-dir` this run's: refused when it holds another run, unless the run resumes
-/// or `--overwrite-output-dir` (which deletes the other run's files first). Rank 0 decides;
-/// every rank gets the same answer.
-pub(crate) fn claim(args: &TrainArgs, resume: &Resume, ddp: &Ddp) -> Result<()> {
-    let dir = &args.output_dir;
-    let verdict = match ddp.is_main() {
-        true => claim_on_main(dir, resume, args.overwrite_output_dir),
-        false => Ok(()),
-    };
-    let mut refused = [f64::from(u8::from(verdict.is_err()))];
-    ddp.sum(&mut refused)?;
-    verdict?;
-    if refused[0] > 0.0 {
-        return Err(Error::Input(format!("rank 0 refused --output-dir {}", dir.display())));
+    fn claim_on_main(&self, resume: &Resume, overwrite: bool) -> Result<()> {
+        let dir = &self.0;
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Input(format!("--output-dir {}: is a file, not a directory", dir.display())));
+        }
+        let other = self.run_files();
+        if other.is_empty() || resume.is_resuming() {
+            return std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e));
+        }
+        if !overwrite {
+            let names: Vec<String> =
+                other.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+            return Err(Error::Input(format!(
+                "--output-dir {} holds another run ({}): pass --overwrite-output-dir to replace it, --resume to \
+                 continue it, or choose another directory",
+                dir.display(),
+                names.join(", ")
+            )));
+        }
+        tracing::warn!(dir = %dir.display(), "--overwrite-output-dir: deleting the previous run's files");
+        for path in other {
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
     }
-    Ok(())
-}
-
-fn claim_on_main(dir: &Path, resume: &Resume, overwrite: bool) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::Input(format!("--output-dir {}: is a file, not a directory", dir.display())));
-    }
-    let other = run_files(dir);
-    if other.is_empty() || resume.is_resuming() {
-        return std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e));
-    }
-    if !overwrite {
-        let names: Vec<String> =
-            other.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
-        return Err(Error::Input(format!(
-            "--output-dir {} holds another run ({}): pass --overwrite-output-dir to replace it, --resume to \
-             continue it, or choose another directory",
-            dir.display(),
-            names.join(", ")
-        )));
-    }
-    tracing::warn!(dir = %dir.display(), "--overwrite-output-dir: deleting the previous run's files");
-    for path in other {
-        let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        removed.map_err(|e| Error::io(&path, e))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

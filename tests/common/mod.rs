@@ -240,3 +240,27 @@ pub fn srun_task_env(rank: usize, ntasks: usize, job: &str) -> Vec<(&'static str
         ("SLURM_JOB_ID", job.into()),
     ]
 }
+
+/// Asserts that a command exited 0, showing its status and stderr when it did not; returns
+/// its stderr (the log).
+pub fn assert_success(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    stderr
+}
+
+/// `medbert train` on the CPU: `model`, `train_file` and `output_dir` given; more flags with
+/// `.args(...)`.
+pub fn train_command(model: &Path, train_file: &Path, output_dir: &Path) -> Command {
+    let mut cmd = Command::new(medbert_bin());
+    cmd.args(["train", "--device", "cpu", "--model"]).arg(model);
+    cmd.arg("--train-file").arg(train_file).arg("--output-dir").arg(output_dir);
+    cmd
+}
+
+/// `medbert-run` with `launch` (its own flags).
+pub fn launcher(launch: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medbert-run"));
+    cmd.args(launch);
+    cmd
+}

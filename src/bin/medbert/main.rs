@@ -5,13 +5,12 @@ mod train;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use medbert::data::Format;
-use medbert::dist::{Backend, DistEnv, ProcessGroup};
+use medbert::dist::{self, Backend, DistEnv};
 use medbert::prep::{self, PrepOptions};
 use medbert::{doctor, hub, settings};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
-use tch::{Kind, Tensor};
 
 #[derive(Parser)]
 #[command(name = "medbert", version, about = "Fine-tune BERT-family models on MedMCQA")]
@@ -185,49 +184,10 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::DistCheck { backend, numel, timeout, dump } => {
-            dist_check(backend, numel, Duration::from_secs(timeout), dump)
+            let check = dist::check_collectives(backend, numel, Duration::from_secs(timeout), dump.as_deref())?;
+            println!("{check}");
+            anyhow::ensure!(check.passed(), "collective results differ from the expected values");
+            Ok(())
         }
     }
-}
-
-/// Rank r all-reduces `arange(n) * (r + 1)` and broadcasts `arange(n) + 1000 r` from rank 0;
-/// every rank checks the exact expected values.
-fn dist_check(backend: Backend, numel: i64, timeout: Duration, dump: Option<PathBuf>) -> Result<()> {
-    let env = DistEnv::from_env()?.context("WORLD_SIZE is not set: start this under medbert-run or torchrun")?;
-    let pg = ProcessGroup::init(&env, backend, timeout)?;
-    let (rank, world) = (env.rank as f64, env.world_size as f64);
-    let device = pg.device();
-    let base = Tensor::arange(numel, (Kind::Float, device));
-
-    let mut summed = &base * (rank + 1.0);
-    let started = std::time::Instant::now();
-    pg.allreduce_sum(&mut [&mut summed])?.wait()?;
-    let allreduce_s = started.elapsed().as_secs_f64();
-    let expected_sum = &base * (world * (world + 1.0) / 2.0);
-
-    let mut broadcast = &base + 1000.0 * rank;
-    pg.broadcast(&mut [&mut broadcast], 0)?.wait()?;
-    pg.barrier()?;
-
-    if let Some(dir) = &dump {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(format!("rank{}.safetensors", env.rank));
-        let (summed, broadcast) = (summed.to_device(tch::Device::Cpu), broadcast.to_device(tch::Device::Cpu));
-        Tensor::write_safetensors(&[("allreduce", &summed), ("broadcast", &broadcast)], &path)
-            .map_err(medbert::Error::from)?;
-    }
-    let allreduce_ok = summed.equal(&expected_sum);
-    let broadcast_ok = broadcast.equal(&base);
-    let gbps = (numel * 4) as f64 / allreduce_s / 1e9;
-    println!(
-        "rank {}/{} backend {}: allreduce {} ({:.3} GB/s), broadcast {}, barrier ok",
-        env.rank,
-        env.world_size,
-        backend.name(),
-        if allreduce_ok { "ok" } else { "WRONG" },
-        gbps,
-        if broadcast_ok { "ok" } else { "WRONG" },
-    );
-    anyhow::ensure!(allreduce_ok && broadcast_ok, "collective results differ from the expected values");
-    Ok(())
 }

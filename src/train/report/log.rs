@@ -1,0 +1,111 @@
+//! The logs a run appends to as it goes: metrics.jsonl (and TensorBoard's events) on rank 0,
+//! and `--record-questions`' per-rank question files; a resume drops the lines of steps it
+//! will redo.
+
+use crate::error::{Error, Result};
+use crate::tensorboard::EventWriter;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Appends one JSON object per line to `metrics.jsonl`, and sends its numbers to TensorBoard
+/// when asked; rank 0 only (a no-op elsewhere).
+pub(crate) struct MetricsLog {
+    lines: Option<JsonLines>,
+    tensorboard: Option<EventWriter>,
+}
+
+impl MetricsLog {
+    /// Opens the log for appending, and a new TensorBoard events file in `tensorboard`. On
+    /// resume from `resumed_step`, records of later steps (from the interrupted run, which
+    /// will be redone) are dropped first, and TensorBoard is told to drop them too.
+    pub(crate) fn open(
+        path: &Path,
+        is_main: bool,
+        resumed_step: Option<usize>,
+        tensorboard: Option<&Path>,
+    ) -> Result<Self> {
+        if !is_main {
+            return Ok(MetricsLog { lines: None, tensorboard: None });
+        }
+        let lines = JsonLines::open(path.to_path_buf(), resumed_step)?;
+        let tensorboard = tensorboard.map(|dir| EventWriter::create(dir, resumed_step.map(|s| s + 1))).transpose()?;
+        if let Some(writer) = &tensorboard {
+            tracing::info!(events = %writer.path().display(), "reporting to TensorBoard");
+        }
+        Ok(MetricsLog { lines: Some(lines), tensorboard })
+    }
+
+    /// Appends `value` (a JSON object with a `step`) with the wall-clock time as `timestamp`
+    /// (Unix seconds); its numbers go to TensorBoard named as the HF Trainer names them
+    /// (`eval_loss` as `eval/loss`, `loss` as `train/loss`).
+    pub(crate) fn write(&mut self, mut value: serde_json::Value) -> Result<()> {
+        let (Some(lines), Some(row)) = (&mut self.lines, value.as_object_mut()) else { return Ok(()) };
+        if let (Some(writer), Some(step)) = (&mut self.tensorboard, row.get("step").and_then(|s| s.as_u64())) {
+            let scalars = row
+                .iter()
+                .filter(|(key, v)| key.as_str() != "step" && v.is_number())
+                .map(|(key, v)| (tensorboard_tag(key), v.as_f64().unwrap_or(f64::NAN)));
+            writer.scalars(step as usize, scalars)?;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        row.insert("timestamp".into(), now.as_secs_f64().into());
+        lines.append(&value)
+    }
+}
+
+/// A JSON-lines log open for appending.
+struct JsonLines {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl JsonLines {
+    /// On resume from `resumed_step`, the lines of later steps (from the interrupted run,
+    /// which will be redone) are dropped first.
+    fn open(path: PathBuf, resumed_step: Option<usize>) -> Result<Self> {
+        if let (Some(step), Ok(text)) = (resumed_step, std::fs::read_to_string(&path)) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_none_or(|s| s as usize <= step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::atomic::write_file(&path, kept.as_bytes())?;
+        }
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(JsonLines { file, path })
+    }
+
+    /// One line, written whole (a line is one `write` to the file, so a crash leaves no part).
+    fn append(&mut self, value: &serde_json::Value) -> Result<()> {
+        self.file.write_all(format!("{value}\n").as_bytes()).map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// `--record-questions`: every process appends the training questions (indices into the
+/// training cache) of each optimizer step to its own `questions-rank<R>.jsonl`.
+pub(crate) struct QuestionLog(Option<JsonLines>);
+
+impl QuestionLog {
+    pub(crate) fn open(path: PathBuf, enabled: bool, resumed_step: Option<usize>) -> Result<Self> {
+        Ok(QuestionLog(enabled.then(|| JsonLines::open(path, resumed_step)).transpose()?))
+    }
+
+    pub(crate) fn write(&mut self, step: usize, epoch: u64, group: &[Vec<usize>]) -> Result<()> {
+        let Some(lines) = &mut self.0 else { return Ok(()) };
+        lines.append(&serde_json::json!({"step": step, "epoch": epoch, "questions": group.concat()}))
+    }
+}
+
+/// The HF Trainer's TensorBoard name for a logged key.
+fn tensorboard_tag(key: &str) -> String {
+    match key.strip_prefix("eval_") {
+        Some(metric) => format!("eval/{metric}"),
+        None => format!("train/{key}"),
+    }
+}
