@@ -147,14 +147,9 @@ fn values_are_checked_before_any_work_and_named_with_where_they_came_from() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(".env"), "MEDBERT_WARMUP_RATIO=5\n").unwrap();
     let out = dir.join("run");
-    let refused = Command::new(common::medbert_bin())
+    let refused = common::train_command(&common::default_model(), &data, &out)
         .current_dir(&dir)
-        .args(["train", "--learning-rate=nan", "--model"])
-        .arg(common::default_model())
-        .arg("--train-file")
-        .arg(&data)
-        .arg("--output-dir")
-        .arg(&out)
+        .arg("--learning-rate=nan")
         .env("MEDBERT_MAX_STEPS", "0")
         .env_remove("MEDBERT_WARMUP_RATIO")
         .output()
@@ -223,15 +218,9 @@ fn eval_and_predict_keep_their_caches_out_of_the_current_directory() {
 fn a_run_without_a_terminal_logs_plain_lines_per_logging_step() {
     let (root, data) = data("log-lines");
     let run = |cwd: &Path, out: &str| {
-        let output = Command::new(common::medbert_bin())
+        let output = common::train_command(&common::default_model(), &data, &root.join(out))
             .current_dir(cwd)
-            .args(["train", "--device", "cpu", "--per-device-train-batch-size", "4", "--max-steps", "4"])
-            .args(["--logging-steps", "2", "--model"])
-            .arg(common::default_model())
-            .arg("--train-file")
-            .arg(&data)
-            .arg("--output-dir")
-            .arg(root.join(out))
+            .args(["--per-device-train-batch-size", "4", "--max-steps", "4", "--logging-steps", "2"])
             .env_remove("RUST_LOG")
             .output()
             .unwrap();

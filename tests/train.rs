@@ -122,30 +122,10 @@ fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
     let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
     common::synthetic_task(&train, 256, 1);
     common::synthetic_task(&valid, 96, 2);
-    let out = std::process::Command::new(common::medbert_bin())
-        .args([
-            "train",
-            "--num-train-epochs",
-            "4",
-            "--learning-rate",
-            "1e-4",
-            "--per-device-train-batch-size",
-            "16",
-            "--warmup-ratio",
-            "0.1",
-            "--logging-steps",
-            "5",
-            "--device",
-            "cpu",
-        ])
-        .arg("--model")
-        .arg(common::default_model())
-        .arg("--train-file")
-        .arg(&train)
-        .arg("--validation-file")
+    let out = common::train_command(&common::default_model(), &train, &dir.join("run"))
+        .args(["--num-train-epochs", "4", "--learning-rate", "1e-4", "--per-device-train-batch-size", "16"])
+        .args(["--warmup-ratio", "0.1", "--logging-steps", "5", "--validation-file"])
         .arg(&valid)
-        .arg("--output-dir")
-        .arg(dir.join("run"))
         .output()
         .unwrap();
     common::assert_success(&out);
@@ -323,16 +303,10 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     let data = dir.join("d.json");
     common::synthetic_task(&data, 40, 5);
     let command = |out: &str, extra: &[&str]| {
-        let mut cmd = std::process::Command::new(common::medbert_bin());
-        cmd.args(["train", "--max-steps", "8", "--save-steps", "2", "--save-total-limit", "2"])
+        let mut cmd = common::train_command(&common::default_model(), &data, &dir.join(out));
+        cmd.args(["--max-steps", "8", "--save-steps", "2", "--save-total-limit", "2"])
             .args(["--per-device-train-batch-size", "4", "--gradient-accumulation-steps", "2"])
-            .args(["--learning-rate", "1e-4", "--warmup-steps", "2", "--device", "cpu"])
-            .arg("--model")
-            .arg(common::default_model())
-            .arg("--train-file")
-            .arg(&data)
-            .arg("--output-dir")
-            .arg(dir.join(out))
+            .args(["--learning-rate", "1e-4", "--warmup-steps", "2"])
             .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
