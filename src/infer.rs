@@ -33,20 +33,20 @@ pub struct InferenceArgs {
 }
 
 impl InferenceArgs {
-    /// The model on its device and the cache of `file` (prepared under --cache-dir, else
-    /// under `default_cache`). Rank 0 logs what the weight load initialised.
+    /// The model on `device` and the cache of `file` (prepared under --cache-dir, else under
+    /// `default_cache`). The main process logs what the weight load initialised.
     fn load(
         &self,
         file: &Path,
         default_cache: PathBuf,
-        env: Option<&DistEnv>,
+        device: Device,
+        is_main: bool,
     ) -> Result<(MultipleChoiceModel, PreparedCache)> {
-        let device = self.data.device.resolve(env.map_or(0, |e| e.local_rank))?;
         let dir = hub::resolve_model(&self.model)?;
         let root = self.cache_dir.clone().unwrap_or(default_cache);
         let cache = PreparedCache::open(&prep::prepared(file, &root, &dir, self.data.max_length)?)?;
         let (model, report) = MultipleChoiceModel::from_dir(&dir, device)?;
-        if env.is_none_or(|e| e.rank == 0) {
+        if is_main {
             report.log(&dir, false);
         }
         Ok((model, cache))
@@ -59,9 +59,11 @@ impl InferenceArgs {
 pub fn evaluate_file(args: &InferenceArgs, file: &Path, group: &GroupArgs) -> Result<Option<EvalResult>> {
     let env = DistEnv::from_env()?;
     let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
-    let pg = group.join(env.as_ref(), args.data.device.resolve(local_rank)?)?;
+    let device = args.data.device.resolve(local_rank)?;
+    let pg = group.join(env.as_ref(), device)?;
+    let is_main = env.as_ref().is_none_or(DistEnv::is_main);
     let (model, cache) =
-        in_turn(pg.as_ref(), local_rank, || args.load(file, settings::user_cache_dir(), env.as_ref()))?;
+        in_turn(pg.as_ref(), local_rank, || args.load(file, settings::user_cache_dir(), device, is_main))?;
     cache.require_answers("evaluation")?;
     let comm = Comm::from_group(pg);
     let precision = args.arithmetic.precision.resolve(model.vs.device())?;
@@ -79,7 +81,7 @@ const PREDICTION_COLUMNS: [&str; 10] =
 /// --cache-dir says otherwise. Returns the number of questions.
 pub fn predict(args: &InferenceArgs, file: &Path, output: &Path) -> Result<usize> {
     let beside = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).join("prepared");
-    let (model, cache) = args.load(file, beside, None)?;
+    let (model, cache) = args.load(file, beside, args.data.device.resolve(0)?, true)?;
     let precision = args.arithmetic.precision.resolve(model.vs.device())?;
     let csv_err = |e: csv::Error| Error::write(output, e);
     let mut csv = csv::Writer::from_writer(Vec::new());

@@ -57,11 +57,11 @@ impl IdRegistry {
     }
 }
 
-/// Whether `cop` marks a question without an answer: absent or null, or -1 in the hub's
-/// 0-based convention (its loading script writes `cop - 1`, with 0 for the test split's
-/// missing answers).
-fn unanswered(cop: Option<i64>, base: i64) -> bool {
-    cop.is_none() || (base == 0 && cop == Some(-1))
+/// The answer `cop` gives, if any: None when absent or null, or -1 in the hub's 0-based
+/// convention (its loading script writes `cop - 1`, with 0 for the test split's missing
+/// answers).
+fn answer(cop: Option<i64>, base: i64) -> Option<i64> {
+    cop.filter(|&c| !(base == 0 && c == -1))
 }
 
 /// Validates `raw` (read from `path`) under the `cop_base` convention (0 or 1). A file is
@@ -72,7 +72,7 @@ pub fn validate(path: &Path, raw: RawFile, cop_base: u8, ids: &mut IdRegistry) -
         return Err(Error::data(path, None, None, "no questions in the file"));
     }
     let base = i64::from(cop_base);
-    let labelled = raw.records.iter().any(|r| !unanswered(r.cop, base));
+    let labelled = raw.records.iter().any(|r| answer(r.cop, base).is_some());
     let mut counts = FileCounts { blank_lines: raw.blank_lines, ..FileCounts::default() };
     let mut out = Vec::with_capacity(raw.records.len());
     for r in raw.records {
@@ -90,8 +90,7 @@ pub fn validate(path: &Path, raw: RawFile, cop_base: u8, ids: &mut IdRegistry) -
         if let Some(i) = options.iter().position(String::is_empty) {
             return Err(err(OPTION_FIELDS[i], "empty".into()));
         }
-        let answer = r.cop.filter(|&c| !unanswered(Some(c), base));
-        let label = match (labelled, answer) {
+        let label = match (labelled, answer(r.cop, base)) {
             (false, _) => None,
             (true, None) => {
                 let what = r.cop.map_or_else(|| "missing".to_string(), |c| format!("{c} (no answer)"));

@@ -73,14 +73,14 @@ pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
 pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> {
     let path = tokenizer_source(model_dir)?;
     let err = |message: String| Error::TokenizerFile { path: path.clone(), message };
-    let mut tokenizer = match lowercase(model_dir)? {
-        None => Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?,
-        Some(lowercase) => {
-            if lowercase {
-                warn_if_cased(model_dir, &path)?;
-            }
-            wordpiece_tokenizer(&path, lowercase).map_err(err)?
+    let mut tokenizer = if path.ends_with(TOKENIZER_FILE) {
+        Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?
+    } else {
+        let set = do_lower_case(model_dir)?;
+        if set.is_none() {
+            warn_if_cased(model_dir, &path)?;
         }
+        wordpiece_tokenizer(&path, set.unwrap_or(true)).map_err(err)?
     };
     tokenizer.with_padding(None);
     tokenizer
@@ -120,12 +120,9 @@ fn do_lower_case(model_dir: &Path) -> Result<Option<bool>> {
     }
 }
 
-/// Warns when a cased vocabulary is lowercased only by default (BioBERT's hub layout has no
-/// tokenizer config), naming the line that keeps case.
+/// Warns that a cased vocabulary is being lowercased, for a directory whose tokenizer config
+/// does not say (BioBERT's hub layout has none), naming the line that keeps case.
 fn warn_if_cased(model_dir: &Path, vocab: &Path) -> Result<()> {
-    if do_lower_case(model_dir)?.is_some() {
-        return Ok(());
-    }
     let text = std::fs::read_to_string(vocab).map_err(|e| Error::io(vocab, e))?;
     let tokens = text.lines().count();
     let cased = text.lines().filter(|t| !t.starts_with('[') && t.chars().any(char::is_uppercase)).count();

@@ -68,8 +68,9 @@ pub fn run(args: &TrainArgs, model_dir: std::path::PathBuf) -> Result<Option<Tra
     if !is_main {
         return Ok(None);
     }
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::write(args.run_dir().summary(), e))?;
-    crate::atomic::write_file(&args.run_dir().summary(), &json)?;
+    let path = args.run_dir().summary();
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::write(&path, e))?;
+    crate::atomic::write_file(&path, &json)?;
     Ok(Some(summary))
 }
 
@@ -127,15 +128,15 @@ fn resume_and_record(
     args: &TrainArgs,
     inputs: &TrainInputs,
     resolved: serde_json::Value,
+    run: &RunDir,
     comm: &Comm,
     split: &Split,
 ) -> Result<(Option<std::path::PathBuf>, Vec<u8>)> {
     let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
     let saved = SavedArgs::new(args, resolved, comm.world_size(), &split.train.manifest.fingerprint, eval_data)?;
-    let run = args.run_dir();
-    let resume_from = checkpoint::to_resume(&run, &inputs.resume, comm)?;
+    let resume_from = checkpoint::to_resume(run, &inputs.resume, comm)?;
     if let Some(dir) = &resume_from {
-        run_dir::check_resume(dir, &run, &saved, comm.is_main())?;
+        run_dir::check_resume(dir, run, &saved, comm.is_main())?;
     }
     let saved_args = saved.to_json()?;
     if comm.is_main() {
@@ -192,7 +193,7 @@ impl<'a> Trainer<'a> {
         let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
             "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
             "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
-        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &comm, &split)?;
+        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &run, &comm, &split)?;
         let model_dir = resume_from.as_deref().unwrap_or(&inputs.model_dir);
         let (model, report) = MultipleChoiceModel::from_dir(model_dir, inputs.device)?;
         let betas = (args.adam_beta1, args.adam_beta2);
