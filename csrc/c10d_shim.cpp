@@ -88,6 +88,14 @@ char* mb_store_get(mb_store* store, const char* key, uint8_t** out, size_t* out_
   });
 }
 
+char* mb_store_add(mb_store* store, const char* key, int64_t delta, int64_t* out) {
+  return guarded([&] { *out = store->store->add(key, delta); });
+}
+
+char* mb_store_check(mb_store* store, const char* key, int* out) {
+  return guarded([&] { *out = store->store->check({std::string(key)}) ? 1 : 0; });
+}
+
 void mb_store_free(mb_store* store) { delete store; }
 
 char* mb_pg_gloo_new(mb_store* store, int rank, int size, int device_kind,

@@ -32,6 +32,10 @@ char* mb_store_prefix_new(mb_store* base, const char* prefix, mb_store** out);
 char* mb_store_set(mb_store* store, const char* key, const uint8_t* value, size_t len);
 /* Waits for the key (store timeout); *out is malloc'd, released with mb_string_free. */
 char* mb_store_get(mb_store* store, const char* key, uint8_t** out, size_t* out_len);
+/* Adds delta to the integer at key (0 when absent) and returns the sum. */
+char* mb_store_add(mb_store* store, const char* key, int64_t delta, int64_t* out);
+/* *out = 1 when key exists, without waiting. */
+char* mb_store_check(mb_store* store, const char* key, int* out);
 void mb_store_free(mb_store* store);
 
 char* mb_pg_gloo_new(mb_store* store, int rank, int size, int device_kind,

@@ -42,7 +42,11 @@ fn data() -> &'static (PathBuf, PathBuf) {
 
 /// `medbert train` flags for a run of `steps` steps at `batch` questions per process.
 fn train_flags(out: &Path, batch: usize, steps: usize) -> Vec<String> {
-    let (train, valid) = data();
+    flags_on(data(), out, batch, steps)
+}
+
+/// As `train_flags`, on the given training and validation files.
+fn flags_on((train, valid): &(PathBuf, PathBuf), out: &Path, batch: usize, steps: usize) -> Vec<String> {
     let mut flags: Vec<String> = [
         "--max-steps",
         &steps.to_string(),
@@ -370,64 +374,8 @@ fn a_one_process_checkpoint_resumes_on_three_processes() {
     assert_last_evaluation_is_reproduced(&copy);
 }
 
-/// Two network namespaces joined by a veth pair, deleted on drop.
-struct TwoHosts {
-    names: [String; 2],
-    addrs: [String; 2],
-}
-
-impl TwoHosts {
-    /// Two hosts, or a test failure (the tests that call this are ignored unless built as root).
-    fn create() -> TwoHosts {
-        assert!(nix::unistd::geteuid().is_root(), "network namespaces need root: build and run the tests as root");
-        // Tests run in parallel: each pair gets its own names and subnet.
-        static PAIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = PAIRS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let id = format!("{}{n}", std::process::id() % 100_000);
-        let hosts = TwoHosts {
-            names: [format!("mb{id}a"), format!("mb{id}b")],
-            addrs: [format!("10.231.{n}.1"), format!("10.231.{n}.2")],
-        };
-        let [a, b] = &hosts.names;
-        let (va, vb) = (format!("v{id}a"), format!("v{id}b"));
-        let (cidr_a, cidr_b) = (format!("{}/24", hosts.addrs[0]), format!("{}/24", hosts.addrs[1]));
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["netns", "add", a],
-            vec!["netns", "add", b],
-            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
-            vec!["link", "set", &va, "netns", a],
-            vec!["link", "set", &vb, "netns", b],
-            vec!["-n", a, "addr", "add", &cidr_a, "dev", &va],
-            vec!["-n", b, "addr", "add", &cidr_b, "dev", &vb],
-            vec!["-n", a, "link", "set", &va, "up"],
-            vec!["-n", b, "link", "set", &vb, "up"],
-            vec!["-n", a, "link", "set", "lo", "up"],
-            vec!["-n", b, "link", "set", "lo", "up"],
-        ];
-        for step in steps {
-            let out = Command::new("ip").args(&step).output().expect("run ip (iproute2)");
-            assert!(out.status.success(), "ip {}: {}", step.join(" "), String::from_utf8_lossy(&out.stderr));
-        }
-        hosts
-    }
-
-    fn exec(&self, host: usize, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.names[host], program]);
-        cmd
-    }
-}
-
-impl Drop for TwoHosts {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "delete", name]).status();
-        }
-    }
-}
-
 /// Starts `medbert-run` for 2 nodes x 1 process in `hosts` with the standard flags plus `extra`.
-fn start_two_nodes(hosts: &TwoHosts, out: &Path, extra: &[&str]) -> Vec<std::process::Child> {
+fn start_two_nodes(hosts: &common::Hosts, out: &Path, extra: &[&str]) -> Vec<std::process::Child> {
     let flags = train_flags(out, 4, 8);
     let port = common::free_port().to_string();
     (0..2)
@@ -468,7 +416,7 @@ fn wait_all(nodes: Vec<std::process::Child>) -> Vec<String> {
 #[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
 #[test]
 fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
-    let hosts = TwoHosts::create();
+    let hosts = common::Hosts::create(2);
     let out = common::scratch("ddp-two-nodes");
     let _ = wait_all(start_two_nodes(&hosts, &out, &[]));
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
@@ -478,7 +426,7 @@ fn two_nodes_in_network_namespaces_train_like_one_node_with_two_processes() {
 #[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
 #[test]
 fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() {
-    let hosts = TwoHosts::create();
+    let hosts = common::Hosts::create(2);
     let out = common::scratch("ddp-two-nodes-restart");
     let nodes = start_two_nodes(&hosts, &out, &["--max-restarts", "2"]);
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -504,4 +452,160 @@ fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() 
     }
     let (diff, name) = max_diff(&weights(&out), &weights(two_process_run()));
     assert!(diff == 0.0, "the restarted 2-node run differs from an uninterrupted one by {diff:e} at {name}");
+}
+
+/// 144 training questions: at 4 per process and a checkpoint every 3 steps, the rest of the
+/// epoch after any checkpoint of a 2- or a 3-process round is shared evenly by 2 and by 3
+/// processes, so no round pads its shards with repeated questions.
+fn elastic_data() -> &'static (PathBuf, PathBuf) {
+    static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir = common::fixture("elastic-data");
+        let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
+        common::synthetic_task(&train, 144, 23);
+        common::synthetic_task(&valid, 16, 24);
+        (train, valid)
+    })
+}
+
+/// The training flags of every elastic run: 18 steps, at least one whole epoch on 2 or 3
+/// processes, a checkpoint every 3 steps.
+fn elastic_flags(out: &Path) -> Vec<String> {
+    let mut flags = flags_on(elastic_data(), out, 4, 18);
+    flags.extend(["--save-steps", "3", "--record-questions"].map(String::from));
+    flags
+}
+
+/// Quick heartbeats (a node is lost after 2 s) and a short first round.
+const ELASTIC_CONF: &str = "last_call_timeout=2,keep_alive_interval=0.5,keep_alive_max_attempt=4,join_timeout=20";
+
+/// `medbert-run --nnodes NODES` on `host` with one worker, rendezvous at host 0.
+fn elastic_node(hosts: &common::Hosts, host: usize, nodes: &str, conf: &str, out: &Path) -> std::process::Child {
+    let mut cmd = hosts.exec(host, env!("CARGO_BIN_EXE_medbert-run"));
+    cmd.args(["--nnodes", nodes, "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--max-restarts", "0"]);
+    cmd.args(["--rdzv-endpoint", &hosts.addrs[0], "--rdzv-conf", conf]).args(elastic_flags(out));
+    cmd.env("OMP_NUM_THREADS", "1").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    cmd.spawn().unwrap()
+}
+
+/// Waits for `path` while the launchers run.
+fn wait_for(path: &Path, nodes: &mut [std::process::Child]) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "no {} after 300 s", path.display());
+        for (node, child) in nodes.iter_mut().enumerate() {
+            assert!(child.try_wait().unwrap().is_none(), "node {node}'s launcher ended before {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A machine lost: SIGKILL to a launcher and to its workers.
+fn kill_node(launcher: &mut std::process::Child) {
+    let out = Command::new("pgrep").args(["-P", &launcher.id().to_string()]).output().unwrap();
+    let kill = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    kill(launcher.id() as i32).unwrap();
+    for worker in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()) {
+        let _ = kill(worker);
+    }
+    let _ = launcher.wait();
+}
+
+/// The checkpoint the last round of a launcher's output resumed from.
+fn last_resumed_checkpoint(stderr: &str) -> String {
+    let line = stderr.lines().rev().find(|l| l.contains("resuming checkpoint=")).expect("no resume");
+    let path = line.split("checkpoint=").nth(1).unwrap().split_whitespace().next().unwrap();
+    Path::new(path).file_name().unwrap().to_string_lossy().into_owned()
+}
+
+/// Epoch 0's questions over every rank's record, each exactly once.
+fn assert_epoch_trained_once(out: &Path) {
+    assert_eq!(questions_trained(out, 0, 1..=18), (0..144).collect::<Vec<u64>>(), "epoch 0's questions, each once");
+}
+
+/// Three nodes; one is lost after a checkpoint. The other two go on at world size 2 without
+/// using a restart (--max-restarts 0), every question of the epoch once, to the weights of
+/// the run resumed by hand from the same checkpoint on two processes.
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
+#[test]
+fn a_lost_node_leaves_the_others_training_at_a_smaller_world_size() {
+    let hosts = common::Hosts::create(3);
+    let out = common::scratch("elastic-lost");
+    let mut nodes: Vec<_> = (0..3).map(|h| elastic_node(&hosts, h, "2:3", ELASTIC_CONF, &out)).collect();
+    wait_for(&out.join("checkpoint-3/trainer_state.json"), &mut nodes);
+    // Lost after the step that follows the checkpoint, which every rank recorded: the lost
+    // rank's record of it no longer counts once the others go back to the checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while questions_trained(&out, 0, 4..=4).len() < 3 * 4 {
+        assert!(Instant::now() < deadline, "step 4 not recorded by every rank");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_node(&mut nodes[2]);
+    nodes.truncate(2);
+    let stderr = wait_all(nodes);
+    for said in ["round 0: 3 node(s), world size 3", "round 1: 2 node(s), world size 2", "goes on without them"] {
+        assert!(stderr[0].contains(said), "{said:?} not said:\n{}", stderr[0]);
+    }
+    assert!(!stderr[0].contains("restarting the group"), "a lost node used a restart:\n{}", stderr[0]);
+    assert_eq!(common::summary(&out)["world_size"], 2);
+    assert_epoch_trained_once(&out);
+
+    let checkpoint = last_resumed_checkpoint(&stderr[0]);
+    let by_hand = copy_checkpoint(&out, &checkpoint, "elastic-lost-by-hand");
+    let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
+    let flags = elastic_flags(&by_hand);
+    launch.extend(flags.iter().map(String::as_str).chain(["--resume"]));
+    common::assert_success(&launcher(&launch).output().unwrap());
+    let (diff, name) = max_diff(&weights(&out), &weights(&by_hand));
+    assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
+}
+
+/// Two nodes of a 2:3 job; a third launcher starts mid-epoch and is admitted at the group's
+/// next checkpoint; the epoch stays exact and the join uses no restart.
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
+#[test]
+fn a_node_that_joins_mid_epoch_is_admitted_at_the_next_checkpoint() {
+    let hosts = common::Hosts::create(3);
+    let out = common::scratch("elastic-join");
+    let mut nodes: Vec<_> = (0..2).map(|h| elastic_node(&hosts, h, "2:3", ELASTIC_CONF, &out)).collect();
+    wait_for(&out.join("checkpoint-3/trainer_state.json"), &mut nodes);
+    nodes.push(elastic_node(&hosts, 2, "2:3", ELASTIC_CONF, &out));
+    let stderr = wait_all(nodes);
+    let said = [
+        "round 0: 2 node(s), world size 2",
+        "a node asks to join",
+        "stopped at checkpoint-",
+        "round 1: 3 node(s), world size 3",
+        "resuming on 3 process(es), the checkpoint was written by 2",
+    ];
+    for said in said {
+        assert!(stderr[0].contains(said), "{said:?} not said:\n{}", stderr[0]);
+    }
+    assert!(stderr[2].contains("this launcher is node 2"), "{}", stderr[2]);
+    assert!(!stderr[0].contains("restarting the group"), "a join used a restart:\n{}", stderr[0]);
+    assert_eq!(common::summary(&out)["world_size"], 3);
+    assert_epoch_trained_once(&out);
+}
+
+/// A 2:3 job that loses one of its two nodes waits for another up to join_timeout, then
+/// fails saying how many nodes it had.
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
+#[test]
+fn a_job_below_its_minimum_fails_after_the_join_timeout_naming_the_count() {
+    let hosts = common::Hosts::create(2);
+    let out = common::scratch("elastic-below-min");
+    let conf = ELASTIC_CONF.replace("join_timeout=20", "join_timeout=4");
+    let mut nodes: Vec<_> = (0..2).map(|h| elastic_node(&hosts, h, "2:3", &conf, &out)).collect();
+    wait_for(&out.join("checkpoint-3/trainer_state.json"), &mut nodes);
+    kill_node(&mut nodes[1]);
+    let killed = Instant::now();
+    let output = nodes.remove(0).wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("round 1 had 1 of the 2 node(s) it needs (--nnodes 2:3) after join_timeout 4s"),
+        "{stderr}"
+    );
+    // Lost after 2 s, then 4 s of waiting; the rest is the workers' teardown.
+    assert!(killed.elapsed() < Duration::from_secs(20), "failed {:?} after the loss", killed.elapsed());
 }

@@ -232,4 +232,50 @@ fn bad_usage_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     let out = launcher(&["--standalone", "--nnodes", "2"], &["true"]).output().unwrap();
     assert!(text(&out).1.contains("--standalone is for a single node"));
+    let elastic = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:1"];
+    for (flags, said) in [
+        (vec!["--nnodes", "2:3"], "--nnodes 2:3 (an elastic job) needs --rdzv-backend c10d"),
+        (vec!["--nnodes", "3:2"], "expected MIN:MAX with 0 < MIN <= MAX, got 3:2"),
+        (
+            [&["--nnodes", "1:2", "--rdzv-conf", "timeout=5"][..], &elastic].concat(),
+            "--rdzv-conf \"timeout=5\": unknown key",
+        ),
+        (
+            [&["--nnodes", "1:2", "--node-rank", "1"][..], &elastic].concat(),
+            "node ranks are assigned at each rendezvous",
+        ),
+        (vec!["--nnodes", "2", "--rdzv-conf", "join_timeout=5"], "--rdzv-conf is for an elastic job"),
+    ] {
+        let out = launcher(&flags, &["true"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        assert!(text(&out).1.contains(said), "{flags:?}: {said:?} not said: {}", text(&out).1);
+    }
+}
+
+/// Two launchers of an elastic job on one machine: the first hosts the store (the second
+/// finds its port taken and joins it), node ranks come from the rendezvous, and a failing
+/// worker restarts both nodes' workers (the other worker still runs, as in training, where
+/// every rank waits for the others) as a restart counted against --max-restarts.
+#[test]
+fn elastic_launchers_get_node_ranks_at_the_rendezvous_and_count_a_failure_as_a_restart() {
+    let endpoint = format!("127.0.0.1:{}", common::free_port());
+    let flags = ["--nnodes", "2:2", "--rdzv-backend", "c10d", "--rdzv-endpoint", &endpoint, "--max-restarts", "1"];
+    let script = sh(
+        "echo node $GROUP_RANK of $GROUP_WORLD_SIZE, rank $RANK of $WORLD_SIZE, round $TORCHELASTIC_RESTART_COUNT; \
+                     [ $TORCHELASTIC_RESTART_COUNT = 0 ] && { [ $RANK = 1 ] && exit 4; sleep 5; }; exit 0",
+    );
+    let first = launcher(&flags, &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let second = launcher(&flags, &script).output().unwrap();
+    let first = first.wait_with_output().unwrap();
+    for (node, out) in [first, second].iter().enumerate() {
+        let (stdout, stderr) = text(out);
+        assert!(out.status.success(), "node {node}: {stderr}");
+        for round in 0..2 {
+            let want = format!("[rank{node}]: node {node} of 2, rank {node} of 2, round {round}");
+            assert!(stdout.lines().any(|l| l == want), "node {node}: missing {want:?} in:\n{stdout}");
+        }
+        assert!(stderr.contains("restarting the group (1/1)"), "node {node}: {stderr}");
+        assert_eq!(stderr.contains("(hosted by this launcher)"), node == 0, "node {node}: {stderr}");
+    }
 }

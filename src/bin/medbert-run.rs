@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use medbert::dist::slurm::SlurmTask;
-use medbert::launch::{self, LaunchConfig, Supervision, WorkerSpec};
+use medbert::launch::{self, Elastic, LaunchConfig, RdzvConf, Supervision, WorkerSpec};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -24,10 +24,16 @@ struct Args {
     /// `auto` (gpu when CUDA is available, else cpu).
     #[arg(long, default_value = "1")]
     nproc_per_node: String,
-    /// Number of nodes [default: 1; under `srun --ntasks-per-node 1`, SLURM_NNODES].
-    #[arg(long)]
-    nnodes: Option<usize>,
-    /// This node's rank, 0..nnodes [default: 0; under srun, SLURM_NODEID].
+    /// Number of nodes N [default: 1; under `srun --ntasks-per-node 1`, SLURM_NNODES], or
+    /// MIN:MAX for an elastic job (with --rdzv-backend c10d): node ranks are assigned at each
+    /// round's rendezvous, a node that stops sending heartbeats is dropped and the others go
+    /// on from the newest checkpoint at the smaller world size, a node that asks to join is
+    /// admitted at the group's next checkpoint (choose --save-steps by what a lost node may
+    /// cost). The launcher at --rdzv-endpoint hosts the store and is node 0: its loss ends
+    /// the job. Rounds for lost and joining nodes do not count against --max-restarts.
+    #[arg(long, value_name = "N|MIN:MAX", value_parser = node_count)]
+    nnodes: Option<NodeCount>,
+    /// This node's rank in a static job, 0..nnodes [default: 0; under srun, SLURM_NODEID].
     #[arg(long)]
     node_rank: Option<usize>,
     /// Address of the node that hosts rank 0 (the rendezvous store) [default: 127.0.0.1; under
@@ -64,6 +70,13 @@ struct Args {
     /// --master-port, port 29400 when not given).
     #[arg(long, value_name = "HOST[:PORT]")]
     rdzv_endpoint: Option<String>,
+    /// Elastic rendezvous settings, torchrun's keys: join_timeout (600: seconds a round waits
+    /// for MIN nodes before the job fails), last_call_timeout (30: seconds the first round
+    /// waits for more than MIN), keep_alive_interval (5: seconds between heartbeats),
+    /// keep_alive_max_attempt (3: heartbeats missed before a node is lost), is_host (whether
+    /// this launcher hosts the store; by default when the endpoint is this machine's).
+    #[arg(long, value_name = "KEY=VALUE,...", default_value = "")]
+    rdzv_conf: String,
     /// Training flags for `medbert train`.
     #[arg(allow_hyphen_values = true, num_args = 0.., value_name = "TRAIN_FLAGS")]
     train_flags: Vec<String>,
@@ -109,6 +122,28 @@ struct Nodes {
     run_id: String,
 }
 
+/// `--nnodes`: a fixed number of nodes, or an elastic range.
+#[derive(Clone, Copy, Debug)]
+enum NodeCount {
+    Fixed(usize),
+    Range(usize, usize),
+}
+
+fn node_count(text: &str) -> std::result::Result<NodeCount, String> {
+    let number = |s: &str| s.trim().parse::<usize>().map_err(|_| format!("{s:?} is not a number"));
+    let count = match text.split_once(':') {
+        Some((min, max)) => NodeCount::Range(number(min)?, number(max)?),
+        None => NodeCount::Fixed(number(text)?),
+    };
+    match count {
+        NodeCount::Fixed(0) => Err("expected at least 1 node".into()),
+        NodeCount::Range(min, max) if min == 0 || min > max => {
+            Err(format!("expected MIN:MAX with 0 < MIN <= MAX, got {text}"))
+        }
+        count => Ok(count),
+    }
+}
+
 impl Nodes {
     fn new(args: &Args, slurm: Option<SlurmTask>) -> Result<Nodes> {
         let slurm = match slurm {
@@ -124,7 +159,13 @@ impl Nodes {
             None => (args.master_addr.clone().unwrap_or("127.0.0.1".into()), args.master_port.unwrap_or(29500)),
         };
         Ok(Nodes {
-            nnodes: args.nnodes.or(slurm.as_ref().map(|t| t.nnodes)).unwrap_or(1),
+            nnodes: args
+                .nnodes
+                .map(|n| match n {
+                    NodeCount::Fixed(n) | NodeCount::Range(_, n) => n,
+                })
+                .or(slurm.as_ref().map(|t| t.nnodes))
+                .unwrap_or(1),
             node_rank: args.node_rank.or(slurm.as_ref().map(|t| t.node_rank)).unwrap_or(0),
             master_addr,
             master_port,
@@ -154,6 +195,21 @@ fn config_from_args(args: Args, command: &clap::Command, slurm: Option<SlurmTask
         );
     }
     let nodes = Nodes::new(&args, slurm)?;
+    let elastic = match args.nnodes {
+        Some(NodeCount::Range(min, max)) => {
+            if args.rdzv_backend != RdzvBackend::C10d || args.rdzv_endpoint.is_none() {
+                bail!("--nnodes {min}:{max} (an elastic job) needs --rdzv-backend c10d --rdzv-endpoint HOST[:PORT]");
+            }
+            if args.node_rank.is_some() {
+                bail!(
+                    "--node-rank: in an elastic job (--nnodes {min}:{max}) node ranks are assigned at each rendezvous"
+                );
+            }
+            Some(Elastic { min_nodes: min, max_nodes: max, conf: RdzvConf::parse(&args.rdzv_conf)? })
+        }
+        _ if !args.rdzv_conf.is_empty() => bail!("--rdzv-conf is for an elastic job (--nnodes MIN:MAX)"),
+        _ => None,
+    };
     let program = match args.command.is_empty() {
         false => args.command,
         true => {
@@ -162,12 +218,12 @@ fn config_from_args(args: Args, command: &clap::Command, slurm: Option<SlurmTask
         }
     };
     let nproc = nproc_per_node(&args.nproc_per_node)?;
-    if nodes.nnodes == 0 || nodes.node_rank >= nodes.nnodes {
+    if elastic.is_none() && (nodes.nnodes == 0 || nodes.node_rank >= nodes.nnodes) {
         bail!("--node-rank {} must be below --nnodes {}", nodes.node_rank, nodes.nnodes);
     }
     let (master_addr, master_port) = match (args.standalone, &args.rdzv_endpoint) {
-        (true, _) if nodes.nnodes != 1 => {
-            bail!("--standalone is for a single node; use --master-addr with --nnodes {}", nodes.nnodes)
+        (true, _) if nodes.nnodes != 1 || elastic.is_some() => {
+            bail!("--standalone is for a single node; use --master-addr or --rdzv-endpoint with several nodes")
         }
         (true, _) => ("127.0.0.1".to_string(), 0),
         (false, Some(endpoint)) => rdzv_endpoint(endpoint)?,
@@ -177,6 +233,7 @@ fn config_from_args(args: Args, command: &clap::Command, slurm: Option<SlurmTask
         (false, None) => (nodes.master_addr, nodes.master_port),
     };
     Ok(LaunchConfig {
+        elastic,
         spec: WorkerSpec {
             nnodes: nodes.nnodes,
             node_rank: nodes.node_rank,

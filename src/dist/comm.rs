@@ -69,4 +69,23 @@ impl Comm {
         pg.broadcast(&mut [&mut t], 0)?.wait()?;
         Ok(t.to_device(Device::Cpu).double_value(&[0]))
     }
+
+    /// Whether the launcher asked this round's workers to stop at this checkpoint (to admit
+    /// a node): rank 0 reads the launcher's store, every rank gets its answer. Never without
+    /// a group, or where rank 0 hosts the store (no launcher to ask).
+    pub fn launcher_asks_to_stop(&self) -> Result<bool> {
+        let Some(pg) = &self.pg else { return Ok(false) };
+        let asked = pg.rank() == 0 && pg.store().contains(super::round_key::STOP_AT_CHECKPOINT)?;
+        Ok(self.from_rank0(f64::from(u8::from(asked)))? > 0.0)
+    }
+
+    /// Tells the launcher that every rank stopped at the checkpoint of `step`; returns once
+    /// it is said, so that no worker exits before its launcher can read it.
+    pub fn tell_launcher_stopped(&self, step: usize) -> Result<()> {
+        let Some(pg) = &self.pg else { return Ok(()) };
+        if pg.rank() == 0 {
+            pg.store().set(super::round_key::STOPPED_AT_CHECKPOINT, step.to_string().as_bytes())?;
+        }
+        pg.barrier()
+    }
 }

@@ -37,6 +37,8 @@ extern "C" {
     pub fn mb_store_set(store: *mut MbStore, key: *const c_char, value: *const u8, len: usize) -> *mut c_char;
     pub fn mb_store_get(store: *mut MbStore, key: *const c_char, out: *mut *mut u8, out_len: *mut usize)
         -> *mut c_char;
+    pub fn mb_store_add(store: *mut MbStore, key: *const c_char, delta: i64, out: *mut i64) -> *mut c_char;
+    pub fn mb_store_check(store: *mut MbStore, key: *const c_char, out: *mut c_int) -> *mut c_char;
     pub fn mb_store_free(store: *mut MbStore);
 
     pub fn mb_pg_gloo_new(

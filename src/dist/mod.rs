@@ -120,11 +120,53 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Adds `delta` to the counter at `key` (0 when absent) and returns the new value.
+    pub fn add(&self, key: &str, delta: i64) -> Result<i64> {
+        let key = c_string("store key", key)?;
+        let mut out = 0;
+        // SAFETY: live store, valid key and out-pointer.
+        check(unsafe { ffi::mb_store_add(self.raw, key.as_ptr(), delta, &mut out) })?;
+        Ok(out)
+    }
+
+    /// Whether `key` exists, without waiting for it.
+    pub fn contains(&self, key: &str) -> Result<bool> {
+        let key = c_string("store key", key)?;
+        let mut out = 0;
+        // SAFETY: live store, valid key and out-pointer.
+        check(unsafe { ffi::mb_store_check(self.raw, key.as_ptr(), &mut out) })?;
+        Ok(out != 0)
+    }
+
+    /// The value at `key` when it exists, without waiting.
+    pub fn try_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self.contains(key)? {
+            true => self.get(key).map(Some),
+            false => Ok(None),
+        }
+    }
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
         // SAFETY: created by mb_store_tcp_new, freed once.
         unsafe { ffi::mb_store_free(self.raw) }
     }
+}
+
+/// Where the workers of restart round `round` keep their keys in the launcher's store
+/// (torchrun's `/worker/attempt_<n>`).
+pub fn attempt_prefix(round: usize) -> String {
+    format!("/worker/attempt_{round}")
+}
+
+/// Keys a launcher and its round's workers share under [`attempt_prefix`].
+pub mod round_key {
+    /// Set by the launcher: stop at the next checkpoint (a node waits to join).
+    pub const STOP_AT_CHECKPOINT: &str = "medbert/stop-at-checkpoint";
+    /// Set by rank 0 once every rank has stopped there: the step of that checkpoint.
+    pub const STOPPED_AT_CHECKPOINT: &str = "medbert/stopped-at-checkpoint";
 }
 
 /// How Gloo chooses the network device it binds to.
@@ -216,7 +258,7 @@ impl ProcessGroup {
     pub fn init(env: &DistEnv, backend: Backend, timeout: Duration) -> Result<Self> {
         let store = match env.agent_store {
             true => Store::tcp(&env.master_addr, env.master_port, false, 0, timeout)?
-                .with_prefix(&format!("/worker/attempt_{}", env.restart_count))?,
+                .with_prefix(&attempt_prefix(env.restart_count))?,
             false => Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world_size, timeout)?,
         };
         match backend {

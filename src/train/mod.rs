@@ -65,9 +65,7 @@ pub fn run(args: &TrainArgs, model_dir: std::path::PathBuf) -> Result<Option<Tra
     let inputs = TrainInputs { model_dir, train_cache, eval_cache, device, resume };
     let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
     let summary = train(args, &inputs, pg)?;
-    if !is_main {
-        return Ok(None);
-    }
+    let (Some(summary), true) = (summary, is_main) else { return Ok(None) };
     let path = args.run_dir().summary();
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::write(&path, e))?;
     crate::atomic::write_file(&path, &json)?;
@@ -76,13 +74,28 @@ pub fn run(args: &TrainArgs, model_dir: std::path::PathBuf) -> Result<Option<Tra
 
 /// Fine-tunes as `args` says: on one process when `pg` is None, else data-parallel over `pg`
 /// (each process one shard of every batch; rank 0 alone writes).
-pub fn train(args: &TrainArgs, inputs: &TrainInputs, pg: Option<ProcessGroup>) -> Result<TrainSummary> {
+/// None when the launcher stopped the group at a checkpoint to admit a node: the next round
+/// resumes from it.
+pub fn train(args: &TrainArgs, inputs: &TrainInputs, pg: Option<ProcessGroup>) -> Result<Option<TrainSummary>> {
     if let Some(p) = args.problems().first() {
         return Err(Error::Input(format!("--{} {}", p.arg.replace('_', "-"), p.message)));
     }
     let mut trainer = Trainer::set_up(args, inputs, pg)?;
-    trainer.fit()?;
-    trainer.finish()
+    match trainer.fit()? {
+        Fit::Done => trainer.finish().map(Some),
+        Fit::StoppedAtCheckpoint => {
+            trainer.bar.finish_and_clear();
+            Ok(None)
+        }
+    }
+}
+
+/// How the training loop ended.
+enum Fit {
+    /// The planned steps are taken, or early stopping ended the run.
+    Done,
+    /// At a checkpoint, for the launcher to admit a node.
+    StoppedAtCheckpoint,
 }
 
 /// A run: what set-up built, and `state`, where the run stands (what a checkpoint saves).
@@ -220,7 +233,7 @@ impl<'a> Trainer<'a> {
         state.steps_per_epoch.get_or_insert(plan.per_epoch);
         let resumed_at = resume_from.as_ref().map(|_| state.step);
         let metrics = MetricsLog::open(&run.metrics(), is_main, resumed_at, tensorboard_dir.as_deref())?;
-        let questions = QuestionLog::open(run.questions(comm.rank()), args.record_questions, resumed_at)?;
+        let questions = QuestionLog::open(&run, comm.rank(), world, args.record_questions, resumed_at)?;
         let bar = crate::progress::bar(
             plan.total_steps,
             is_main && on_terminal,
@@ -259,7 +272,7 @@ impl<'a> Trainer<'a> {
     /// Epochs of accumulation groups, one optimizer step each, from where `state` stands. A
     /// step that ends an epoch or the run evaluates (as do `--eval-steps`), and its checkpoint
     /// is written after that evaluation, so a resume neither repeats nor loses one.
-    fn fit(&mut self) -> Result<()> {
+    fn fit(&mut self) -> Result<Fit> {
         let accumulation = self.args.gradient_accumulation_steps;
         while self.state.step < self.plan.total_steps {
             let from = self.state.epoch_start;
@@ -279,16 +292,26 @@ impl<'a> Trainer<'a> {
                 self.verify_sync()?;
                 if self.args.save_due(step, epoch_done) {
                     self.save_checkpoint()?;
+                    if !(stop || finished) && self.comm.launcher_asks_to_stop()? {
+                        if self.comm.is_main() {
+                            tracing::info!(
+                                "stopped at checkpoint-{step} for a node that joins: the launcher starts the next \
+                                 round, which resumes from it"
+                            );
+                        }
+                        self.comm.tell_launcher_stopped(step)?;
+                        return Ok(Fit::StoppedAtCheckpoint);
+                    }
                 }
                 if stop || finished {
-                    return Ok(());
+                    return Ok(Fit::Done);
                 }
             }
             if self.state.group != 0 || self.state.epoch_start != 0 {
                 self.next_epoch();
             }
         }
-        Ok(())
+        Ok(Fit::Done)
     }
 
     fn next_epoch(&mut self) {

@@ -264,3 +264,60 @@ pub fn launcher(launch: &[&str]) -> Command {
     cmd.args(launch);
     cmd
 }
+
+/// Network namespaces, each a host with one address on a bridge of their own (in a namespace
+/// of its own too, so the machine's network is left alone); deleted on drop.
+pub struct Hosts {
+    names: Vec<String>,
+    pub addrs: Vec<String>,
+}
+
+impl Hosts {
+    /// `n` hosts, or a test failure (the tests that call this are ignored unless built as root).
+    pub fn create(n: usize) -> Hosts {
+        assert!(nix::unistd::geteuid().is_root(), "network namespaces need root: build and run the tests as root");
+        // Tests run in parallel: each set gets its own names and subnet.
+        static SETS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let set = SETS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = format!("{}{set}", std::process::id() % 100_000);
+        let switch = format!("mb{id}s");
+        let mut hosts = Hosts { names: vec![switch.clone()], addrs: Vec::new() };
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip (iproute2)");
+            assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["netns", "add", &switch]);
+        ip(&["-n", &switch, "link", "add", "sw0", "type", "bridge"]);
+        ip(&["-n", &switch, "link", "set", "sw0", "up"]);
+        for h in 0..n {
+            let (name, here, there) = (format!("mb{id}h{h}"), format!("v{id}h{h}"), format!("v{id}s{h}"));
+            let addr = format!("10.231.{set}.{}", h + 1);
+            ip(&["netns", "add", &name]);
+            hosts.names.push(name.clone());
+            ip(&["link", "add", &here, "type", "veth", "peer", "name", &there]);
+            ip(&["link", "set", &here, "netns", &name]);
+            ip(&["link", "set", &there, "netns", &switch]);
+            ip(&["-n", &switch, "link", "set", &there, "master", "sw0", "up"]);
+            ip(&["-n", &name, "addr", "add", &format!("{addr}/24"), "dev", &here]);
+            ip(&["-n", &name, "link", "set", &here, "up"]);
+            ip(&["-n", &name, "link", "set", "lo", "up"]);
+            hosts.addrs.push(addr);
+        }
+        hosts
+    }
+
+    /// `program` run on `host` (`ip netns exec` execs it: the child's pid is the program's).
+    pub fn exec(&self, host: usize, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.names[host + 1], program]);
+        cmd
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}

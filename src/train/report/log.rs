@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::tensorboard::EventWriter;
+use crate::train::RunDir;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -63,18 +64,8 @@ impl JsonLines {
     /// On resume from `resumed_step`, the lines of later steps (from the interrupted run,
     /// which will be redone) are dropped first.
     fn open(path: PathBuf, resumed_step: Option<usize>) -> Result<Self> {
-        if let (Some(step), Ok(text)) = (resumed_step, std::fs::read_to_string(&path)) {
-            let kept: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_none_or(|s| s as usize <= step)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            crate::atomic::write_file(&path, kept.as_bytes())?;
+        if let Some(step) = resumed_step {
+            cut_after(&path, step)?;
         }
         let file =
             std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
@@ -87,13 +78,43 @@ impl JsonLines {
     }
 }
 
+/// Drops the lines of a JSON-lines log (when it exists) whose `step` is after `step`.
+fn cut_after(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_none_or(|s| s as usize <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::atomic::write_file(path, kept.as_bytes())
+}
+
 /// `--record-questions`: every process appends the training questions (indices into the
 /// training cache) of each optimizer step to its own `questions-rank<R>.jsonl`.
 pub(crate) struct QuestionLog(Option<JsonLines>);
 
 impl QuestionLog {
-    pub(crate) fn open(path: PathBuf, enabled: bool, resumed_step: Option<usize>) -> Result<Self> {
-        Ok(QuestionLog(enabled.then(|| JsonLines::open(path, resumed_step)).transpose()?))
+    /// This rank's file. On resume, rank 0 also cuts back the files of ranks the run no
+    /// longer has (it resumed on fewer processes): what they trained after the checkpoint
+    /// was lost with them and is trained again.
+    pub(crate) fn open(
+        run: &RunDir,
+        rank: usize,
+        world: usize,
+        enabled: bool,
+        resumed_step: Option<usize>,
+    ) -> Result<Self> {
+        if let (true, 0, Some(step)) = (enabled, rank, resumed_step) {
+            for gone in (world..).map(|r| run.questions(r)).take_while(|p| p.exists()) {
+                cut_after(&gone, step)?;
+            }
+        }
+        Ok(QuestionLog(enabled.then(|| JsonLines::open(run.questions(rank), resumed_step)).transpose()?))
     }
 
     pub(crate) fn write(&mut self, step: usize, epoch: u64, group: &[Vec<usize>]) -> Result<()> {

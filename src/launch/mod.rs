@@ -4,6 +4,10 @@
 //! Deciding (which workers, with which variables) is apart from doing (spawning, watching,
 //! tearing down), so the first is tested without processes.
 
+mod elastic;
+
+pub use elastic::{Elastic, RdzvConf};
+
 use crate::dist::{DistEnv, Store};
 use crate::error::{Error, Result};
 use nix::sys::signal::{killpg, Signal};
@@ -246,6 +250,8 @@ const PUMP_GRACE: Duration = Duration::from_secs(1);
 #[derive(Clone, Debug)]
 pub struct LaunchConfig {
     pub spec: WorkerSpec,
+    /// `--nnodes MIN:MAX`: node ranks assigned at each round, nodes lost and joined.
+    pub elastic: Option<Elastic>,
     pub program: Vec<String>,
     pub supervision: Supervision,
     pub omp_threads: Option<usize>,
@@ -298,10 +304,14 @@ impl Rounds {
 /// launch (so it outlives every restart; each attempt keeps its keys under its own prefix),
 /// then the group runs, and is restarted after a failure on any node up to `max_restarts`
 /// times, every node in the same round (`Rounds`). A master port of 0 picks a free one.
+/// With `elastic`, the nodes come and go ([`elastic`]'s rounds).
 /// Returns the launcher's exit code: 0, 128 + the signal that interrupted it, or 1 when the
 /// group failed for good.
 pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32> {
-    let LaunchConfig { mut spec, program, supervision, omp_threads } = config;
+    if let Some(elastic) = config.elastic.clone() {
+        return elastic::launch(config, &elastic, signal);
+    }
+    let LaunchConfig { mut spec, program, supervision, omp_threads, .. } = config;
     let store = match spec.node_rank {
         0 => Some(Store::tcp(&spec.master_addr, spec.master_port, true, 0, Duration::from_secs(60))?),
         _ => None,
