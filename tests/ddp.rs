@@ -472,7 +472,8 @@ fn elastic_data() -> &'static (PathBuf, PathBuf) {
 /// processes, a checkpoint every 3 steps.
 fn elastic_flags(out: &Path) -> Vec<String> {
     let mut flags = flags_on(elastic_data(), out, 4, 18);
-    flags.extend(["--save-steps", "3", "--record-questions"].map(String::from));
+    // A collective waiting on a hung peer gives up after a minute, not the default half hour.
+    flags.extend(["--save-steps", "3", "--record-questions", "--ddp-timeout", "60"].map(String::from));
     flags
 }
 
@@ -500,14 +501,19 @@ fn wait_for(path: &Path, nodes: &mut [std::process::Child]) {
     }
 }
 
-/// A machine lost: SIGKILL to a launcher and to its workers.
-fn kill_node(launcher: &mut std::process::Child) {
+/// A machine lost: `signal` to a launcher and to its workers (SIGKILL: a machine gone, its
+/// sockets closed; SIGSTOP: a machine that hangs, its sockets open and silent).
+fn signal_node(launcher: &std::process::Child, signal: nix::sys::signal::Signal) {
     let out = Command::new("pgrep").args(["-P", &launcher.id().to_string()]).output().unwrap();
-    let kill = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-    kill(launcher.id() as i32).unwrap();
+    let send = |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    send(launcher.id() as i32).unwrap();
     for worker in String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()) {
-        let _ = kill(worker);
+        let _ = send(worker);
     }
+}
+
+fn kill_node(launcher: &mut std::process::Child) {
+    signal_node(launcher, nix::sys::signal::Signal::SIGKILL);
     let _ = launcher.wait();
 }
 
@@ -523,14 +529,12 @@ fn assert_epoch_trained_once(out: &Path) {
     assert_eq!(questions_trained(out, 0, 1..=18), (0..144).collect::<Vec<u64>>(), "epoch 0's questions, each once");
 }
 
-/// Three nodes; one is lost after a checkpoint. The other two go on at world size 2 without
-/// using a restart (--max-restarts 0), every question of the epoch once, to the weights of
-/// the run resumed by hand from the same checkpoint on two processes.
-#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
-#[test]
-fn a_lost_node_leaves_the_others_training_at_a_smaller_world_size() {
+/// Three nodes; one is lost (by `signal`) after a checkpoint. The other two go on at world
+/// size 2 without using a restart (--max-restarts 0), every question of the epoch once, to
+/// the weights of the run resumed by hand from the same checkpoint on two processes.
+fn lose_a_node_of_three(name: &str, signal: nix::sys::signal::Signal) -> Vec<String> {
     let hosts = common::Hosts::create(3);
-    let out = common::scratch("elastic-lost");
+    let out = common::scratch(name);
     let mut nodes: Vec<_> = (0..3).map(|h| elastic_node(&hosts, h, "2:3", ELASTIC_CONF, &out)).collect();
     wait_for(&out.join("checkpoint-3/trainer_state.json"), &mut nodes);
     // Lost after the step that follows the checkpoint, which every rank recorded: the lost
@@ -540,9 +544,10 @@ fn a_lost_node_leaves_the_others_training_at_a_smaller_world_size() {
         assert!(Instant::now() < deadline, "step 4 not recorded by every rank");
         std::thread::sleep(Duration::from_millis(10));
     }
-    kill_node(&mut nodes[2]);
-    nodes.truncate(2);
+    signal_node(&nodes[2], signal);
+    let mut lost = nodes.pop().unwrap();
     let stderr = wait_all(nodes);
+    kill_node(&mut lost);
     for said in ["round 0: 3 node(s), world size 3", "round 1: 2 node(s), world size 2", "goes on without them"] {
         assert!(stderr[0].contains(said), "{said:?} not said:\n{}", stderr[0]);
     }
@@ -551,13 +556,29 @@ fn a_lost_node_leaves_the_others_training_at_a_smaller_world_size() {
     assert_epoch_trained_once(&out);
 
     let checkpoint = last_resumed_checkpoint(&stderr[0]);
-    let by_hand = copy_checkpoint(&out, &checkpoint, "elastic-lost-by-hand");
+    let by_hand = copy_checkpoint(&out, &checkpoint, &format!("{name}-by-hand"));
     let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
     let flags = elastic_flags(&by_hand);
     launch.extend(flags.iter().map(String::as_str).chain(["--resume"]));
     common::assert_success(&launcher(&launch).output().unwrap());
     let (diff, name) = max_diff(&weights(&out), &weights(&by_hand));
     assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
+    stderr
+}
+
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
+#[test]
+fn a_killed_node_leaves_the_others_training_at_a_smaller_world_size() {
+    lose_a_node_of_three("elastic-killed", nix::sys::signal::Signal::SIGKILL);
+}
+
+/// A node that hangs keeps its sockets open: the others' collectives wait on it, and only its
+/// silent heartbeat tells the coordinator, which ends the round.
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
+#[test]
+fn a_hung_node_is_dropped_when_its_heartbeat_stops() {
+    let stderr = lose_a_node_of_three("elastic-hung", nix::sys::signal::Signal::SIGSTOP);
+    assert!(stderr[0].contains("sent no heartbeat for 2s: it is lost"), "{}", stderr[0]);
 }
 
 /// Two nodes of a 2:3 job; a third launcher starts mid-epoch and is admitted at the group's
