@@ -21,19 +21,24 @@ flags=(--train-file "$work/cache" --max-steps $steps --per-device-train-batch-si
 run() { python scripts/bench/ddp_bench.py "$@"; }
 one=$(run one "$work/one" -- ./target/release/medbert train "${flags[@]}" --output-dir "$work/one")
 two=$(run two "$work/two" -- ./target/release/medbert-run --standalone --nproc-per-node 2 "${flags[@]}" --output-dir "$work/two")
+# --ddp-overlap both ways (the run above takes auto, which picks one of them).
+hooks=$(run hooks "$work/hooks" -- ./target/release/medbert-run --standalone --nproc-per-node 2 "${flags[@]}" \
+  --ddp-overlap true --output-dir "$work/hooks")
 serial=$(run serial "$work/serial" -- ./target/release/medbert-run --standalone --nproc-per-node 2 "${flags[@]}" \
   --ddp-overlap false --output-dir "$work/serial")
+auto=$(python -c 'import json,sys; print("during backward" if json.load(open(sys.argv[1]))["resolved"]["ddp_overlap"] else "after backward")' "$work/two/training_args.json")
 # Start-up alone: one question per process, so the first step itself is short.
 start=$(run start "$work/start" -- ./target/release/medbert-run --standalone --nproc-per-node 2 --train-file "$work/cache" \
   --max-steps 1 --per-device-train-batch-size 1 --logging-steps 1 --device cpu --output-dir "$work/start")
 ref=$(HF_HUB_OFFLINE=1 run torchrun "$work/ref" -- torchrun --standalone --nproc-per-node 2 \
   scripts/bench/train_reference.py "$MEDBERT_MODEL" "$work/train.json" 128 $batch $steps "$work/ref")
-python - "$one" "$two" "$ref" "$serial" "$start" <<'PY'
+python - "$one" "$two" "$ref" "$serial" "$start" "$hooks" "$auto" <<'PY'
 import json, sys
-one, two, ref, serial, start = (json.loads(a) for a in sys.argv[1:6])
+one, two, ref, serial, start, hooks = (json.loads(a) for a in sys.argv[1:7])
+auto = sys.argv[7]
 o1, o2, r2 = one["questions_per_second"], two["questions_per_second"], ref["questions_per_second"]
 print(f"| DDP 2 x 1 thread, Gloo, MiniLM, 8 questions/process, padded to 128 | ours {o2:.2f} q/s | torchrun + DDP {r2:.2f} q/s | {o2 / r2:.2f}x |")
 print(f"| scaling 1 -> 2 processes (1 thread each) | ours {o1:.2f} -> {o2:.2f} q/s | ideal {2 * o1:.2f} q/s | efficiency {o2 / (2 * o1):.2f} |")
-print(f"| gradient all-reduce wait after backward, per step | hooks (overlap) {two['exposed_ms_per_step']:.0f} ms, {o2:.2f} q/s | after backward {serial['exposed_ms_per_step']:.0f} ms, {serial['questions_per_second']:.2f} q/s | |")
+print(f"| gradient all-reduce (wait exposed after backward, per step) | during backward (hooks) {hooks['exposed_ms_per_step']:.0f} ms, {hooks['questions_per_second']:.2f} q/s | after backward {serial['exposed_ms_per_step']:.0f} ms, {serial['questions_per_second']:.2f} q/s | --ddp-overlap auto: {auto} |")
 print(f"| medbert-run start to first optimizer step, warm | 1 question/process: {start['first_step_seconds']:.2f} s | 8 questions/process: {two['first_step_seconds']:.2f} s | |")
 PY

@@ -198,13 +198,24 @@ impl Attention {
     fn forward(&self, hidden: &Tensor, packing: &Packing, cls_only: bool, train: bool) -> Tensor {
         let (n, width) = (packing.sequences, hidden.size()[1]);
         let heads = |t: Tensor| t.view([n, -1, self.heads, width / self.heads]).transpose(1, 2);
-        let queries = if cls_only { hidden.index_select(0, &packing.first) } else { hidden.shallow_clone() };
-        let q = match cls_only {
-            true => heads(self.query.forward(&queries)),
-            false => heads(packing.unpack(&self.query.forward(hidden))),
+        // [sequences, seq, parts x width] -> each part as [sequences, heads, seq, head_dim].
+        let split = |fused: Tensor, parts: i64| -> Vec<Tensor> {
+            let fused = packing.unpack(&fused).view([n, packing.len, parts, self.heads, width / self.heads]);
+            fused.permute([2, 0, 3, 1, 4]).unbind(0)
         };
-        let k = heads(packing.unpack(&self.key.forward(hidden)));
-        let v = heads(packing.unpack(&self.value.forward(hidden)));
+        let (queries, q, k, v) = match cls_only {
+            true => {
+                let queries = hidden.index_select(0, &packing.first);
+                let q = heads(self.query.forward(&queries));
+                let [k, v]: [Tensor; 2] = split(fused_linear(hidden, &[&self.key, &self.value]), 2).try_into().unwrap();
+                (queries, q, k, v)
+            }
+            false => {
+                let qkv = fused_linear(hidden, &[&self.query, &self.key, &self.value]);
+                let [q, k, v]: [Tensor; 3] = split(qkv, 3).try_into().unwrap();
+                (hidden.shallow_clone(), q, k, v)
+            }
+        };
         let dropout_p = if train { self.attention_dropout } else { 0.0 };
         let context =
             Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&packing.mask), dropout_p, false, None, false);
@@ -212,6 +223,16 @@ impl Attention {
         let context = if cls_only { context.view([n, width]) } else { packing.pack(&context) };
         self.layer_norm.forward(&(self.dense.forward(&context).dropout(self.dropout, train) + queries))
     }
+}
+
+/// Several linear layers over the same input as one matmul: their weights and biases
+/// concatenated (a copy of parts x width^2 per call, small beside the product over the
+/// tokens), the outputs side by side, [tokens, parts x output]. Autograd splits the gradient
+/// back into each layer's own variables, which keep transformers' names.
+fn fused_linear(x: &Tensor, parts: &[&nn::Linear]) -> Tensor {
+    let weights: Vec<&Tensor> = parts.iter().map(|l| &l.ws).collect();
+    let biases: Vec<&Tensor> = parts.iter().filter_map(|l| l.bs.as_ref()).collect();
+    x.linear(&Tensor::cat(&weights, 0), Some(Tensor::cat(&biases, 0)))
 }
 
 /// One encoder layer: attention, then `intermediate` (dense + activation) and `output`

@@ -172,14 +172,39 @@ pub struct DdpArgs {
     /// Gradient bucket size for the all-reduce, in MiB (PyTorch DDP's bucket_cap_mb).
     #[arg(long, env = "MEDBERT_DDP_BUCKET_CAP_MB", default_value_t = super::ddp::DEFAULT_BUCKET_CAP_MB)]
     pub ddp_bucket_cap_mb: f64,
-    /// Start each bucket's all-reduce from autograd hooks while backward runs (false: all
-    /// buckets after backward, for comparison).
-    #[arg(long, env = "MEDBERT_DDP_OVERLAP", default_value_t = true, action = clap::ArgAction::Set)]
-    pub ddp_overlap: bool,
+    /// Start each bucket's all-reduce from autograd hooks while backward runs (true), or all
+    /// buckets after backward (false). auto: true on CUDA, where NCCL runs on its own stream
+    /// beside the compute (PyTorch DDP always overlaps); on CPU true only when this process
+    /// has more cores (the node's cores over its processes) than compute threads, since
+    /// Gloo's threads need a core of their own: sharing the compute's cores, overlap made
+    /// backward slower than the wait it hid (scripts/bench-ddp.sh measures both).
+    #[arg(long, env = "MEDBERT_DDP_OVERLAP", value_enum, default_value = "auto")]
+    pub ddp_overlap: Overlap,
     /// Every N optimizer steps, check that all ranks hold bitwise identical parameters
     /// (an error naming the step otherwise).
     #[arg(long, env = "MEDBERT_VERIFY_SYNC")]
     pub verify_sync: Option<usize>,
+}
+
+/// `--ddp-overlap`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    Auto,
+    True,
+    False,
+}
+
+impl Overlap {
+    /// Whether all-reduces start during backward, on `device`, for a process with
+    /// `cores_per_process` cores and `compute_threads` threads of its own.
+    pub fn resolve(self, device: Device, cores_per_process: usize, compute_threads: usize) -> bool {
+        match self {
+            Overlap::True => true,
+            Overlap::False => false,
+            Overlap::Auto => device.is_cuda() || cores_per_process > compute_threads,
+        }
+    }
 }
 
 /// When something happens during training (`--eval-strategy`, `--save-strategy`), as the HF
@@ -348,6 +373,8 @@ pub struct TrainInputs {
     #[serde(serialize_with = "device_name")]
     pub device: Device,
     pub resume: Resume,
+    /// The processes on this node (LOCAL_WORLD_SIZE; 1 without a launcher), which share its cores.
+    pub local_world_size: usize,
 }
 
 /// Whether a run continues from a `checkpoint-<step>`.
@@ -384,4 +411,18 @@ impl Resume {
 
 fn device_name<S: serde::Serializer>(d: &Device, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&format!("{d:?}").to_lowercase())
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    #[test]
+    fn overlap_is_automatic_on_cuda_and_on_cpu_only_with_a_core_to_spare() {
+        assert!(Overlap::Auto.resolve(Device::Cuda(0), 1, 8));
+        assert!(!Overlap::Auto.resolve(Device::Cpu, 1, 1), "2 cores, 2 processes of 1 thread");
+        assert!(!Overlap::Auto.resolve(Device::Cpu, 8, 8), "16 cores, 2 processes of 8 threads");
+        assert!(Overlap::Auto.resolve(Device::Cpu, 8, 7), "a core left to Gloo");
+        assert!(Overlap::True.resolve(Device::Cpu, 1, 1) && !Overlap::False.resolve(Device::Cuda(0), 1, 1));
+    }
 }

@@ -62,7 +62,8 @@ pub fn run(args: &TrainArgs, model_dir: std::path::PathBuf) -> Result<Option<Tra
     })?;
     let restarted = env.as_ref().is_some_and(crate::dist::DistEnv::restarted);
     let resume = Resume::from_flags(args.resume, args.resume_from_checkpoint.as_deref(), restarted);
-    let inputs = TrainInputs { model_dir, train_cache, eval_cache, device, resume };
+    let local_world_size = env.as_ref().map_or(1, |e| e.local_world_size);
+    let inputs = TrainInputs { model_dir, train_cache, eval_cache, device, resume, local_world_size };
     let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
     let summary = train(args, &inputs, pg)?;
     let (Some(summary), true) = (summary, is_main) else { return Ok(None) };
@@ -203,7 +204,9 @@ impl<'a> Trainer<'a> {
         // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
         let on_terminal = std::io::stderr().is_terminal();
         let tensorboard_dir = args.tensorboard_dir();
-        let resolved = serde_json::json!({"inputs": inputs, "precision": precision,
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) / inputs.local_world_size.max(1);
+        let overlap = args.ddp.ddp_overlap.resolve(inputs.device, cores.max(1), tch::get_num_threads().max(1) as usize);
+        let resolved = serde_json::json!({"inputs": inputs, "precision": precision, "ddp_overlap": overlap,
             "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
             "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
         let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &run, &comm, &split)?;
@@ -212,7 +215,7 @@ impl<'a> Trainer<'a> {
         let betas = (args.adam_beta1, args.adam_beta2);
         let mut opt = AdamW::new(&model.vs, args.weight_decay, betas, args.adam_epsilon);
         let mut ddp = Ddp::new(&comm);
-        ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, args.ddp.ddp_overlap)?;
+        ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, overlap)?;
         if is_main {
             report.log(model_dir, true);
         }
