@@ -148,6 +148,88 @@ pub fn pad(tokens: &Tokens, questions: &[usize], min_len: usize) -> ChoiceBatch 
     ChoiceBatch { input_ids: tensor(&input_ids), attention_mask: tensor(&mask), token_type_ids: tensor(&type_ids) }
 }
 
+/// `--fixed-shapes`: every training micro-batch laid out as the same number of questions of
+/// the same length, whose real tokens (those the packed layers compute on) number one of a
+/// short ladder of sizes, so that the allocator and the kernels (and CUDA graphs, which replay
+/// fixed shapes) see a handful of shapes. Dummy questions fill a short batch and filler
+/// questions bring the tokens up to the size; both are labelled -100, so the loss and the
+/// gradients never see them, and attention keeps every sequence apart, so the real questions'
+/// logits do not change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FixedShapes {
+    /// Questions of a full micro-batch (`--per-device-train-batch-size`).
+    pub questions: usize,
+    /// Filler questions after them: enough for a gap of one rung of the ladder.
+    pub fillers: usize,
+    /// Tokens of every sequence slot (`--max-length`).
+    pub length: usize,
+}
+
+/// Rungs of the token ladder per doubling: a size wastes at most 1/8 of it.
+const RUNGS_PER_OCTAVE: usize = 8;
+
+impl FixedShapes {
+    pub fn new(questions: usize, length: usize) -> FixedShapes {
+        // A rung above T is at most T/8 + 1 tokens away; T <= questions * CHOICES * length.
+        let gap = questions * CHOICES * length / RUNGS_PER_OCTAVE + 1;
+        FixedShapes { questions, fillers: gap.div_ceil(CHOICES * length.max(1)) + 1, length }
+    }
+
+    /// The smallest size of the ladder (multiples of 2^(k-3) between 2^k and 2^(k+1)) that
+    /// holds `tokens`.
+    pub fn token_size(tokens: usize) -> usize {
+        if tokens <= RUNGS_PER_OCTAVE {
+            return tokens;
+        }
+        let octave = usize::BITS - 1 - tokens.leading_zeros();
+        let rung = 1usize << (octave - RUNGS_PER_OCTAVE.trailing_zeros());
+        tokens.div_ceil(rung) * rung
+    }
+
+    /// `batch` and `labels` (from `collate`) laid out in this shape: [questions + fillers,
+    /// CHOICES, length], the real tokens and the extra questions' tokens (each of their
+    /// sequences at least one token, so its attention is defined) summing to a ladder size.
+    pub fn apply(&self, batch: &ChoiceBatch, labels: &Tensor) -> Result<(ChoiceBatch, Tensor)> {
+        let size = batch.input_ids.size();
+        let (questions, seq) = (size[0] as usize, size[2] as usize);
+        if questions > self.questions || seq > self.length {
+            return Err(Error::Batch(format!(
+                "a batch of {questions} questions of {seq} tokens does not fit --fixed-shapes {} x {}",
+                self.questions, self.length
+            )));
+        }
+        let extra = self.questions + self.fillers - questions;
+        let real = batch.attention_mask.sum(tch::Kind::Int64).int64_value(&[]) as usize;
+        let slots = extra * CHOICES;
+        let target = Self::token_size(real + slots).min(real + slots * self.length);
+        // One token for every extra sequence, then the rest of the gap, slot by slot.
+        let mut left = target - real - slots;
+        let mask: Vec<i64> = (0..slots)
+            .flat_map(|_| {
+                let more = left.min(self.length - 1);
+                left -= more;
+                (0..self.length).map(move |k| i64::from(k <= more))
+            })
+            .collect();
+        let dims = [extra as i64, CHOICES as i64, self.length as i64];
+        let widen = |t: &Tensor| t.constant_pad_nd([0, (self.length - seq) as i64]);
+        let extra_mask = Tensor::from_slice(&mask).view(dims);
+        let batch = ChoiceBatch {
+            input_ids: Tensor::cat(&[widen(&batch.input_ids), extra_mask.zeros_like()], 0),
+            attention_mask: Tensor::cat(&[widen(&batch.attention_mask), extra_mask], 0),
+            token_type_ids: Tensor::cat(
+                &[widen(&batch.token_type_ids), Tensor::zeros(dims, (tch::Kind::Int64, tch::Device::Cpu))],
+                0,
+            ),
+        };
+        let labels = Tensor::cat(
+            &[labels.shallow_clone(), Tensor::full([extra as i64], -100, (labels.kind(), labels.device()))],
+            0,
+        );
+        Ok((batch, labels))
+    }
+}
+
 /// Cached questions `indices` as one batch padded to its longest sequence, with their labels
 /// (-1 where unlabelled), on the CPU.
 pub fn collate(cache: &PreparedCache, indices: &[usize]) -> Result<(ChoiceBatch, Tensor)> {
@@ -241,5 +323,50 @@ mod tests {
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(sorted, (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_token_ladder_has_eight_rungs_an_octave_and_wastes_at_most_an_eighth() {
+        assert_eq!(FixedShapes::token_size(5), 5);
+        assert_eq!(FixedShapes::token_size(1024), 1024);
+        assert_eq!(FixedShapes::token_size(1025), 1152);
+        assert_eq!(FixedShapes::token_size(2047), 2048);
+        for t in 9..20_000 {
+            let size = FixedShapes::token_size(t);
+            assert!(size >= t && (size - t) * 8 <= t, "{t} -> {size}");
+        }
+        let sizes: std::collections::BTreeSet<usize> = (2049..=4096).map(FixedShapes::token_size).collect();
+        assert_eq!(sizes.len(), 8);
+    }
+
+    #[test]
+    fn a_short_batch_gets_dummies_and_fillers_labelled_to_be_ignored() {
+        let lengths = [3usize, 5, 2, 7, 4, 4, 4, 4];
+        let mut offsets = vec![0i64];
+        for l in lengths {
+            offsets.push(offsets.last().unwrap() + l as i64);
+        }
+        let total = *offsets.last().unwrap() as usize;
+        let (ids, types) = (vec![7i32; total], vec![0u8; total]);
+        let tokens = Tokens { input_ids: &ids, token_type_ids: &types, offsets: &offsets };
+        let batch = pad(&tokens, &[0, 1], 0);
+        let shapes = FixedShapes::new(4, 16);
+        let (fixed, labels) = shapes.apply(&batch, &Tensor::from_slice(&[2i64, 0])).unwrap();
+        assert_eq!(fixed.input_ids.size(), [(4 + shapes.fillers) as i64, 4, 16]);
+        let per_seq = fixed.attention_mask.sum_dim_intlist(2, false, tch::Kind::Int64);
+        let per_seq: Vec<i64> = Vec::try_from(per_seq.view([-1])).unwrap();
+        assert_eq!(&per_seq[..8], &lengths.map(|l| l as i64), "the real sequences are kept");
+        assert!(per_seq[8..].iter().all(|&l| l >= 1), "every extra sequence has a token");
+        let tokens: i64 = per_seq.iter().sum();
+        assert_eq!(tokens as usize, FixedShapes::token_size(tokens as usize));
+        let labels: Vec<i64> = Vec::try_from(labels).unwrap();
+        assert_eq!(labels[..2], [2, 0]);
+        assert!(labels[2..].iter().all(|&l| l == -100));
+        let wide = pad(&tokens_of(&offsets, &ids, &types), &[0, 1, 0, 1, 0], 0);
+        assert!(shapes.apply(&wide, &Tensor::from_slice(&[0i64; 5])).is_err(), "5 questions do not fit 4");
+    }
+
+    fn tokens_of<'a>(offsets: &'a [i64], ids: &'a [i32], types: &'a [u8]) -> Tokens<'a> {
+        Tokens { input_ids: ids, token_type_ids: types, offsets }
     }
 }

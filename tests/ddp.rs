@@ -10,24 +10,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
-/// The default model with dropout off, so runs with different batch shapes can agree.
-fn model_without_dropout() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let src = common::default_model();
-        let dir = common::fixture("nodropout");
-        let mut config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
-        config["hidden_dropout_prob"] = 0.0.into();
-        config["attention_probs_dropout_prob"] = 0.0.into();
-        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        for file in ["model.safetensors", "tokenizer.json"] {
-            std::fs::copy(src.join(file), dir.join(file)).unwrap();
-        }
-        dir
-    })
-}
-
 /// Training and (odd-sized) validation data.
 fn data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -67,7 +49,7 @@ fn flags_on((train, valid): &(PathBuf, PathBuf), out: &Path, batch: usize, steps
     .map(|s| s.to_string())
     .collect();
     for (flag, path) in [
-        ("--model", model_without_dropout()),
+        ("--model", common::model_without_dropout()),
         ("--train-file", train.as_path()),
         ("--validation-file", valid.as_path()),
         ("--output-dir", out),

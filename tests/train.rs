@@ -343,3 +343,74 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
     assert_eq!(none.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&none.stderr).contains("no checkpoint-<step>"));
 }
+
+/// A short batch laid out by --fixed-shapes (dummy and filler questions added, every
+/// sequence widened) gives the real questions' logits, the loss and every gradient of the
+/// batch as it came (MiniLM, dropout off: dropout draws its masks by shape).
+#[test]
+fn fixed_shapes_give_the_logits_loss_and_gradients_of_the_batch_as_it_came() {
+    let model_dir = common::default_model();
+    let config = BertConfig::from_file(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
+    let mut model = MultipleChoiceModel::new(config, Device::Cpu).unwrap();
+    model.load_weights(&model_dir.join(WEIGHTS_FILE)).unwrap();
+    tch::manual_seed(7);
+    let shape = [3, 4, 21];
+    let lengths = Tensor::randint_low(5, 22, [3, 4, 1], (tch::Kind::Int64, Device::Cpu));
+    let mask = Tensor::arange(21, (tch::Kind::Int64, Device::Cpu))
+        .view([1, 1, 21])
+        .lt_tensor(&lengths)
+        .to_kind(tch::Kind::Int64);
+    let batch = ChoiceBatch {
+        input_ids: Tensor::randint_low(1000, 20000, shape, (tch::Kind::Int64, Device::Cpu)) * &mask,
+        token_type_ids: Tensor::zeros(shape, (tch::Kind::Int64, Device::Cpu)),
+        attention_mask: mask,
+    };
+    let labels = Tensor::from_slice(&[2i64, 0, 3]);
+    let step = |batch: &ChoiceBatch, labels: &Tensor| -> (Tensor, Tensor, HashMap<String, Tensor>) {
+        let (loss, logits) = batch_loss(&model, batch, labels, true).unwrap();
+        loss.backward();
+        let grads = model.vs.variables().into_iter().map(|(n, v)| (n, v.grad().copy())).collect();
+        model.vs.variables().values().for_each(|v| {
+            let _ = v.grad().zero_();
+        });
+        (loss.detach(), logits.detach(), grads)
+    };
+    let (loss, logits, grads) = step(&batch, &labels);
+    let shapes = medbert::batch::FixedShapes::new(8, 32);
+    let (fixed_batch, fixed_labels) = shapes.apply(&batch, &labels).unwrap();
+    assert_eq!(fixed_batch.input_ids.size(), [(8 + shapes.fillers) as i64, 4, 32]);
+    let (fixed_loss, fixed_logits, fixed_grads) = step(&fixed_batch, &fixed_labels);
+    assert!(max_abs_diff(&loss, &fixed_loss) < 1e-6, "loss {loss} vs {fixed_loss}");
+    assert!(max_abs_diff(&logits, &fixed_logits.narrow(0, 0, 3)) < 1e-5, "the real questions' logits differ");
+    for (name, g) in &grads {
+        let scale = g.abs().max().double_value(&[]).max(1e-3);
+        let diff = max_abs_diff(g, &fixed_grads[name]) / scale;
+        assert!(diff < 1e-4, "{name}'s gradient differs by {diff:e} of its largest element");
+    }
+    assert!(grads["bert.embeddings.word_embeddings.weight"].abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);
+}
+
+/// `medbert train --fixed-shapes` takes the same first step as without (its logged loss and
+/// gradient norm; dropout off; the last batch of 10 questions in 4s is short), in fewer
+/// batch shapes over two epochs.
+#[test]
+fn a_fixed_shape_run_logs_the_first_step_of_a_dynamic_one() {
+    let dir = common::scratch("fixed-shapes-run");
+    let data = dir.join("d.json");
+    common::synthetic_task(&data, 10, 6);
+    let first_step = |out: &str, extra: &[&str]| -> (f64, f64, u64) {
+        let mut cmd = common::train_command(common::model_without_dropout(), &data, &dir.join(out));
+        cmd.args(["--per-device-train-batch-size", "4", "--logging-steps", "1"]).args(extra);
+        common::assert_success(&cmd.output().unwrap());
+        let text = std::fs::read_to_string(dir.join(out).join("metrics.jsonl")).unwrap();
+        let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let row = rows.iter().find(|r| r["step"] == 1 && r.get("loss").is_some()).unwrap();
+        let shapes = common::summary(&dir.join(out))["batch_shapes"].as_u64().unwrap();
+        (row["loss"].as_f64().unwrap(), row["grad_norm"].as_f64().unwrap(), shapes)
+    };
+    let (loss, norm, shapes) = first_step("dynamic", &["--max-steps", "6"]);
+    let (fixed_loss, fixed_norm, fixed_shapes) = first_step("fixed", &["--max-steps", "6", "--fixed-shapes"]);
+    assert!(fixed_shapes < shapes, "{fixed_shapes} shapes with --fixed-shapes, {shapes} without");
+    assert!((loss - fixed_loss).abs() < 1e-6, "loss {loss} vs {fixed_loss}");
+    assert!((norm - fixed_norm).abs() < 1e-5 * norm, "gradient norm {norm} vs {fixed_norm}");
+}

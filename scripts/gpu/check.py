@@ -315,45 +315,76 @@ def matmul_flops(device: str, cpu: bool):
     return 2 * n**3 * reps / (time.perf_counter() - started)
 
 
+def real_lengths(cache: Path):
+    """Per question of the cache, on average: its real tokens and the sum of its sequences'
+    squared lengths (what attention's work grows with)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+    lengths = np.diff(load_file(str(cache / "tokens.safetensors"))["offsets"]).astype(np.float64)
+    questions = len(lengths) // 4
+    return lengths.sum() / questions, (lengths ** 2).sum() / questions
+
+
 def step_speed(c: Check, model: Path, dev: Path):
+    """Ours against the HF Trainer at its best settings for BertForMultipleChoice (SDPA, fused
+    AdamW, bf16; transformers has no padding-free path for multiple choice, whose classifier
+    reads one [CLS] per padded row), twice: every sequence padded to 128, and on the real length
+    distribution (ours packs the real tokens, the Trainer pads each batch to its longest, as
+    users run it). Model FLOP utilisation counted at the padded length and on the real tokens
+    (6 x non-embedding parameters x real tokens + 12 x layers x hidden x sum of squared lengths)."""
     s = c.sizes
     cache = c.work / "cache-speed"
     code, out, _ = c.run(medbert("prep", "--input", dev, "--output", cache, "--model", model), "prep-speed.log")
     precision = "fp32" if s.cpu else "bf16"
     memory = GpuMemory(not s.cpu)
-    with memory:
-        code, out, _ = c.run(medbert("train", "--model", model, "--train-file", cache, "--output-dir", c.work / "speed",
-                                     "--device", s.device, "--precision", precision, "--max-steps", s.speed_steps,
-                                     "--per-device-train-batch-size", s.speed_batch, "--pad-to-max-length",
-                                     "--logging-steps", 1000), "speed-ours.log")
-    if code != 0:
-        c.record("e. speed", False, f"ours failed: {tail(out)}")
-        return
-    ours = json.loads((c.work / "speed" / "summary.json").read_text())["train_questions_per_second"]
-    ours_mem = memory.gib
-    with memory:
-        code, out, _ = c.run([sys.executable, KIT / "trainer_bench.py", model, cache, s.speed_batch, s.speed_steps,
-                              precision, c.work / "speed-ref"], "speed-reference.log")
-    if code != 0:
-        c.record("e. speed", False, f"HF Trainer failed: {tail(out)}")
-        return
-    ref = json.loads(out.strip().splitlines()[-1])["questions_per_second"]
-    ref_mem = memory.gib
     overrides = s.models["bert-base"][0]
     layers, hidden = overrides.get("num_hidden_layers", 12), overrides.get("hidden_size", 768)
     seq = 128
-    flops_per_question = 3 * 4 * seq * layers * (24 * hidden * hidden + 4 * seq * hidden)
+    non_embedding = layers * (12 * hidden * hidden + 13 * hidden) + hidden * hidden + 2 * hidden + 1
+    tokens, squares = real_lengths(cache)
+    padded_flops = 3 * 4 * seq * layers * (24 * hidden * hidden + 4 * seq * hidden)
+    real_flops = 6 * non_embedding * tokens + 12 * layers * hidden * squares
     peak = matmul_flops(s.device, s.cpu)
-    mfu = lambda qps: qps * flops_per_question / peak
+    runs = {}
+    for padding in ("max", "longest"):
+        flags = ["--pad-to-max-length"] if padding == "max" else []
+        with memory:
+            code, out, _ = c.run(medbert("train", "--model", model, "--train-file", cache, "--output-dir",
+                                         c.work / f"speed-{padding}", "--device", s.device, "--precision", precision,
+                                         "--max-steps", s.speed_steps, "--per-device-train-batch-size", s.speed_batch,
+                                         "--logging-steps", 1000, *flags), f"speed-ours-{padding}.log")
+        if code != 0:
+            c.record("e. speed", False, f"ours ({padding}) failed: {tail(out)}")
+            return
+        ours = json.loads((c.work / f"speed-{padding}" / "summary.json").read_text())["train_questions_per_second"]
+        ours_mem = memory.gib
+        with memory:
+            code, out, _ = c.run([sys.executable, KIT / "trainer_bench.py", model, cache, s.speed_batch, s.speed_steps,
+                                  precision, c.work / f"speed-ref-{padding}", padding], f"speed-reference-{padding}.log")
+        if code != 0:
+            c.record("e. speed", False, f"HF Trainer ({padding}) failed: {tail(out)}")
+            return
+        ref = json.loads(out.strip().splitlines()[-1])["questions_per_second"]
+        runs[padding] = dict(ours_qps=ours, ref_qps=ref, ours_gib=ours_mem, ref_gib=memory.gib)
+    c.facts["speed"] = dict(runs=runs, matmul_tflops=peak / 1e12, real_tokens_per_question=tokens)
+    mfu = lambda qps, flops: f"{qps * flops / peak * 100:.1f}%"
+    max_run, real_run = runs["max"], runs["longest"]
     # On the CPU the tiny model's figures only show that both sides ran; the targets are the GPU's.
-    passed = s.cpu or (ours >= 1.1 * ref and ours_mem <= ref_mem)
-    c.facts["speed"] = dict(ours_qps=ours, ref_qps=ref, ours_gib=ours_mem, ref_gib=ref_mem, matmul_tflops=peak / 1e12)
-    c.record("e. speed vs HF Trainer" + (" (target 1.1x, peak memory <= Trainer's)" if not s.cpu else " (figures only)"),
+    passed = s.cpu or (real_run["ours_qps"] >= 2.5 * real_run["ref_qps"] and real_run["ours_gib"] <= real_run["ref_gib"]
+                       and real_run["ours_qps"] * real_flops / peak >= 0.35)
+    line = lambda name, r: (f"{name}: ours {r['ours_qps']:.1f} q/s vs HF Trainer {r['ref_qps']:.1f} q/s = "
+                            f"{r['ours_qps'] / r['ref_qps']:.2f}x, peak {'GPU ' if not s.cpu else ''}memory "
+                            f"{r['ours_gib']:.2f} vs {r['ref_gib']:.2f} GiB")
+    c.record("e. speed vs HF Trainer" + (" (targets on the real lengths: 2.5x, memory <= Trainer's, 35% real-token "
+                                          "utilisation)" if not s.cpu else " (figures only)"),
              passed,
-             f"bert-base shape{' (tiny on CPU)' if s.cpu else ''}, {precision}, seq {seq}, batch {s.speed_batch} "
-             f"questions x {s.speed_steps} steps: ours {ours:.1f} q/s vs HF Trainer {ref:.1f} q/s = "
-             f"{ours / ref:.2f}x; peak {'GPU ' if not s.cpu else ''}memory ours {ours_mem:.2f} GiB vs "
-             f"{ref_mem:.2f} GiB; model FLOP utilisation ours {mfu(ours) * 100:.1f}% vs {mfu(ref) * 100:.1f}% "
+             f"bert-base shape{' (tiny on CPU)' if s.cpu else ''}, {precision}, batch {s.speed_batch} questions x "
+             f"{s.speed_steps} steps, {tokens:.0f} real tokens per question (of {4 * seq} padded). "
+             f"{line('Padded to 128', max_run)}; utilisation at the padded length ours "
+             f"{mfu(max_run['ours_qps'], padded_flops)} vs {mfu(max_run['ref_qps'], padded_flops)}, on the real tokens "
+             f"ours {mfu(max_run['ours_qps'], real_flops)} vs {mfu(max_run['ref_qps'], real_flops)}. "
+             f"{line('Real lengths', real_run)}; utilisation on the real tokens ours "
+             f"{mfu(real_run['ours_qps'], real_flops)} vs {mfu(real_run['ref_qps'], real_flops)}; "
              f"of a {precision} matmul at {peak / 1e12:.1f} TFLOP/s")
 
 

@@ -1,8 +1,9 @@
 """The reference for check.py's speed step: the HF Trainer fine-tuning BertForMultipleChoice on
 the questions of a medbert cache, every sequence padded to the cache's max length (as
-`medbert train --pad-to-max-length`), with its defaults otherwise (SDPA attention, fused AdamW).
+`medbert train --pad-to-max-length`) or each batch to its longest sequence (dynamic padding, as
+users run it), with its defaults otherwise (SDPA attention, fused AdamW).
 
-usage: trainer_bench.py MODEL_DIR CACHE_DIR BATCH STEPS PRECISION(fp32|bf16) OUT_DIR
+usage: trainer_bench.py MODEL_DIR CACHE_DIR BATCH STEPS PRECISION(fp32|bf16) OUT_DIR [max|longest]
 Prints {"questions_per_second": ...} (the Trainer's train_samples_per_second).
 """
 import json
@@ -34,7 +35,14 @@ class Questions(torch.utils.data.Dataset):
         return {**{k: v[i] for k, v in self.x.items()}, "labels": self.labels[i]}
 
 
-def main(model_dir, cache, batch, steps, precision, out):
+def to_longest(features):
+    """Stacks a batch and cuts it at its longest sequence."""
+    batch = {k: torch.stack([f[k] for f in features]) for k in features[0]}
+    width = int(batch["attention_mask"].sum(-1).max())
+    return {k: v[..., :width] if v.dim() == 3 else v for k, v in batch.items()}
+
+
+def main(model_dir, cache, batch, steps, precision, out, padding="max"):
     model = BertForMultipleChoice.from_pretrained(model_dir)
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=int(batch), max_steps=int(steps), learning_rate=5e-5,
@@ -42,11 +50,12 @@ def main(model_dir, cache, batch, steps, precision, out):
         use_cpu=not torch.cuda.is_available(), bf16=precision == "bf16", dataloader_num_workers=0, seed=42,
         disable_tqdm=True,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Questions(cache))
+    collator = to_longest if padding == "longest" else None
+    trainer = Trainer(model=model, args=args, train_dataset=Questions(cache), data_collator=collator)
     metrics = trainer.train().metrics
     print(json.dumps({"questions_per_second": metrics["train_samples_per_second"], "optim": str(args.optim),
                       "attention": model.config._attn_implementation}))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:7])
+    main(*sys.argv[1:8])

@@ -83,6 +83,13 @@ pub struct TrainArgs {
     /// for every step; slower, as benchmarks against fixed-shape references need).
     #[arg(long, env = "MEDBERT_PAD_TO_MAX_LENGTH")]
     pub pad_to_max_length: bool,
+    /// Lay every training micro-batch out in one of a few shapes: the full batch of questions
+    /// at --max-length, the real tokens brought up to one of 8 sizes per doubling (at most
+    /// 1/8 more) by filler questions that the loss and the gradients never see. For CUDA
+    /// graphs, which replay fixed shapes; on CPU it only adds work. The same results as
+    /// without (tested with dropout off; dropout draws other masks for other shapes).
+    #[arg(long, env = "MEDBERT_FIXED_SHAPES")]
+    pub fixed_shapes: bool,
     /// The evaluation metric that picks best/ and drives --patience: loss or accuracy (also
     /// spelled eval_loss, eval_accuracy, as the HF Trainer names them).
     #[arg(long, env = "MEDBERT_METRIC_FOR_BEST_MODEL", default_value = "loss")]

@@ -12,7 +12,7 @@ mod plan;
 pub mod report;
 mod run_dir;
 
-use crate::batch::collate_to;
+use crate::batch::{collate_to, FixedShapes};
 use crate::dist::{Comm, ProcessGroup};
 use crate::error::{Error, Result};
 use crate::model::{upload, ChoiceBatch, MultipleChoiceModel};
@@ -133,6 +133,8 @@ struct Trainer<'a> {
     last_eval: Option<EvalResult>,
     last_loss: Option<f64>,
     stopped_early: bool,
+    /// The shapes of the training micro-batches so far (questions, sequence, real tokens).
+    shapes: std::collections::BTreeSet<(i64, i64, i64)>,
 }
 
 /// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
@@ -269,6 +271,7 @@ impl<'a> Trainer<'a> {
             last_eval: None,
             last_loss: None,
             stopped_early: false,
+            shapes: Default::default(),
         })
     }
 
@@ -325,13 +328,20 @@ impl<'a> Trainer<'a> {
     /// gradients averaged over the ranks once, unscaled, clipped and applied.
     fn optimizer_step(&mut self, group: &[Vec<usize>]) -> Result<StepOutput> {
         let device = self.inputs.device;
-        let pad_to = if self.args.pad_to_max_length { self.split.train.manifest.encoding.max_length } else { 0 };
+        let max_length = self.split.train.manifest.encoding.max_length;
+        let pad_to = if self.args.pad_to_max_length { max_length } else { 0 };
         let n = group.len() as f64;
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         for (m, micro) in group.iter().enumerate() {
             tch::manual_seed(dropout_seed(self.args.seed, self.state.step, m, self.comm.rank()));
             // Collated on the CPU; the model and `upload` move it without waiting.
             let (x, y) = collate_to(&self.split.train, micro, pad_to)?;
+            let (x, y) = match self.args.fixed_shapes {
+                true => FixedShapes::new(self.args.per_device_train_batch_size, max_length).apply(&x, &y)?,
+                false => (x, y),
+            };
+            let size = x.input_ids.size();
+            self.shapes.insert((size[0], size[2], x.attention_mask.sum(Kind::Int64).int64_value(&[])));
             let y = upload(&y, device);
             if m + 1 == group.len() {
                 self.ddp.prepare_sync();
@@ -528,6 +538,7 @@ impl<'a> Trainer<'a> {
             plot,
             ddp_buckets: communication.map(|(b, _)| b),
             ddp_exposed_ms_per_step: communication.map(|(_, t)| t.as_secs_f64() * 1e3),
+            batch_shapes: self.shapes.len(),
         })
     }
 }

@@ -21,6 +21,24 @@ pub fn default_model() -> PathBuf {
     dir
 }
 
+/// The default model with dropout off, so runs with different batch shapes can agree.
+pub fn model_without_dropout() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let src = default_model();
+        let dir = fixture("nodropout");
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+        config["hidden_dropout_prob"] = 0.0.into();
+        config["attention_probs_dropout_prob"] = 0.0.into();
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        for file in ["model.safetensors", "tokenizer.json"] {
+            std::fs::copy(src.join(file), dir.join(file)).unwrap();
+        }
+        dir
+    })
+}
+
 /// The venv's Python, which carries the reference implementation (torch, transformers).
 pub fn venv_python() -> PathBuf {
     let venv = std::env::var_os("MEDBERT_VENV").map_or_else(|| manifest_dir().join(".venv"), PathBuf::from);

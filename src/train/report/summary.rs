@@ -35,6 +35,9 @@ pub struct TrainSummary {
     /// all-reduce after backward (the communication that overlap did not hide).
     pub ddp_buckets: Option<usize>,
     pub ddp_exposed_ms_per_step: Option<f64>,
+    /// Distinct shapes of this rank's training micro-batches (questions, tokens per sequence,
+    /// real tokens): what kernels and CUDA graphs meet (`--fixed-shapes` keeps it small).
+    pub batch_shapes: usize,
 }
 
 impl TrainSummary {
@@ -78,6 +81,7 @@ impl TrainSummary {
             ("best checkpoint", self.best_checkpoint.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
             ("plot", self.plot.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
             ("DDP buckets", self.ddp_buckets.map_or_else(|| "-".into(), |b| b.to_string())),
+            ("batch shapes", self.batch_shapes.to_string()),
             ("DDP comm. wait/step", self.ddp_exposed_ms_per_step.map_or_else(|| "-".into(), |t| format!("{t:.1} ms"))),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
