@@ -10,16 +10,19 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
+/// Synthetic training and validation files of `sizes` questions in fixture `name`.
+fn task_files(name: &str, sizes: (usize, usize), seed: u64) -> (PathBuf, PathBuf) {
+    let dir = common::fixture(name);
+    let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
+    common::synthetic_task(&train, sizes.0, seed);
+    common::synthetic_task(&valid, sizes.1, seed + 1);
+    (train, valid)
+}
+
 /// Training and (odd-sized) validation data.
 fn data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    DATA.get_or_init(|| {
-        let dir = common::fixture("ddp-data");
-        let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
-        common::synthetic_task(&train, 64, 21);
-        common::synthetic_task(&valid, 37, 22);
-        (train, valid)
-    })
+    DATA.get_or_init(|| task_files("ddp-data", (64, 37), 21))
 }
 
 /// `medbert train` flags for a run of `steps` steps at `batch` questions per process.
@@ -443,13 +446,7 @@ fn a_worker_killed_on_the_second_node_restarts_both_nodes_and_the_run_resumes() 
 /// processes, so no round pads its shards with repeated questions.
 fn elastic_data() -> &'static (PathBuf, PathBuf) {
     static DATA: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    DATA.get_or_init(|| {
-        let dir = common::fixture("elastic-data");
-        let (train, valid) = (dir.join("train.json"), dir.join("valid.json"));
-        common::synthetic_task(&train, 144, 23);
-        common::synthetic_task(&valid, 16, 24);
-        (train, valid)
-    })
+    DATA.get_or_init(|| task_files("elastic-data", (144, 16), 23))
 }
 
 /// The training flags of every elastic run: 18 steps, at least one whole epoch on 2 or 3
