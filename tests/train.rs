@@ -414,3 +414,27 @@ fn a_fixed_shape_run_logs_the_first_step_of_a_dynamic_one() {
     assert!((loss - fixed_loss).abs() < 1e-6, "loss {loss} vs {fixed_loss}");
     assert!((norm - fixed_norm).abs() < 1e-5 * norm, "gradient norm {norm} vs {fixed_norm}");
 }
+
+/// `--step-breakdown` reports each phase's mean time per step, the first step left out; the
+/// phases fit in the run's time, and backward (about twice forward's work) takes longer.
+#[test]
+fn the_step_breakdown_times_each_phase_of_a_step() {
+    let dir = common::scratch("step-breakdown");
+    let data = dir.join("d.json");
+    common::synthetic_task(&data, 16, 7);
+    let out = dir.join("run");
+    let mut cmd = common::train_command(&common::default_model(), &data, &out);
+    cmd.args(["--max-steps", "4", "--per-device-train-batch-size", "4", "--step-breakdown"]);
+    common::assert_success(&cmd.output().unwrap());
+    let summary = common::summary(&out);
+    let t = &summary["step_breakdown_ms"];
+    assert_eq!(t["steps"], 3, "{t}");
+    let ms = |phase: &str| t[phase].as_f64().unwrap_or_else(|| panic!("no {phase} in {t}"));
+    for phase in ["forward", "backward", "optimizer"] {
+        assert!(ms(phase) > 0.0, "{phase}: {t}");
+    }
+    assert!(ms("all_reduce_wait") >= 0.0);
+    assert!(ms("backward") > ms("forward"), "backward faster than forward: {t}");
+    let phases = ms("forward") + ms("backward") + ms("all_reduce_wait") + ms("optimizer");
+    assert!(phases * 3.0 / 1e3 <= summary["train_runtime"].as_f64().unwrap(), "{t} beyond the run's time");
+}

@@ -366,7 +366,28 @@ def step_speed(c: Check, model: Path, dev: Path):
             return
         ref = json.loads(out.strip().splitlines()[-1])["questions_per_second"]
         runs[padding] = dict(ours_qps=ours, ref_qps=ref, ours_gib=ours_mem, ref_gib=memory.gib)
-    c.facts["speed"] = dict(runs=runs, matmul_tflops=peak / 1e12, real_tokens_per_question=tokens)
+    # Where a step goes, on the real lengths: each phase timed with the device synchronised at
+    # its boundaries (which slows both a little, so these runs give no throughput).
+    code, out, _ = c.run(medbert("train", "--model", model, "--train-file", cache, "--output-dir",
+                                 c.work / "speed-breakdown", "--device", s.device, "--precision", precision,
+                                 "--max-steps", s.speed_steps, "--per-device-train-batch-size", s.speed_batch,
+                                 "--logging-steps", 1000, "--step-breakdown"), "speed-ours-breakdown.log")
+    if code != 0:
+        c.record("e. speed", False, f"ours (--step-breakdown) failed: {tail(out)}")
+        return
+    ours_steps = json.loads((c.work / "speed-breakdown" / "summary.json").read_text())["step_breakdown_ms"]
+    code, out, _ = c.run([sys.executable, KIT / "trainer_bench.py", model, cache, s.speed_batch, s.speed_steps,
+                          precision, c.work / "speed-ref-breakdown", "longest", "breakdown"],
+                         "speed-reference-breakdown.log")
+    if code != 0:
+        c.record("e. speed", False, f"HF Trainer (breakdown) failed: {tail(out)}")
+        return
+    ref_steps = json.loads(out.strip().splitlines()[-1])["step_breakdown_ms"]
+    c.facts["speed"] = dict(runs=runs, matmul_tflops=peak / 1e12, real_tokens_per_question=tokens,
+                            step_breakdown_ms=dict(ours=ours_steps, trainer=ref_steps))
+    phases = lambda t: (f"forward {t.get('forward', 0):.1f}, backward {t.get('backward', 0):.1f}, "
+                        f"optimizer {t.get('optimizer', 0):.1f}"
+                        + (f", all-reduce wait {t['all_reduce_wait']:.1f}" if "all_reduce_wait" in t else "") + " ms")
     mfu = lambda qps, flops: f"{qps * flops / peak * 100:.1f}%"
     max_run, real_run = runs["max"], runs["longest"]
     # On the CPU the tiny model's figures only show that both sides ran; the targets are the GPU's.
@@ -385,7 +406,8 @@ def step_speed(c: Check, model: Path, dev: Path):
              f"ours {mfu(max_run['ours_qps'], real_flops)} vs {mfu(max_run['ref_qps'], real_flops)}. "
              f"{line('Real lengths', real_run)}; utilisation on the real tokens ours "
              f"{mfu(real_run['ours_qps'], real_flops)} vs {mfu(real_run['ref_qps'], real_flops)}; "
-             f"of a {precision} matmul at {peak / 1e12:.1f} TFLOP/s")
+             f"of a {precision} matmul at {peak / 1e12:.1f} TFLOP/s. Per step on the real lengths, ours "
+             f"{phases(ours_steps)}; the Trainer {phases(ref_steps)}")
 
 
 def report(c: Check, out_dir: Path, started: float):

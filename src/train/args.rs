@@ -90,6 +90,11 @@ pub struct TrainArgs {
     /// without (tested with dropout off; dropout draws other masks for other shapes).
     #[arg(long, env = "MEDBERT_FIXED_SHAPES")]
     pub fixed_shapes: bool,
+    /// Time each phase of every optimizer step (forward, backward, the all-reduce wait after
+    /// backward, the optimizer) and report the means in summary.json. On CUDA the device is
+    /// synchronised at each phase boundary, which costs some throughput.
+    #[arg(long, env = "MEDBERT_STEP_BREAKDOWN")]
+    pub step_breakdown: bool,
     /// The evaluation metric that picks best/ and drives --patience: loss or accuracy (also
     /// spelled eval_loss, eval_accuracy, as the HF Trainer names them).
     #[arg(long, env = "MEDBERT_METRIC_FOR_BEST_MODEL", default_value = "loss")]

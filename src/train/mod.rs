@@ -25,7 +25,7 @@ use optim::{clip_grad_norm, AdamW};
 pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
 pub use report::TrainSummary;
-use report::{MetricsLog, QuestionLog};
+use report::{MetricsLog, Phase, QuestionLog, StepClock};
 use run_dir::SavedArgs;
 pub use run_dir::{RunDir, ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
 use std::io::IsTerminal;
@@ -135,6 +135,8 @@ struct Trainer<'a> {
     stopped_early: bool,
     /// The shapes of the training micro-batches so far (questions, sequence, real tokens).
     shapes: std::collections::BTreeSet<(i64, i64, i64)>,
+    /// `--step-breakdown`.
+    clock: Option<StepClock>,
 }
 
 /// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
@@ -272,6 +274,7 @@ impl<'a> Trainer<'a> {
             last_loss: None,
             stopped_early: false,
             shapes: Default::default(),
+            clock: args.step_breakdown.then(|| StepClock::new(inputs.device)),
         })
     }
 
@@ -332,6 +335,9 @@ impl<'a> Trainer<'a> {
         let pad_to = if self.args.pad_to_max_length { max_length } else { 0 };
         let n = group.len() as f64;
         let mut loss = Tensor::zeros([], (Kind::Float, device));
+        if let Some(clock) = &mut self.clock {
+            clock.start();
+        }
         for (m, micro) in group.iter().enumerate() {
             tch::manual_seed(dropout_seed(self.args.seed, self.state.step, m, self.comm.rank()));
             // Collated on the CPU; the model and `upload` move it without waiting.
@@ -347,7 +353,9 @@ impl<'a> Trainer<'a> {
                 self.ddp.prepare_sync();
             }
             let (micro_loss, _) = self.precision.autocast(|| batch_loss(&self.model, &x, &y, true))?;
+            self.lap(Phase::Forward);
             self.scaler.scale(&(&micro_loss / n)).backward();
+            self.lap(Phase::Backward);
             loss += micro_loss.detach().to_kind(Kind::Float) / n;
             self.state.seen += micro.len();
         }
@@ -356,6 +364,7 @@ impl<'a> Trainer<'a> {
             *first = first.full_like(self.state.step as i64 + 1).where_self(&bad, first);
         }
         self.ddp.average_gradients()?;
+        self.lap(Phase::AllReduce);
         let skipped = self.scaler.unscale(self.params.iter())?;
         let grad_norm = clip_grad_norm(self.params.iter(), self.args.max_grad_norm)?;
         let lr = self.plan.schedule.lr(self.state.step);
@@ -364,9 +373,20 @@ impl<'a> Trainer<'a> {
         }
         self.scaler.update(skipped);
         self.opt.zero_grad()?;
+        self.lap(Phase::Optimizer);
+        if let Some(clock) = &mut self.clock {
+            clock.step_done();
+        }
         self.state.step += 1;
         self.state.group += 1;
         Ok(StepOutput { loss, grad_norm, lr, skipped })
+    }
+
+    /// `--step-breakdown`: `phase` ran since the last lap.
+    fn lap(&mut self, phase: Phase) {
+        if let Some(clock) = &mut self.clock {
+            clock.lap(phase);
+        }
     }
 
     fn log_step(&mut self, out: StepOutput) -> Result<()> {
@@ -539,6 +559,7 @@ impl<'a> Trainer<'a> {
             ddp_buckets: communication.map(|(b, _)| b),
             ddp_exposed_ms_per_step: communication.map(|(_, t)| t.as_secs_f64() * 1e3),
             batch_shapes: self.shapes.len(),
+            step_breakdown_ms: self.clock.as_ref().map(StepClock::means),
         })
     }
 }

@@ -1,10 +1,13 @@
 //! What a run reports: its logs as it goes (`log`), and at its end the curves (`plot`) and a
-//! summary (`summary`).
+//! summary (`summary`), with where a step's time went when asked (`clock`).
 
+mod clock;
 mod log;
 mod plot;
 mod summary;
 
+pub use clock::StepTimes;
+pub(crate) use clock::{Phase, StepClock};
 pub(crate) use log::{MetricsLog, QuestionLog};
 pub use plot::{plot, Baseline, Curves};
 pub use summary::TrainSummary;

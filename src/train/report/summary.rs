@@ -38,6 +38,8 @@ pub struct TrainSummary {
     /// Distinct shapes of this rank's training micro-batches (questions, tokens per sequence,
     /// real tokens): what kernels and CUDA graphs meet (`--fixed-shapes` keeps it small).
     pub batch_shapes: usize,
+    /// `--step-breakdown`: mean milliseconds per step of each phase.
+    pub step_breakdown_ms: Option<super::StepTimes>,
 }
 
 impl TrainSummary {
@@ -82,6 +84,13 @@ impl TrainSummary {
             ("plot", self.plot.as_ref().map_or_else(|| "-".into(), |p| p.display().to_string())),
             ("DDP buckets", self.ddp_buckets.map_or_else(|| "-".into(), |b| b.to_string())),
             ("batch shapes", self.batch_shapes.to_string()),
+            (
+                "step ms fwd/bwd/wait/opt",
+                self.step_breakdown_ms.as_ref().map_or_else(
+                    || "-".into(),
+                    |t| format!("{:.1} / {:.1} / {:.1} / {:.1}", t.forward, t.backward, t.all_reduce_wait, t.optimizer),
+                ),
+            ),
             ("DDP comm. wait/step", self.ddp_exposed_ms_per_step.map_or_else(|| "-".into(), |t| format!("{t:.1} ms"))),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
