@@ -399,7 +399,13 @@ pub(super) fn launch(config: LaunchConfig, elastic: &Elastic, signal: &AtomicUsi
         false => None,
     };
     let port = hosted.as_ref().map_or(spec.master_port, Store::port);
-    let lost_store = |e: Error| Error::Dist(format!("the rendezvous store at {addr}:{port} (node 0's launcher): {e}"));
+    // The store's errors name it; others (a worker that cannot start) are as they came.
+    let lost_store = |e: Error| match e {
+        Error::Dist(message) => {
+            Error::Dist(format!("the rendezvous store at {addr}:{port} (node 0's launcher): {message}"))
+        }
+        other => other,
+    };
     let connect = || -> Result<Store> { Store::tcp(&addr, port, false, 0, JOIN_TIMEOUT) };
     let raw = connect()?;
     let rounds = Rounds(raw.with_prefix(ROUND_PREFIX)?);
