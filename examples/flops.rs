@@ -64,7 +64,8 @@ fn main() -> anyhow::Result<()> {
     let seconds = started.elapsed().as_secs_f64() / steps as f64;
     let achieved = step_flops(layers, hidden) / seconds;
     let peak = matmul_flops_per_second();
-    let mut parts = breakdown(&config_shape(), steps.max(2));
+    let shape = config_shape();
+    let mut parts = breakdown(&shape, steps.max(2));
     let (loss, _) = batch_loss(&model, &batch, &labels, true)?;
     loss.backward();
     parts.push((
@@ -76,7 +77,7 @@ fn main() -> anyhow::Result<()> {
     ));
     opt.zero_grad()?;
     // Beside the table: attention without its dropout, which CPU flash attention cannot do.
-    let no_dropout = attention(&config_shape(), steps.max(2), 0.0)?;
+    let no_dropout = attention(&shape, steps.max(2), 0.0)?;
     let accounted: f64 = parts.iter().map(|(_, s)| s).sum();
     let share = |s: f64| (s / seconds * 1000.0).round() / 10.0;
     let mut table: Vec<serde_json::Value> =

@@ -427,22 +427,27 @@ pub(super) fn launch(config: LaunchConfig, elastic: &Elastic, signal: &AtomicUsi
         if hosted.is_some() { " (hosted by this launcher)" } else { "" }
     );
     let member = Member { rounds, raw, id, nproc };
-    let beating = Rounds(connect()?.with_prefix(ROUND_PREFIX)?);
+    // The heartbeat and the coordinator have connections of their own, apart from this
+    // thread's waits.
+    let beating = connect()?.with_prefix(ROUND_PREFIX)?;
     let coordinator = match hosted.is_some() {
-        true => Some(Coordinator {
-            rounds: Rounds(connect()?.with_prefix(ROUND_PREFIX)?),
-            raw: connect()?,
-            elastic,
-            nproc,
-            max_restarts: spec.max_restarts,
-            beats: Heartbeats::default(),
+        true => Some({
+            let raw = connect()?;
+            Coordinator {
+                rounds: Rounds(raw.with_prefix(ROUND_PREFIX)?),
+                raw,
+                elastic,
+                nproc,
+                max_restarts: spec.max_restarts,
+                beats: Heartbeats::default(),
+            }
         }),
         false => None,
     };
     let stop = &AtomicBool::new(false);
     std::thread::scope(|scope| {
         scope.spawn(move || {
-            while !stop.load(Ordering::SeqCst) && beating.0.add(&heartbeat(id), 1).is_ok() {
+            while !stop.load(Ordering::SeqCst) && beating.add(&heartbeat(id), 1).is_ok() {
                 let until = Instant::now() + elastic.conf.keep_alive_interval;
                 while Instant::now() < until && !stop.load(Ordering::SeqCst) {
                     std::thread::sleep(POLL);
@@ -511,7 +516,9 @@ fn rounds_of(
         last = Some((nnodes, restarts));
         let workers = round_spec.workers(round, omp_threads);
         let superseded = || member.rounds.current().is_ok_and(|r| r > round);
-        match run_attempt(program, &workers, round, supervision, signal, &superseded)? {
+        let outcome = run_attempt(program, &workers, round, supervision, signal, &superseded)?;
+        outcome.say();
+        match outcome {
             Outcome::Succeeded if member.stopped_at_checkpoint(round) => {
                 eprintln!("medbert-run: the workers stopped at a checkpoint to admit a node");
                 member.rounds.advance_past(round)?;
@@ -520,18 +527,12 @@ fn rounds_of(
                 let _ = member.store().set(DONE, b"1");
                 return Ok(0);
             }
-            Outcome::Interrupted(sig) => {
-                eprintln!("medbert-run: got signal {sig}; stopped the workers");
-                return Ok(128 + sig);
-            }
-            Outcome::Failed { rank, exit } => {
-                eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers");
+            Outcome::Interrupted(sig) => return Ok(128 + sig),
+            Outcome::Failed { .. } => {
                 member.store().set(&failed(round), b"1")?;
                 member.rounds.advance_past(round)?;
             }
-            Outcome::Superseded => {
-                eprintln!("medbert-run: the group restarts in a new round; stopped this node's workers")
-            }
+            Outcome::Superseded => {}
         }
         round = member.rounds.current()?;
     }

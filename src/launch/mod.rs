@@ -127,6 +127,22 @@ pub enum Outcome {
     Superseded,
 }
 
+impl Outcome {
+    /// Says, for every kind of launch alike, how an attempt that did not succeed ended.
+    fn say(&self) {
+        match self {
+            Outcome::Succeeded => {}
+            Outcome::Interrupted(sig) => eprintln!("medbert-run: got signal {sig}; stopped the workers"),
+            Outcome::Failed { rank, exit } => {
+                eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers")
+            }
+            Outcome::Superseded => {
+                eprintln!("medbert-run: the group restarts in a new round; stopped this node's workers")
+            }
+        }
+    }
+}
+
 /// How the supervisor watches and stops the group.
 #[derive(Clone, Debug)]
 pub struct Supervision {
@@ -334,19 +350,13 @@ pub fn elastic_launch(config: LaunchConfig, signal: &AtomicUsize) -> Result<i32>
         let workers = spec.workers(round, omp_threads);
         // A store that cannot be read (node 0's launcher finished) restarts nothing.
         let superseded = || rounds.current().is_ok_and(|r| r > round);
-        match run_attempt(&program, &workers, round, &supervision, signal, &superseded)? {
+        let outcome = run_attempt(&program, &workers, round, &supervision, signal, &superseded)?;
+        outcome.say();
+        match outcome {
             Outcome::Succeeded => return Ok(0),
-            Outcome::Interrupted(sig) => {
-                eprintln!("medbert-run: got signal {sig}; stopped the workers");
-                return Ok(128 + sig);
-            }
-            Outcome::Failed { rank, exit } => {
-                eprintln!("medbert-run: rank {rank} failed first ({exit}); stopped the other workers");
-                rounds.advance_past(round)?;
-            }
-            Outcome::Superseded => {
-                eprintln!("medbert-run: another node restarted the group; stopped this node's workers")
-            }
+            Outcome::Interrupted(sig) => return Ok(128 + sig),
+            Outcome::Failed { .. } => rounds.advance_past(round)?,
+            Outcome::Superseded => {}
         }
         round = rounds.current()?;
         if round > spec.max_restarts {

@@ -137,6 +137,8 @@ struct Trainer<'a> {
     shapes: std::collections::BTreeSet<(i64, i64, i64)>,
     /// `--step-breakdown`.
     clock: Option<StepClock>,
+    /// `--fixed-shapes`.
+    fixed_shapes: Option<FixedShapes>,
 }
 
 /// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
@@ -208,8 +210,9 @@ impl<'a> Trainer<'a> {
         // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
         let on_terminal = std::io::stderr().is_terminal();
         let tensorboard_dir = args.tensorboard_dir();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) / inputs.local_world_size.max(1);
-        let overlap = args.ddp.ddp_overlap.resolve(inputs.device, cores.max(1), tch::get_num_threads().max(1) as usize);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = crate::launch::omp_threads_per_worker(cores, inputs.local_world_size);
+        let overlap = args.ddp.ddp_overlap.resolve(inputs.device, cores, tch::get_num_threads().max(1) as usize);
         let resolved = serde_json::json!({"inputs": inputs, "precision": precision, "ddp_overlap": overlap,
             "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
             "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
@@ -248,6 +251,8 @@ impl<'a> Trainer<'a> {
         );
         bar.set_position(state.step as u64);
         let params = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
+        let max_length = split.train.manifest.encoding.max_length;
+        let fixed_shapes = args.fixed_shapes.then(|| FixedShapes::new(args.per_device_train_batch_size, max_length));
         Ok(Trainer {
             args,
             inputs,
@@ -275,6 +280,7 @@ impl<'a> Trainer<'a> {
             stopped_early: false,
             shapes: Default::default(),
             clock: args.step_breakdown.then(|| StepClock::new(inputs.device)),
+            fixed_shapes,
         })
     }
 
@@ -331,8 +337,7 @@ impl<'a> Trainer<'a> {
     /// gradients averaged over the ranks once, unscaled, clipped and applied.
     fn optimizer_step(&mut self, group: &[Vec<usize>]) -> Result<StepOutput> {
         let device = self.inputs.device;
-        let max_length = self.split.train.manifest.encoding.max_length;
-        let pad_to = if self.args.pad_to_max_length { max_length } else { 0 };
+        let pad_to = if self.args.pad_to_max_length { self.split.train.manifest.encoding.max_length } else { 0 };
         let n = group.len() as f64;
         let mut loss = Tensor::zeros([], (Kind::Float, device));
         if let Some(clock) = &mut self.clock {
@@ -342,9 +347,9 @@ impl<'a> Trainer<'a> {
             tch::manual_seed(dropout_seed(self.args.seed, self.state.step, m, self.comm.rank()));
             // Collated on the CPU; the model and `upload` move it without waiting.
             let (x, y) = collate_to(&self.split.train, micro, pad_to)?;
-            let (x, y) = match self.args.fixed_shapes {
-                true => FixedShapes::new(self.args.per_device_train_batch_size, max_length).apply(&x, &y)?,
-                false => (x, y),
+            let (x, y) = match &self.fixed_shapes {
+                Some(shapes) => shapes.apply(&x, &y)?,
+                None => (x, y),
             };
             let size = x.input_ids.size();
             self.shapes.insert((size[0], size[2], x.attention_mask.sum(Kind::Int64).int64_value(&[])));
