@@ -415,8 +415,8 @@ fn a_fixed_shape_run_logs_the_first_step_of_a_dynamic_one() {
     assert!((norm - fixed_norm).abs() < 1e-5 * norm, "gradient norm {norm} vs {fixed_norm}");
 }
 
-/// `--step-breakdown` reports each phase's mean time per step, the first step left out; the
-/// phases fit in the run's time, and backward (about twice forward's work) takes longer.
+/// `--step-breakdown` reports each phase's mean time per step, the first step left out, and
+/// the phases fit in the run's time (which phase gets which time: the clock's unit test).
 #[test]
 fn the_step_breakdown_times_each_phase_of_a_step() {
     let dir = common::scratch("step-breakdown");
@@ -434,7 +434,6 @@ fn the_step_breakdown_times_each_phase_of_a_step() {
         assert!(ms(phase) > 0.0, "{phase}: {t}");
     }
     assert!(ms("all_reduce_wait") >= 0.0);
-    assert!(ms("backward") > ms("forward"), "backward faster than forward: {t}");
     let phases = ms("forward") + ms("backward") + ms("all_reduce_wait") + ms("optimizer");
     assert!(phases * 3.0 / 1e3 <= summary["train_runtime"].as_f64().unwrap(), "{t} beyond the run's time");
 }

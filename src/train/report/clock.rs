@@ -82,3 +82,31 @@ impl StepClock {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each lap goes to its own phase, the first step left out. Sleeps give lower bounds only,
+    /// which still tell two phases apart when they are swapped.
+    #[test]
+    fn laps_go_to_their_phases_and_the_first_step_is_left_out() {
+        let mut clock = StepClock::new(Device::Cpu);
+        let nap = |ms| std::thread::sleep(Duration::from_millis(ms));
+        for step in 0..3 {
+            clock.start();
+            nap(if step == 0 { 400 } else { 20 });
+            clock.lap(Phase::Forward);
+            nap(60);
+            clock.lap(Phase::Backward);
+            clock.lap(Phase::AllReduce);
+            nap(5);
+            clock.lap(Phase::Optimizer);
+            clock.step_done();
+        }
+        let t = clock.means();
+        assert_eq!(t.steps, 2);
+        assert!(t.forward >= 20.0 && t.forward < 200.0, "{t:?}");
+        assert!(t.backward >= 60.0 && t.optimizer >= 5.0 && t.all_reduce_wait >= 0.0, "{t:?}");
+    }
+}
