@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn launcher(args: &[&str], worker: &[&str]) -> Command {
@@ -18,6 +20,40 @@ fn sh(script: &str) -> [&str; 3] {
 
 fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A launcher's stderr as it comes, so a test can act once it said something.
+struct Said {
+    lines: mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl Said {
+    fn of(child: &mut Child) -> Said {
+        let stream = BufReader::new(child.stderr.take().expect("stderr piped"));
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || stream.lines().map_while(|l| l.ok()).try_for_each(|l| tx.send(l)));
+        Said { lines, seen: String::new() }
+    }
+
+    /// Waits for a line holding `what`; says what it said instead when it ended or a minute
+    /// passed without it.
+    fn wait_for(&mut self, what: &str) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Ok(line) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            self.seen += &(line.clone() + "\n");
+            if line.contains(what) {
+                return Ok(());
+            }
+        }
+        Err(format!("never said {what:?}; said:\n{}", self.seen))
+    }
+
+    /// Everything it said, once it exited.
+    fn all(mut self) -> String {
+        self.seen.extend(self.lines.iter().map(|l| l + "\n"));
+        self.seen
+    }
 }
 
 #[test]
@@ -260,14 +296,25 @@ fn bad_usage_is_a_clear_error() {
 fn elastic_launchers_get_node_ranks_at_the_rendezvous_and_count_a_failure_as_a_restart() {
     let endpoint = format!("127.0.0.1:{}", common::free_port());
     let flags = ["--nnodes", "2:2", "--rdzv-backend", "c10d", "--rdzv-endpoint", &endpoint, "--max-restarts", "1"];
-    let script = sh(
+    // In round 0 rank 1 fails, but only once rank 0 has said its line (the marker file): a
+    // failure seen first would stop rank 0 before its shell got to `echo`.
+    let dir = tempfile::tempdir().unwrap();
+    let said = dir.path().join("rank0-said");
+    let script = format!(
         "echo node $GROUP_RANK of $GROUP_WORLD_SIZE, rank $RANK of $WORLD_SIZE, round $TORCHELASTIC_RESTART_COUNT; \
-                     [ $TORCHELASTIC_RESTART_COUNT = 0 ] && { [ $RANK = 1 ] && exit 4; sleep 5; }; exit 0",
+         [ $TORCHELASTIC_RESTART_COUNT = 0 ] || exit 0; \
+         [ $RANK = 0 ] && {{ touch {said}; sleep 5; exit 0; }}; \
+         while [ ! -e {said} ]; do sleep 0.05; done; exit 4",
+        said = said.display()
     );
-    let first = launcher(&flags, &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let script = sh(&script);
+    let mut first = launcher(&flags, &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // The second starts once the first is up, so the first is the host.
+    let mut first_said = Said::of(&mut first);
+    first_said.wait_for("elastic job of 2 to 2").unwrap();
     let second = launcher(&flags, &script).output().unwrap();
-    let first = first.wait_with_output().unwrap();
+    let mut first = first.wait_with_output().unwrap();
+    first.stderr = first_said.all().into_bytes();
     for (node, out) in [first, second].iter().enumerate() {
         let (stdout, stderr) = text(out);
         assert!(out.status.success(), "node {node}: {stderr}");
@@ -278,4 +325,47 @@ fn elastic_launchers_get_node_ranks_at_the_rendezvous_and_count_a_failure_as_a_r
         assert!(stderr.contains("restarting the group (1/1)"), "node {node}: {stderr}");
         assert_eq!(stderr.contains("(hosted by this launcher)"), node == 0, "node {node}: {stderr}");
     }
+}
+
+/// A launcher waiting to join when the job ends is told it ended: the host keeps the store
+/// up until that launcher has left (torchrun's exit barrier), instead of closing it under it.
+/// The waiting launcher is stopped (SIGSTOP) while the job ends, so it is slow to see the end.
+#[test]
+fn the_host_keeps_the_store_up_until_a_launcher_waiting_to_join_has_left() {
+    let endpoint = format!("127.0.0.1:{}", common::free_port());
+    let flags = [
+        "--nnodes",
+        "1:2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        &endpoint,
+        "--rdzv-conf",
+        "last_call_timeout=0.1,keep_alive_interval=0.5,keep_alive_max_attempt=40",
+    ];
+    // The worker ends once the test says so.
+    let dir = tempfile::tempdir().unwrap();
+    let end = dir.path().join("end");
+    let script = format!("echo working; while [ ! -e {0} ]; do sleep 0.05; done", end.display());
+    let mut host = launcher(&flags, &sh(&script)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut host_said = Said::of(&mut host);
+    host_said.wait_for("round 0: 1 node(s)").unwrap();
+    let late = launcher(&flags, &sh("echo admitted")).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    host_said.wait_for("a node asks to join").unwrap();
+    let signal = |sig| nix::sys::signal::kill(nix::unistd::Pid::from_raw(late.id() as i32), sig).unwrap();
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    std::fs::write(&end, "").unwrap();
+    let kept_up = host_said.wait_for("keeping the rendezvous store up until launcher(s) [1] leave the job");
+    signal(nix::sys::signal::Signal::SIGCONT);
+    kept_up.unwrap();
+
+    let late_out = late.wait_with_output().unwrap();
+    let (late_stdout, late_stderr) = text(&late_out);
+    assert!(late_out.status.success(), "{late_stderr}");
+    assert!(late_stderr.contains("the job finished before this node was admitted"), "{late_stderr}");
+    assert!(!late_stdout.contains("admitted"), "{late_stdout}");
+    let host_out = host.wait_with_output().unwrap();
+    let host_stderr = host_said.all();
+    assert!(host_out.status.success(), "{host_stderr}");
+    assert!(text(&host_out).0.contains("[rank0]: working"));
 }

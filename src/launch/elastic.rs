@@ -120,6 +120,13 @@ fn failed(round: usize) -> String {
 fn refused(id: i64) -> String {
     format!("refused/{id}")
 }
+fn left(id: i64) -> String {
+    format!("left/{id}")
+}
+
+/// How long the host keeps the store up for launchers that have not left the job yet
+/// (torchrun's `exit_barrier_timeout`).
+const EXIT_BARRIER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What the coordinator publishes when it closes a round: the launchers' ids in node-rank
 /// order, and the restarts that worker failures used so far.
@@ -377,6 +384,12 @@ impl Member {
         }
     }
 
+    /// Says that this launcher is out of the job, for the host's exit barrier; a store that
+    /// is gone (the host finished) has nobody to tell.
+    fn leave(&self) {
+        let _ = self.store().set(&left(self.id), b"1");
+    }
+
     /// Whether the workers of `round` stopped at a checkpoint for a joining node. A store
     /// that cannot be read (the host finished) means they did not.
     fn stopped_at_checkpoint(&self, round: usize) -> bool {
@@ -454,18 +467,61 @@ pub(super) fn launch(config: LaunchConfig, elastic: &Elastic, signal: &AtomicUsi
                 }
             }
         });
-        if let Some(mut coordinator) = coordinator {
+        let coordinating = coordinator.map(|mut coordinator| {
             scope.spawn(move || {
                 if let Err(e) = coordinator.run(stop) {
                     eprintln!("medbert-run: error: the rendezvous coordinator stopped: {e}; stopping the workers");
                     signal.store(signal_hook::consts::SIGTERM as usize, Ordering::SeqCst);
                 }
-            });
-        }
+                coordinator.beats
+            })
+        });
         let code = rounds_of(&member, &spec, &program, &supervision, omp_threads, signal).map_err(lost_store);
+        member.leave();
         stop.store(true, Ordering::SeqCst);
+        if let Some(Ok(beats)) = coordinating.map(|c| c.join()) {
+            if signal.load(Ordering::SeqCst) == 0 {
+                wait_for_the_others_to_leave(&member, beats, &elastic.conf, signal).map_err(lost_store)?;
+            }
+        }
         code
     })
+}
+
+/// torchrun's exit barrier, on the host: the store stays up until every other launcher has
+/// left the job (seen its end, the run's failure or its refusal) or is lost, so none finds
+/// it gone while it still reads it. Bounded by [`EXIT_BARRIER_TIMEOUT`] and by a signal.
+fn wait_for_the_others_to_leave(
+    member: &Member,
+    mut beats: Heartbeats,
+    conf: &RdzvConf,
+    signal: &AtomicUsize,
+) -> Result<()> {
+    let (started, mut said) = (Instant::now(), false);
+    loop {
+        beats.poll(member.store())?;
+        let mut staying = Vec::new();
+        for id in beats.alive_ids(conf.lost_after()).filter(|&id| id != member.id) {
+            if !member.store().contains(&left(id))? {
+                staying.push(id);
+            }
+        }
+        if staying.is_empty() || signal.load(Ordering::SeqCst) != 0 {
+            return Ok(());
+        }
+        let waited = started.elapsed();
+        if waited >= EXIT_BARRIER_TIMEOUT {
+            eprintln!(
+                "medbert-run: warning: launcher(s) {staying:?} still in the job after {waited:?}; closing the rendezvous store"
+            );
+            return Ok(());
+        }
+        if !said && waited >= conf.keep_alive_interval {
+            eprintln!("medbert-run: keeping the rendezvous store up until launcher(s) {staying:?} leave the job");
+            said = true;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// This launcher's rounds: register, run the round's workers, and go on until the job ends.
