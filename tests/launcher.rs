@@ -165,11 +165,18 @@ fn assert_worker_trees_are_torn_down(worker: &[&str]) {
     }
 }
 
+/// Rank 1 fails once rank 0 has said its group and touched `$1`, and a second more for rank
+/// 0's `sleep` to start.
+const RANK1_FAILS_AFTER_RANK0: &str =
+    r#"if [ "$RANK" = 1 ]; then while [ ! -e "$1" ]; do sleep 0.05; done; sleep 1; exit 3; fi"#;
+
 #[test]
 fn a_worker_with_children_is_torn_down_with_its_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let said = dir.path().join("said");
     let script =
-        r#"echo group $(cut -d" " -f5 /proc/$$/stat); if [ "$RANK" = 1 ]; then sleep 1; exit 3; fi; sleep 300"#;
-    assert_worker_trees_are_torn_down(&sh(script));
+        format!(r#"echo group $(cut -d" " -f5 /proc/$$/stat); touch "$1"; {RANK1_FAILS_AFTER_RANK0}; sleep 300"#);
+    assert_worker_trees_are_torn_down(&["sh", "-c", &script, "sh", said.to_str().unwrap()]);
 }
 
 #[test]
@@ -178,18 +185,23 @@ fn a_worker_wrapped_in_a_bash_script_is_torn_down_with_its_process_group() {
     let script = dir.path().join("script.sh");
     std::fs::write(
         &script,
-        "echo group $(cut -d' ' -f5 /proc/$$/stat)\nsleep 300 &\nif [ \"$RANK\" = 1 ]; then sleep 1; exit 3; fi\nwait\n",
+        format!(
+            "echo group $(cut -d' ' -f5 /proc/$$/stat)\nsleep 300 &\ntouch \"$1\"\n{RANK1_FAILS_AFTER_RANK0}\nwait\n"
+        ),
     )
     .unwrap();
-    assert_worker_trees_are_torn_down(&["bash", script.to_str().unwrap()]);
+    let said = dir.path().join("said");
+    assert_worker_trees_are_torn_down(&["bash", script.to_str().unwrap(), said.to_str().unwrap()]);
 }
 
 #[test]
 fn a_worker_ignoring_sigterm_is_killed_after_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("pid");
+    // Rank 0 fails once rank 1 ignores SIGTERM (its pid file is written after the trap).
     let script = format!(
-        "if [ $RANK = 0 ]; then sleep 0.3; exit 4; fi; echo $$ > {}; trap '' TERM; while :; do sleep 0.1; done",
+        "if [ $RANK = 0 ]; then while [ ! -e {0} ]; do sleep 0.05; done; exit 4; fi; \
+         trap '' TERM; echo $$ > {0}; while :; do sleep 0.1; done",
         pid_file.display()
     );
     let started = Instant::now();
