@@ -22,6 +22,11 @@ fn text(out: &Output) -> (String, String) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// A shell line that waits until `path` exists: how a test's workers wait for each other.
+fn until_exists(path: impl std::fmt::Display) -> String {
+    format!("while [ ! -e {path} ]; do sleep 0.05; done")
+}
+
 /// A launcher's stderr as it comes, so a test can act once it said something.
 struct Said {
     lines: mpsc::Receiver<String>,
@@ -29,11 +34,13 @@ struct Said {
 }
 
 impl Said {
-    fn of(child: &mut Child) -> Said {
+    /// Starts `cmd` with its output piped, its stderr read as it comes.
+    fn spawn(cmd: &mut Command) -> (Child, Said) {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stream = BufReader::new(child.stderr.take().expect("stderr piped"));
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || stream.lines().map_while(|l| l.ok()).try_for_each(|l| tx.send(l)));
-        Said { lines, seen: String::new() }
+        (child, Said { lines, seen: String::new() })
     }
 
     /// Waits for a line holding `what`; says what it said instead when it ended or a minute
@@ -167,15 +174,16 @@ fn assert_worker_trees_are_torn_down(worker: &[&str]) {
 
 /// Rank 1 fails once rank 0 has said its group and touched `$1`, and a second more for rank
 /// 0's `sleep` to start.
-const RANK1_FAILS_AFTER_RANK0: &str =
-    r#"if [ "$RANK" = 1 ]; then while [ ! -e "$1" ]; do sleep 0.05; done; sleep 1; exit 3; fi"#;
+fn rank1_fails_after_rank0() -> String {
+    format!(r#"if [ "$RANK" = 1 ]; then {}; sleep 1; exit 3; fi"#, until_exists(r#""$1""#))
+}
 
 #[test]
 fn a_worker_with_children_is_torn_down_with_its_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let said = dir.path().join("said");
     let script =
-        format!(r#"echo group $(cut -d" " -f5 /proc/$$/stat); touch "$1"; {RANK1_FAILS_AFTER_RANK0}; sleep 300"#);
+        format!(r#"echo group $(cut -d" " -f5 /proc/$$/stat); touch "$1"; {}; sleep 300"#, rank1_fails_after_rank0());
     assert_worker_trees_are_torn_down(&["sh", "-c", &script, "sh", said.to_str().unwrap()]);
 }
 
@@ -186,7 +194,8 @@ fn a_worker_wrapped_in_a_bash_script_is_torn_down_with_its_process_group() {
     std::fs::write(
         &script,
         format!(
-            "echo group $(cut -d' ' -f5 /proc/$$/stat)\nsleep 300 &\ntouch \"$1\"\n{RANK1_FAILS_AFTER_RANK0}\nwait\n"
+            "echo group $(cut -d' ' -f5 /proc/$$/stat)\nsleep 300 &\ntouch \"$1\"\n{}\nwait\n",
+            rank1_fails_after_rank0()
         ),
     )
     .unwrap();
@@ -200,8 +209,8 @@ fn a_worker_ignoring_sigterm_is_killed_after_the_deadline() {
     let pid_file = dir.path().join("pid");
     // Rank 0 fails once rank 1 ignores SIGTERM (its pid file is written after the trap).
     let script = format!(
-        "if [ $RANK = 0 ]; then while [ ! -e {0} ]; do sleep 0.05; done; exit 4; fi; \
-         trap '' TERM; echo $$ > {0}; while :; do sleep 0.1; done",
+        "if [ $RANK = 0 ]; then {}; exit 4; fi; trap '' TERM; echo $$ > {}; while :; do sleep 0.1; done",
+        until_exists(pid_file.display()),
         pid_file.display()
     );
     let started = Instant::now();
@@ -316,13 +325,13 @@ fn elastic_launchers_get_node_ranks_at_the_rendezvous_and_count_a_failure_as_a_r
         "echo node $GROUP_RANK of $GROUP_WORLD_SIZE, rank $RANK of $WORLD_SIZE, round $TORCHELASTIC_RESTART_COUNT; \
          [ $TORCHELASTIC_RESTART_COUNT = 0 ] || exit 0; \
          [ $RANK = 0 ] && {{ touch {said}; sleep 5; exit 0; }}; \
-         while [ ! -e {said} ]; do sleep 0.05; done; exit 4",
-        said = said.display()
+         {wait}; exit 4",
+        said = said.display(),
+        wait = until_exists(said.display())
     );
     let script = sh(&script);
-    let mut first = launcher(&flags, &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // The second starts once the first is up, so the first is the host.
-    let mut first_said = Said::of(&mut first);
+    let (first, mut first_said) = Said::spawn(&mut launcher(&flags, &script));
     first_said.wait_for("elastic job of 2 to 2").unwrap();
     let second = launcher(&flags, &script).output().unwrap();
     let mut first = first.wait_with_output().unwrap();
@@ -358,9 +367,8 @@ fn the_host_keeps_the_store_up_until_a_launcher_waiting_to_join_has_left() {
     // The worker ends once the test says so.
     let dir = tempfile::tempdir().unwrap();
     let end = dir.path().join("end");
-    let script = format!("echo working; while [ ! -e {0} ]; do sleep 0.05; done", end.display());
-    let mut host = launcher(&flags, &sh(&script)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut host_said = Said::of(&mut host);
+    let script = format!("echo working; {}", until_exists(end.display()));
+    let (host, mut host_said) = Said::spawn(&mut launcher(&flags, &sh(&script)));
     host_said.wait_for("round 0: 1 node(s)").unwrap();
     let late = launcher(&flags, &sh("echo admitted")).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     host_said.wait_for("a node asks to join").unwrap();
