@@ -43,9 +43,11 @@ impl Split {
 
 /// Rows in a parquet file, from its footer.
 pub fn parquet_rows(path: &Path) -> Result<usize> {
-    use polars::prelude::*;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    ParquetReader::new(file).num_rows().map_err(|e| Error::data(path, None, None, format!("not a parquet file: {e}")))
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| Error::data(path, None, None, format!("not a parquet file: {e}")))?;
+    Ok(reader.metadata().file_metadata().num_rows().max(0) as usize)
 }
 
 /// Downloads `splits` of `repo` and writes `<output>/<split>.parquet` (atomically) after

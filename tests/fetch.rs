@@ -2,24 +2,7 @@
 
 mod common;
 
-use polars::prelude::*;
-use std::path::Path;
 use std::process::{Command, Output};
-
-/// A replica of the hub's test split (`data/test-00000-of-00001.parquet`): its 6,150 rows
-/// with the validation split's columns and `cop` -1 on every row, as the dataset's loading
-/// script writes the unlabelled split (`cop - 1` with a default of 0). The questions are the
-/// dev split's, repeated, under new ids (the real test questions are not here).
-fn hub_test_split(dev: &Path, dest: &Path) {
-    let dev = ParquetReader::new(std::fs::File::open(dev).unwrap()).finish().unwrap();
-    let n = 6150;
-    let rows: Vec<IdxSize> = (0..n).map(|i| (i % dev.height()) as IdxSize).collect();
-    let mut test = dev.take(&IdxCa::from_vec("rows".into(), rows)).unwrap();
-    let ids: Vec<String> = (0..n).map(|i| format!("test-{i:05}")).collect();
-    test.with_column(Column::new("id".into(), ids)).unwrap();
-    test.with_column(Column::new("cop".into(), vec![-1i64; n])).unwrap();
-    ParquetWriter::new(std::fs::File::create(dest).unwrap()).finish(&mut test).unwrap();
-}
 
 fn fetch(endpoint: &str, hf_home: &std::path::Path, out: &std::path::Path, splits: &str) -> Output {
     Command::new(common::medbert_bin())
@@ -40,7 +23,8 @@ fn fetch_data_downloads_checks_and_lays_out_the_validation_split() {
     std::fs::create_dir_all(&repo).unwrap();
     let parquet = data.join("validation-00000-of-00001.parquet");
     std::fs::copy(&parquet, repo.join("validation-00000-of-00001.parquet")).unwrap();
-    hub_test_split(&parquet, &repo.join("test-00000-of-00001.parquet"));
+    // The hub's unlabelled test split (6,150 rows, `cop` -1), replicated with pyarrow.
+    common::run_reference("hub_test_split.py", &[&parquet, &repo.join("test-00000-of-00001.parquet")]);
     let server = common::HubServer::start(&root.join("server"));
     let (hf_home, out) = (root.join("hf_home"), root.join("medmcqa"));
 

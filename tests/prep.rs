@@ -44,6 +44,27 @@ fn dev_json_and_parquet_encode_to_identical_caches() {
     assert_eq!(a.id(0).unwrap(), "45258d3d-b974-44dd-a161-c3fccbdadd88");
 }
 
+/// Parquet files as pandas and pyarrow write them (tests/reference/parquet_variants.py says
+/// which quirk each imitates: small integer `cop`, categories, null and unused columns, every
+/// compression codec, several row groups) encode to the same cache as the hub's file.
+#[cfg_attr(not(medmcqa_dir), ignore = "MEDMCQA_DIR is not set: needs the real MedMCQA data (scripts/test.sh sets it)")]
+#[test]
+fn parquet_files_as_pandas_writes_them_encode_as_the_hubs() {
+    let data = common::medmcqa_dir();
+    let hub = data.join("validation-00000-of-00001.parquet");
+    let dir = common::scratch("parquet_variants");
+    common::run_reference("parquet_variants.py", &[&hub, &data.join("dev.json"), &dir]);
+    common::assert_success(&prep(&[&hub], &dir.join("hub"), &[]));
+    let expected = PreparedCache::open(&dir.join("hub")).unwrap().to_arrays().unwrap();
+    for name in ["int8", "uint8", "codecs-snappy", "codecs-brotli", "codecs-lz4", "codecs-none"] {
+        let out = dir.join(format!("from-{name}"));
+        common::assert_success(&prep(&[&dir.join(format!("{name}.parquet"))], &out, &[]));
+        let cache = PreparedCache::open(&out).unwrap();
+        assert_eq!(cache.len(), 4183, "{name}");
+        assert!(cache.to_arrays().unwrap() == expected, "{name} encodes differently from the hub's file");
+    }
+}
+
 #[cfg_attr(not(medmcqa_dir), ignore = "MEDMCQA_DIR is not set: needs the real MedMCQA data (scripts/test.sh sets it)")]
 #[test]
 fn token_ids_match_the_python_tokenizer() {

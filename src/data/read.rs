@@ -1,9 +1,9 @@
 //! Readers for the three MedMCQA layouts. JSON Lines is parsed line by line (so every error
-//! has its line number); parquet and CSV are read with polars and checked column by column.
+//! has its line number); parquet (Apache's parquet crate) and CSV (the csv crate) are read into
+//! the columns medbert uses and checked column by column.
 
 use super::{RawFile, Record, OPTION_FIELDS};
 use crate::error::{Error, Loc, Result};
-use polars::prelude::*;
 use serde_json::{Map, Value};
 use std::path::Path;
 
@@ -47,27 +47,14 @@ impl Format {
 pub fn read_file(path: &Path, format: Format) -> Result<RawFile> {
     match format {
         Format::Jsonl => read_jsonl(path),
-        Format::Parquet => {
-            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-            let df = ParquetReader::new(file)
-                .finish()
-                .map_err(|e| Error::data(path, None, None, format!("cannot read parquet: {e}")))?;
-            from_frame(path, &df)
-        }
+        Format::Parquet => from_table(path, &read_parquet(path)?),
         Format::Csv => {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             if let Err(e) = std::str::from_utf8(&bytes) {
                 let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
                 return Err(Error::data(path, Some(Loc::Line(line)), None, "invalid UTF-8"));
             }
-            let df = CsvReadOptions::default()
-                .with_has_header(true)
-                .with_infer_schema_length(Some(0))
-                .with_raise_if_empty(false)
-                .into_reader_with_file_handle(std::io::Cursor::new(bytes))
-                .finish()
-                .map_err(|e| Error::data(path, None, None, format!("cannot read CSV: {e}")))?;
-            from_frame(path, &df)
+            from_table(path, &read_csv(path, &bytes)?)
         }
     }
 }
@@ -152,73 +139,186 @@ fn truncate(s: &str, max: usize) -> &str {
     s.char_indices().nth(max).map_or(s, |(i, _)| &s[..i])
 }
 
+/// A parquet or CSV file as the columns medbert reads: each present column's values, row by row.
+/// Columns the file has but medbert does not read are never decoded.
+struct Table {
+    /// Every column name in the file, for the error that a required one is missing.
+    names: Vec<String>,
+    columns: Vec<(&'static str, Vec<Cell>)>,
+    height: usize,
+}
+
+/// One value of a parquet or CSV column, as the checks below need it.
+enum Cell {
+    Null,
+    Text(String),
+    Int(i64),
+    /// Anything else, by what it is ("a floating-point number", ...).
+    Other(&'static str),
+}
+
+/// The columns medbert reads; the others in a file are left alone.
+const COLUMNS: [&str; 11] =
+    ["id", "question", "opa", "opb", "opc", "opd", "cop", "choice_type", "exp", "subject_name", "topic_name"];
+
+impl Table {
+    fn column(&self, field: &str) -> Option<&[Cell]> {
+        self.columns.iter().find(|(name, _)| *name == field).map(|(_, cells)| cells.as_slice())
+    }
+}
+
+/// Reads the columns medbert uses with the Apache parquet crate's row reader, which decodes
+/// every physical and logical type (integers of any width and signedness, dictionary-encoded
+/// text such as pandas categories, nulls).
+fn read_parquet(path: &Path) -> Result<Table> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::schema::types::Type;
+    let unreadable =
+        |e: parquet::errors::ParquetError| Error::data(path, None, None, format!("cannot read parquet: {e}"));
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader = SerializedFileReader::new(file).map_err(unreadable)?;
+    let schema = reader.metadata().file_metadata().schema();
+    let names: Vec<String> = schema.get_fields().iter().map(|f| f.name().to_string()).collect();
+    let wanted: Vec<_> = schema.get_fields().iter().filter(|f| COLUMNS.contains(&f.name())).cloned().collect();
+    let mut columns: Vec<(&'static str, Vec<Cell>)> = wanted
+        .iter()
+        .filter_map(|f| COLUMNS.iter().find(|c| **c == f.name()))
+        .map(|name| (*name, Vec::new()))
+        .collect();
+    let mut height = 0;
+    if !columns.is_empty() {
+        let projection = Type::group_type_builder(schema.name()).with_fields(wanted).build().map_err(unreadable)?;
+        for row in reader.get_row_iter(Some(projection)).map_err(unreadable)? {
+            let row = row.map_err(unreadable)?;
+            for ((_, field), (_, cells)) in row.get_column_iter().zip(columns.iter_mut()) {
+                cells.push(Cell::from_parquet(field));
+            }
+            height += 1;
+        }
+    } else {
+        height = reader.metadata().file_metadata().num_rows().max(0) as usize;
+    }
+    Ok(Table { names, columns, height })
+}
+
+impl Cell {
+    fn from_parquet(field: &parquet::record::Field) -> Cell {
+        use parquet::record::Field as F;
+        match field {
+            F::Null => Cell::Null,
+            F::Str(s) => Cell::Text(s.clone()),
+            F::Byte(v) => Cell::Int(i64::from(*v)),
+            F::Short(v) => Cell::Int(i64::from(*v)),
+            F::Int(v) => Cell::Int(i64::from(*v)),
+            F::Long(v) => Cell::Int(*v),
+            F::UByte(v) => Cell::Int(i64::from(*v)),
+            F::UShort(v) => Cell::Int(i64::from(*v)),
+            F::UInt(v) => Cell::Int(i64::from(*v)),
+            F::ULong(v) => i64::try_from(*v).map_or(Cell::Other("an integer above 2^63"), Cell::Int),
+            F::Bool(_) => Cell::Other("a boolean"),
+            F::Float16(_) | F::Float(_) | F::Double(_) => Cell::Other("a floating-point number"),
+            F::Decimal(_) => Cell::Other("a decimal"),
+            F::Bytes(b) => match std::str::from_utf8(b.data()) {
+                Ok(s) => Cell::Text(s.to_string()),
+                Err(_) => Cell::Other("binary data"),
+            },
+            F::Date(_) => Cell::Other("a date"),
+            F::TimeMillis(_) | F::TimeMicros(_) => Cell::Other("a time of day"),
+            F::TimestampMillis(_) | F::TimestampMicros(_) => Cell::Other("a timestamp"),
+            F::Group(_) | F::ListInternal(_) | F::MapInternal(_) => Cell::Other("a nested value"),
+        }
+    }
+}
+
+/// A CSV file with a header row; every value is text (an empty one is missing), `cop` parsed
+/// as an integer later.
+fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
+    let unreadable = |e: csv::Error| {
+        let line = e.position().map(|p| Loc::Line(p.line()));
+        let message = match e.kind() {
+            csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                format!("cannot read CSV: {len} fields where the header has {expected_len}")
+            }
+            _ => format!("cannot read CSV: {e}"),
+        };
+        Error::data(path, line, None, message)
+    };
+    let names: Vec<String> = reader.headers().map_err(unreadable)?.iter().map(str::to_string).collect();
+    let positions: Vec<(&'static str, usize)> =
+        COLUMNS.iter().filter_map(|c| names.iter().position(|n| n == c).map(|i| (*c, i))).collect();
+    let mut columns: Vec<(&'static str, Vec<Cell>)> = positions.iter().map(|(c, _)| (*c, Vec::new())).collect();
+    let mut height = 0;
+    for record in reader.records() {
+        let record = record.map_err(unreadable)?;
+        for ((_, i), (_, cells)) in positions.iter().zip(columns.iter_mut()) {
+            cells.push(match record.get(*i) {
+                None | Some("") => Cell::Null,
+                Some(s) => Cell::Text(s.to_string()),
+            });
+        }
+        height += 1;
+    }
+    Ok(Table { names, columns, height })
+}
+
 /// Text of one column as owned values per row; `required` columns must exist and hold no nulls.
-fn text_column(path: &Path, df: &DataFrame, field: &str, required: bool) -> Result<Option<Vec<Option<String>>>> {
-    let Ok(col) = df.column(field) else {
+fn text_column(path: &Path, table: &Table, field: &str, required: bool) -> Result<Option<Vec<Option<String>>>> {
+    let Some(cells) = table.column(field) else {
         if required {
-            let found: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
-            return Err(Error::data(path, None, Some(field), format!("column missing (found: {})", found.join(", "))));
+            let found = table.names.join(", ");
+            return Err(Error::data(path, None, Some(field), format!("column missing (found: {found})")));
         }
         return Ok(None);
     };
-    let col = match col.dtype() {
-        DataType::String => col.clone(),
-        DataType::Null => {
-            col.cast(&DataType::String).map_err(|e| Error::data(path, None, Some(field), e.to_string()))?
-        }
-        dt if field == "id" && dt.is_integer() => {
-            col.cast(&DataType::String).map_err(|e| Error::data(path, None, Some(field), e.to_string()))?
-        }
-        dt => return Err(Error::data(path, None, Some(field), format!("expected text, found {dt}"))),
-    };
-    let values: Vec<Option<String>> = col
-        .str()
-        .map_err(|e| Error::data(path, None, Some(field), e.to_string()))?
-        .iter()
-        .map(|v| v.map(str::to_string))
-        .collect();
-    if required {
-        if let Some(row) = values.iter().position(Option::is_none) {
-            return Err(Error::data(path, Some(Loc::Row(row as u64 + 1)), Some(field), "missing value"));
-        }
+    let err = |row: usize, m: String| Error::data(path, Some(Loc::Row(row as u64 + 1)), Some(field), m);
+    let mut values = Vec::with_capacity(cells.len());
+    for (row, cell) in cells.iter().enumerate() {
+        values.push(match cell {
+            Cell::Text(s) => Some(s.clone()),
+            Cell::Int(n) if field == "id" => Some(n.to_string()),
+            Cell::Null if required => return Err(err(row, "missing value".into())),
+            Cell::Null => None,
+            Cell::Int(_) => return Err(err(row, "expected text, found an integer".into())),
+            Cell::Other(what) => return Err(err(row, format!("expected text, found {what}"))),
+        });
     }
     Ok(Some(values))
 }
 
-/// `cop` as integers: integer columns as they are, text (CSV) parsed, anything else an error.
-fn cop_column(path: &Path, df: &DataFrame) -> Result<Option<Vec<Option<i64>>>> {
-    let Ok(col) = df.column("cop") else { return Ok(None) };
-    let err = |row: Option<usize>, m: String| Error::data(path, row.map(|r| Loc::Row(r as u64 + 1)), Some("cop"), m);
-    match col.dtype() {
-        dt if dt.is_integer() || dt == &DataType::Null => {
-            let col = col.cast(&DataType::Int64).map_err(|e| err(None, e.to_string()))?;
-            Ok(Some(col.i64().map_err(|e| err(None, e.to_string()))?.iter().collect()))
-        }
-        DataType::String => {
-            let strings = col.str().map_err(|e| err(None, e.to_string()))?;
-            strings
-                .iter()
-                .enumerate()
-                .map(|(row, v)| match v.map(str::trim) {
-                    None | Some("") => Ok(None),
-                    Some(s) => s
-                        .parse::<i64>()
-                        .map(Some)
-                        .map_err(|_| err(Some(row), format!("expected an integer, found {:?}", truncate(s, 40)))),
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some)
-        }
-        dt => Err(err(None, format!("expected integers, found {dt}"))),
-    }
+/// `cop` as integers: integer values as they are, text (CSV) parsed, anything else an error.
+fn cop_column(path: &Path, table: &Table) -> Result<Option<Vec<Option<i64>>>> {
+    let Some(cells) = table.column("cop") else { return Ok(None) };
+    let err = |row: usize, m: String| Error::data(path, Some(Loc::Row(row as u64 + 1)), Some("cop"), m);
+    cells
+        .iter()
+        .enumerate()
+        .map(|(row, cell)| match cell {
+            Cell::Null => Ok(None),
+            Cell::Int(n) => Ok(Some(*n)),
+            Cell::Text(s) => match s.trim() {
+                "" => Ok(None),
+                s => s
+                    .parse::<i64>()
+                    .map(Some)
+                    .map_err(|_| err(row, format!("expected an integer, found {:?}", truncate(s, 40)))),
+            },
+            Cell::Other(what) => Err(err(row, format!("expected an integer, found {what}"))),
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
-fn from_frame(path: &Path, df: &DataFrame) -> Result<RawFile> {
+fn from_table(path: &Path, table: &Table) -> Result<RawFile> {
     let required = |field: &str| -> Result<Vec<String>> {
-        Ok(text_column(path, df, field, true)?.unwrap_or_default().into_iter().map(Option::unwrap_or_default).collect())
+        Ok(text_column(path, table, field, true)?
+            .unwrap_or_default()
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
     };
     let optional = |field: &str| -> Result<Vec<Option<String>>> {
-        Ok(text_column(path, df, field, false)?.unwrap_or_else(|| vec![None; df.height()]))
+        Ok(text_column(path, table, field, false)?.unwrap_or_else(|| vec![None; table.height]))
     };
     let ids = required("id")?;
     let questions = required("question")?;
@@ -226,13 +326,13 @@ fn from_frame(path: &Path, df: &DataFrame) -> Result<RawFile> {
     for field in OPTION_FIELDS {
         options.push(required(field)?.into_iter());
     }
-    let cop = cop_column(path, df)?;
-    let mut cop = cop.unwrap_or_else(|| vec![None; df.height()]).into_iter();
+    let cop = cop_column(path, table)?;
+    let mut cop = cop.unwrap_or_else(|| vec![None; table.height]).into_iter();
     let mut extra: Vec<std::vec::IntoIter<Option<String>>> = Vec::new();
     for field in ["choice_type", "exp", "subject_name", "topic_name"] {
         extra.push(optional(field)?.into_iter());
     }
-    let mut records = Vec::with_capacity(df.height());
+    let mut records = Vec::with_capacity(table.height);
     for (row, (id, question)) in ids.into_iter().zip(questions).enumerate() {
         let mut next = |i: usize| options[i].next().unwrap_or_default();
         let opts = [next(0), next(1), next(2), next(3)];
