@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets everything up (as quickstart does), then runs the whole test suite. CI runs exactly this.
+# Sets everything up (as quickstart does, with the tests' references and tools), then runs the
+# whole test suite. CI runs exactly this.
 set -euo pipefail
-"$(dirname "$0")/setup.sh"
+"$(dirname "$0")/setup.sh" --test
 . "$(dirname "$0")/env.sh"
 printf '\n==> cargo test --release\n'
 cargo test --release
