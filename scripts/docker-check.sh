@@ -15,18 +15,27 @@
 # --help; docker/compose.yml's `train` service on this CPU host with docker/compose.cpu.yml
 # through podman-compose, and its `node` service refusing to start without MEDBERT_RUNS_DIR.
 # Prints each step's time and the image's size and largest layers; exits non-zero on any
-# failure; removes what it made unless --keep.
-#   scripts/docker-check.sh [--keep]
+# failure; removes the image and what it ran unless --keep.
+#
+# Kept between runs, as a machine that builds images keeps them: the stand-in bases, tagged by
+# a digest of what they are made from (rebuilt when that changes), and the builder's cache
+# mounts that docker/Dockerfile declares (the venv, cargo's target folder and registry), so a
+# second run downloads nothing and compiles only what changed. The build reads this machine's
+# pip cache (`pip cache dir`), so the wheels pip downloaded for the set-up are not downloaded
+# again. --clean removes the bases and the cache mounts too (then exits).
+#   scripts/docker-check.sh [--keep | --clean]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
-keep=0
-[ "${1:-}" = "--keep" ] && keep=1
+keep=0 clean=0
+case "${1:-}" in
+  "") ;;
+  --keep) keep=1 ;;
+  --clean) clean=1 ;;
+  *) echo "usage: scripts/docker-check.sh [--keep | --clean]" >&2; exit 2 ;;
+esac
 
 REPO=localhost/medbert-check
-BASE=$REPO/base:bookworm
-RUST=$REPO/rust:1.95-bookworm
-RUNTIME=$REPO/cuda:13.0.2-base-ubuntu24.04
 IMAGE=$REPO/medbert:latest
 # docker/compose.yml names its image medbert:latest; the check tags its build so.
 COMPOSE_IMAGE=localhost/medbert:latest
@@ -44,13 +53,26 @@ events_logger = "file"
 EOF
 export CONTAINERS_CONF="$work/containers.conf"
 
+# Cache mounts of docker/Dockerfile, as buildah keeps them: a folder per id under its temporary
+# directory.
+cache_mounts=$(grep -o 'type=cache,id=[a-z-]*' docker/Dockerfile | cut -d= -f3 | sort -u)
+if [ "$clean" = 1 ]; then
+  podman images --format '{{.Repository}}:{{.Tag}}' | grep "^$REPO/" | xargs -r podman rmi -f >/dev/null
+  podman image prune -f >/dev/null
+  for id in $cache_mounts; do
+    rm -rf "/var/tmp/buildah-cache-$(id -u)/$(printf %s "$id" | sha256sum | cut -d' ' -f1)"
+  done
+  echo "removed the stand-in bases, the check's images and the build's cache mounts ($(echo $cache_mounts))"
+  exit 0
+fi
+
 cleanup() {
   local status=$?
   if [ "$keep" = 1 ]; then
-    echo "kept: $work and the images $BASE $RUST $RUNTIME $IMAGE $COMPOSE_IMAGE"
+    echo "kept: $work and the images $IMAGE $COMPOSE_IMAGE"
   else
     podman-compose -f "$work/project/docker/compose.yml" down >/dev/null 2>&1 || true
-    podman rmi -f "$COMPOSE_IMAGE" "$IMAGE" "$RUNTIME" "$RUST" "$BASE" >/dev/null 2>&1 || true
+    podman rmi -f "$COMPOSE_IMAGE" "$IMAGE" >/dev/null 2>&1 || true
     podman image prune -f >/dev/null 2>&1 || true
     rm -rf "$work"
   fi
@@ -61,23 +83,30 @@ trap cleanup EXIT
 t0=$SECONDS
 step() { printf '\n==> [%ss] %s\n' "$((SECONDS - t0))" "$*"; }
 fail() { echo "docker-check: $*" >&2; exit 1; }
+command -v podman-compose >/dev/null || fail "podman-compose not found: scripts/setup.sh --test installs it"
+# A stand-in is built only when no image is tagged with the digest of what it is made from.
+have() { podman image exists "$1"; }
+digest() { sha256sum | cut -c1-12; }
 
-step "stand-in base: mmdebstrap --variant=minbase bookworm with this machine's CA certificates"
 certs=(/usr/local/share/ca-certificates/*.crt)
 [ -e "${certs[0]}" ] || certs=()
 mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-mmdebstrap --quiet --variant=minbase --format=tar --include=ca-certificates \
-  ${certs:+--customize-hook="copy-in ${certs[*]} /usr/local/share/ca-certificates/"} \
-  --customize-hook='chroot "$1" update-ca-certificates' \
-  bookworm "$work/rootfs.tar" ${mirror:-http://deb.debian.org/debian}
-podman import --quiet "$work/rootfs.tar" "$BASE" >/dev/null
-rm -f "$work/rootfs.tar"
+BASE=$REPO/base:bookworm-$( { echo "${mirror:-}"; cat ${certs[@]+"${certs[@]}"}; } | digest)
+step "stand-in base: mmdebstrap --variant=minbase bookworm with this machine's CA certificates"
+if have "$BASE"; then
+  echo "kept from an earlier run: $BASE"
+else
+  mmdebstrap --quiet --variant=minbase --format=tar --include=ca-certificates \
+    ${certs:+--customize-hook="copy-in ${certs[*]} /usr/local/share/ca-certificates/"} \
+    --customize-hook='chroot "$1" update-ca-certificates' \
+    bookworm "$work/rootfs.tar" ${mirror:-http://deb.debian.org/debian}
+  podman import --quiet "$work/rootfs.tar" "$BASE" >/dev/null
+  rm -f "$work/rootfs.tar"
+fi
 
 step "stand-in RUST_IMAGE: bookworm, the C toolchain, this machine's Rust $(rustc --version | cut -d' ' -f2)"
 sysroot=$(rustc --print sysroot)
-mkdir -p "$work/rust/toolchain"
-# The toolchain without its documentation (share/), as the official image's minimal profile.
-cp -a "$sysroot"/bin "$sysroot"/lib "$sysroot"/libexec "$sysroot"/etc "$work/rust/toolchain/"
+mkdir -p "$work/rust"
 cat > "$work/rust/Containerfile" <<EOF
 FROM $BASE
 RUN apt-get update \\
@@ -92,7 +121,15 @@ ENV CARGO_HOME=/usr/local/cargo \\
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \\
     CARGO_HTTP_CAINFO=/etc/ssl/certs/ca-certificates.crt
 EOF
-podman build --quiet -t "$RUST" "$work/rust" >/dev/null
+RUST=$REPO/rust:1.95-bookworm-$( { cat "$work/rust/Containerfile"; rustc -vV; } | digest)
+if have "$RUST"; then
+  echo "kept from an earlier run: $RUST"
+else
+  # The toolchain without its documentation (share/), as the official image's minimal profile.
+  mkdir -p "$work/rust/toolchain"
+  cp -a "$sysroot"/bin "$sysroot"/lib "$sysroot"/libexec "$sysroot"/etc "$work/rust/toolchain/"
+  podman build --quiet -t "$RUST" "$work/rust" >/dev/null
+fi
 rm -rf "$work/rust"
 
 step "stand-in RUNTIME_IMAGE: user ubuntu (1000:1000), no Python, the CUDA base's variables"
@@ -107,12 +144,21 @@ ENV NVIDIA_VISIBLE_DEVICES=all \\
     LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \\
     PATH=/usr/local/nvidia/bin:/usr/local/cuda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 EOF
-podman build --quiet -t "$RUNTIME" "$work/runtime" >/dev/null
+RUNTIME=$REPO/cuda:13.0.2-base-ubuntu24.04-$(digest < "$work/runtime/Containerfile")
+if have "$RUNTIME"; then
+  echo "kept from an earlier run: $RUNTIME"
+else
+  podman build --quiet -t "$RUNTIME" "$work/runtime" >/dev/null
+fi
 
 step "podman build -f docker/Dockerfile (unchanged; the two bases passed as build args)"
+# pip inside the build finds the wheels this machine's set-up downloaded in its cache.
+pip_cache=$("$MEDBERT_VENV/bin/pip" cache dir 2>/dev/null || true)
 podman build --ignorefile docker/Dockerfile.dockerignore -f docker/Dockerfile \
+  ${pip_cache:+--volume "$pip_cache:/root/.cache/pip"} \
   --build-arg RUST_IMAGE="$RUST" --build-arg RUNTIME_IMAGE="$RUNTIME" -t "$IMAGE" . > "$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log" >&2; fail "the image did not build (log above)"; }
+grep '^==> \[' "$work/build.log" | sed 's/^/  set-up in the build: /'
 podman tag "$IMAGE" "$COMPOSE_IMAGE"
 size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 echo "image size: $((size / 1000000)) MB; largest layers:"
