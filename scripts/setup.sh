@@ -59,7 +59,7 @@ what="torch 2.11.0, CUDA 13 headers, the default model"
 step "Python venv $MEDBERT_VENV ($what) and cargo build --release, side by side"
 [ -x "$MEDBERT_VENV/bin/python" ] || python3 -m venv "$MEDBERT_VENV"
 . "$(dirname "$0")/env.sh"
-# pip downloads torch while cargo compiles what does not need it (polars, tokenizers, ...):
+# pip downloads torch while cargo compiles what does not need it (tokenizers, parquet, ...):
 # torch-sys's build script asks `python` where torch is, and the `python` it finds first on
 # PATH waits for the product's packages; the tests' references install after them, beside the
 # rest of the build. The default model's package is installed without its dependencies
