@@ -20,9 +20,8 @@
 # Kept between runs, as a machine that builds images keeps them: the stand-in bases, tagged by
 # a digest of what they are made from (rebuilt when that changes), and the builder's cache
 # mounts that docker/Dockerfile declares (the venv, cargo's target folder and registry), so a
-# second run downloads nothing and compiles only what changed. The build reads this machine's
-# pip cache (`pip cache dir`), so the wheels pip downloaded for the set-up are not downloaded
-# again. --clean removes the bases and the cache mounts too (then exits).
+# second run downloads nothing and compiles only what changed. --clean removes the bases and
+# the cache mounts too (then exits).
 #   scripts/docker-check.sh [--keep | --clean]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -153,10 +152,7 @@ else
 fi
 
 step "podman build -f docker/Dockerfile (unchanged; the two bases passed as build args)"
-# pip inside the build finds the wheels this machine's set-up downloaded in its cache.
-pip_cache=$("$MEDBERT_VENV/bin/pip" cache dir 2>/dev/null || true)
 podman build --ignorefile docker/Dockerfile.dockerignore -f docker/Dockerfile \
-  ${pip_cache:+--volume "$pip_cache:/root/.cache/pip"} \
   --build-arg RUST_IMAGE="$RUST" --build-arg RUNTIME_IMAGE="$RUNTIME" -t "$IMAGE" . > "$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log" >&2; fail "the image did not build (log above)"; }
 grep '^==> \[' "$work/build.log" | sed 's/^/  set-up in the build: /'
