@@ -53,13 +53,14 @@ EOF
 export CONTAINERS_CONF="$work/containers.conf"
 
 # Cache mounts of docker/Dockerfile, as buildah keeps them: a folder per id under its temporary
-# directory (named by the id in buildah 1.28, Debian bookworm's; by its digest in later ones).
+# directory (/var/tmp/buildah-cache/ID in buildah 1.28, Debian bookworm's; later versions add
+# the user id to the folder and may name the mount by its digest).
 cache_mounts=$(grep -o 'type=cache,id=[a-z-]*' docker/Dockerfile | cut -d= -f3 | sort -u)
 if [ "$clean" = 1 ]; then
   podman images --format '{{.Repository}}:{{.Tag}}' | grep "^$REPO/" | xargs -r podman rmi -f >/dev/null
   podman image prune -f >/dev/null
   for id in $cache_mounts; do
-    rm -rf "/var/tmp/buildah-cache-$(id -u)/$id" \
+    rm -rf "/var/tmp/buildah-cache/$id" "/var/tmp/buildah-cache-$(id -u)/$id" \
       "/var/tmp/buildah-cache-$(id -u)/$(printf %s "$id" | sha256sum | cut -d' ' -f1)"
   done
   echo "removed the stand-in bases, the check's images and the build's cache mounts ($(echo $cache_mounts))"
