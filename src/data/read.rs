@@ -47,14 +47,14 @@ impl Format {
 pub fn read_file(path: &Path, format: Format) -> Result<RawFile> {
     match format {
         Format::Jsonl => read_jsonl(path),
-        Format::Parquet => from_table(path, &read_parquet(path)?),
+        Format::Parquet => from_table(path, read_parquet(path)?),
         Format::Csv => {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             if let Err(e) = std::str::from_utf8(&bytes) {
                 let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
                 return Err(Error::data(path, Some(Loc::Line(line)), None, "invalid UTF-8"));
             }
-            from_table(path, &read_csv(path, &bytes)?)
+            from_table(path, read_csv(path, &bytes)?)
         }
     }
 }
@@ -162,8 +162,10 @@ const COLUMNS: [&str; 11] =
     ["id", "question", "opa", "opb", "opc", "opd", "cop", "choice_type", "exp", "subject_name", "topic_name"];
 
 impl Table {
-    fn column(&self, field: &str) -> Option<&[Cell]> {
-        self.columns.iter().find(|(name, _)| *name == field).map(|(_, cells)| cells.as_slice())
+    /// A column's values, moved out of the table (each column is read once).
+    fn take(&mut self, field: &str) -> Option<Vec<Cell>> {
+        let at = self.columns.iter().position(|(name, _)| *name == field)?;
+        Some(self.columns.swap_remove(at).1)
     }
 }
 
@@ -263,8 +265,8 @@ fn read_csv(path: &Path, bytes: &[u8]) -> Result<Table> {
 }
 
 /// Text of one column as owned values per row; `required` columns must exist and hold no nulls.
-fn text_column(path: &Path, table: &Table, field: &str, required: bool) -> Result<Option<Vec<Option<String>>>> {
-    let Some(cells) = table.column(field) else {
+fn text_column(path: &Path, table: &mut Table, field: &str, required: bool) -> Result<Option<Vec<Option<String>>>> {
+    let Some(cells) = table.take(field) else {
         if required {
             let found = table.names.join(", ");
             return Err(Error::data(path, None, Some(field), format!("column missing (found: {found})")));
@@ -273,9 +275,9 @@ fn text_column(path: &Path, table: &Table, field: &str, required: bool) -> Resul
     };
     let err = |row: usize, m: String| Error::data(path, Some(Loc::Row(row as u64 + 1)), Some(field), m);
     let mut values = Vec::with_capacity(cells.len());
-    for (row, cell) in cells.iter().enumerate() {
+    for (row, cell) in cells.into_iter().enumerate() {
         values.push(match cell {
-            Cell::Text(s) => Some(s.clone()),
+            Cell::Text(s) => Some(s),
             Cell::Int(n) if field == "id" => Some(n.to_string()),
             Cell::Null if required => return Err(err(row, "missing value".into())),
             Cell::Null => None,
@@ -287,15 +289,15 @@ fn text_column(path: &Path, table: &Table, field: &str, required: bool) -> Resul
 }
 
 /// `cop` as integers: integer values as they are, text (CSV) parsed, anything else an error.
-fn cop_column(path: &Path, table: &Table) -> Result<Option<Vec<Option<i64>>>> {
-    let Some(cells) = table.column("cop") else { return Ok(None) };
+fn cop_column(path: &Path, table: &mut Table) -> Result<Option<Vec<Option<i64>>>> {
+    let Some(cells) = table.take("cop") else { return Ok(None) };
     let err = |row: usize, m: String| Error::data(path, Some(Loc::Row(row as u64 + 1)), Some("cop"), m);
     cells
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(row, cell)| match cell {
             Cell::Null => Ok(None),
-            Cell::Int(n) => Ok(Some(*n)),
+            Cell::Int(n) => Ok(Some(n)),
             Cell::Text(s) => match s.trim() {
                 "" => Ok(None),
                 s => s
@@ -309,16 +311,11 @@ fn cop_column(path: &Path, table: &Table) -> Result<Option<Vec<Option<i64>>>> {
         .map(Some)
 }
 
-fn from_table(path: &Path, table: &Table) -> Result<RawFile> {
-    let required = |field: &str| -> Result<Vec<String>> {
-        Ok(text_column(path, table, field, true)?
-            .unwrap_or_default()
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect())
-    };
-    let optional = |field: &str| -> Result<Vec<Option<String>>> {
-        Ok(text_column(path, table, field, false)?.unwrap_or_else(|| vec![None; table.height]))
+fn from_table(path: &Path, mut table: Table) -> Result<RawFile> {
+    let height = table.height;
+    let mut required = |field: &str| -> Result<Vec<String>> {
+        let values = text_column(path, &mut table, field, true)?.unwrap_or_default();
+        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
     };
     let ids = required("id")?;
     let questions = required("question")?;
@@ -326,13 +323,13 @@ fn from_table(path: &Path, table: &Table) -> Result<RawFile> {
     for field in OPTION_FIELDS {
         options.push(required(field)?.into_iter());
     }
-    let cop = cop_column(path, table)?;
-    let mut cop = cop.unwrap_or_else(|| vec![None; table.height]).into_iter();
+    let cop = cop_column(path, &mut table)?;
+    let mut cop = cop.unwrap_or_else(|| vec![None; height]).into_iter();
     let mut extra: Vec<std::vec::IntoIter<Option<String>>> = Vec::new();
     for field in ["choice_type", "exp", "subject_name", "topic_name"] {
-        extra.push(optional(field)?.into_iter());
+        extra.push(text_column(path, &mut table, field, false)?.unwrap_or_else(|| vec![None; height]).into_iter());
     }
-    let mut records = Vec::with_capacity(table.height);
+    let mut records = Vec::with_capacity(height);
     for (row, (id, question)) in ids.into_iter().zip(questions).enumerate() {
         let mut next = |i: usize| options[i].next().unwrap_or_default();
         let opts = [next(0), next(1), next(2), next(3)];
