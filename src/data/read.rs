@@ -188,6 +188,7 @@ fn read_parquet(path: &Path) -> Result<Table> {
         .map(|name| (*name, Vec::new()))
         .collect();
     let mut height = 0;
+    // A file with none of these columns has no rows to read: "id" is then reported missing.
     if !columns.is_empty() {
         let projection = Type::group_type_builder(schema.name()).with_fields(wanted).build().map_err(unreadable)?;
         for row in reader.get_row_iter(Some(projection)).map_err(unreadable)? {
@@ -197,8 +198,6 @@ fn read_parquet(path: &Path) -> Result<Table> {
             }
             height += 1;
         }
-    } else {
-        height = reader.metadata().file_metadata().num_rows().max(0) as usize;
     }
     Ok(Table { names, columns, height })
 }
