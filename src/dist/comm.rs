@@ -75,7 +75,7 @@ impl Comm {
     /// a group, or where rank 0 hosts the store (no launcher to ask).
     pub fn launcher_asks_to_stop(&self) -> Result<bool> {
         let Some(pg) = &self.pg else { return Ok(false) };
-        let asked = pg.rank() == 0 && pg.store().contains(super::round_key::STOP_AT_CHECKPOINT)?;
+        let asked = pg.rank() == 0 && pg.store().contains(super::keys::worker::STOP_AT_CHECKPOINT)?;
         Ok(self.from_rank0(f64::from(u8::from(asked)))? > 0.0)
     }
 
@@ -84,7 +84,7 @@ impl Comm {
     pub fn tell_launcher_stopped(&self, step: usize) -> Result<()> {
         let Some(pg) = &self.pg else { return Ok(()) };
         if pg.rank() == 0 {
-            pg.store().set(super::round_key::STOPPED_AT_CHECKPOINT, step.to_string().as_bytes())?;
+            pg.store().set(super::keys::worker::STOPPED_AT_CHECKPOINT, step.to_string().as_bytes())?;
         }
         pg.barrier()
     }

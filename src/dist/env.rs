@@ -22,6 +22,19 @@ pub mod var {
     pub const MAX_RESTARTS: &str = "TORCHELASTIC_MAX_RESTARTS";
     pub const RUN_ID: &str = "TORCHELASTIC_RUN_ID";
     pub const USE_AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
+    /// Threads of each worker's intra-op pool; the launcher sets it when the user did not.
+    pub const OMP_NUM_THREADS: &str = "OMP_NUM_THREADS";
+}
+
+/// This machine's cores, as the standard library counts them (cgroup quotas included).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Threads per worker when OMP_NUM_THREADS is unset: the node's cores split evenly among its
+/// workers, never below one (the launcher's rule, which the trainer's choices follow too).
+pub fn threads_per_worker(cores: usize, local_world_size: usize) -> usize {
+    (cores / local_world_size.max(1)).max(1)
 }
 
 /// Where this process stands in the worker group.
@@ -174,6 +187,13 @@ mod tests {
         ("MASTER_ADDR", "10.0.0.1"),
         ("MASTER_PORT", "29500"),
     ];
+
+    #[test]
+    fn cores_split_evenly_and_never_below_one() {
+        assert_eq!(threads_per_worker(8, 2), 4);
+        assert_eq!(threads_per_worker(2, 3), 1);
+        assert_eq!(threads_per_worker(7, 2), 3);
+    }
 
     #[test]
     fn absent_world_size_means_single_process() {

@@ -6,11 +6,12 @@ mod comm;
 mod env;
 mod ffi;
 mod join;
+pub mod keys;
 pub mod slurm;
 
 pub use check::{check_collectives, CollectiveCheck};
 pub use comm::Comm;
-pub use env::{var, DistEnv};
+pub use env::{cores, threads_per_worker, var, DistEnv};
 pub use join::{in_turn, BackendChoice, GroupArgs};
 
 use crate::error::{Error, Result};
@@ -155,20 +156,6 @@ impl Drop for Store {
     }
 }
 
-/// Where the workers of restart round `round` keep their keys in the launcher's store
-/// (torchrun's `/worker/attempt_<n>`).
-pub fn attempt_prefix(round: usize) -> String {
-    format!("/worker/attempt_{round}")
-}
-
-/// Keys a launcher and its round's workers share under [`attempt_prefix`].
-pub mod round_key {
-    /// Set by the launcher: stop at the next checkpoint (a node waits to join).
-    pub const STOP_AT_CHECKPOINT: &str = "medbert/stop-at-checkpoint";
-    /// Set by rank 0 once every rank has stopped there: the step of that checkpoint.
-    pub const STOPPED_AT_CHECKPOINT: &str = "medbert/stopped-at-checkpoint";
-}
-
 /// How Gloo chooses the network device it binds to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GlooDevice {
@@ -258,7 +245,7 @@ impl ProcessGroup {
     pub fn init(env: &DistEnv, backend: Backend, timeout: Duration) -> Result<Self> {
         let store = match env.agent_store {
             true => Store::tcp(&env.master_addr, env.master_port, false, 0, timeout)?
-                .with_prefix(&attempt_prefix(env.restart_count))?,
+                .with_prefix(&keys::attempt(env.restart_count))?,
             false => Store::tcp(&env.master_addr, env.master_port, env.rank == 0, env.world_size, timeout)?,
         };
         match backend {

@@ -4,7 +4,7 @@
 //! while backward still runs, and an optional parameter checksum. With one process every
 //! operation is a no-op. Collectives on plain values are `dist::Comm`'s.
 
-use crate::dist::{Comm, ProcessGroup, Work};
+use crate::dist::{keys, Comm, ProcessGroup, Work};
 use crate::error::{Error, Result};
 use crate::sys::GradHooks;
 use std::sync::{Arc, Mutex};
@@ -298,12 +298,11 @@ fn check_same_parameters(comm: &Comm, params: &[(&str, &Tensor)]) -> Result<()> 
     let Some(pg) = comm.group() else { return Ok(()) };
     let mine: Vec<(String, Vec<i64>)> = params.iter().map(|(n, t)| (n.to_string(), t.size())).collect();
     let encoded = serde_json::to_vec(&mine).map_err(|e| Error::Dist(e.to_string()))?;
-    const KEY: &str = "medbert/ddp/parameters";
     if pg.rank() == 0 {
-        pg.store().set(KEY, &encoded)?;
+        pg.store().set(keys::worker::DDP_PARAMETERS, &encoded)?;
     }
-    let theirs: Vec<(String, Vec<i64>)> =
-        serde_json::from_slice(&pg.store().get(KEY)?).map_err(|e| Error::Dist(e.to_string()))?;
+    let theirs: Vec<(String, Vec<i64>)> = serde_json::from_slice(&pg.store().get(keys::worker::DDP_PARAMETERS)?)
+        .map_err(|e| Error::Dist(e.to_string()))?;
     let mismatch = first_difference(&theirs, &mine);
     match (comm.any(mismatch.is_some())?, mismatch) {
         (_, Some(what)) => Err(Error::Dist(format!("rank {} parameters differ from rank 0's: {what}", pg.rank()))),

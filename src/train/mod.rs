@@ -210,8 +210,7 @@ impl<'a> Trainer<'a> {
         // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
         let on_terminal = std::io::stderr().is_terminal();
         let tensorboard_dir = args.tensorboard_dir();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let cores = crate::launch::omp_threads_per_worker(cores, inputs.local_world_size);
+        let cores = crate::dist::threads_per_worker(crate::dist::cores(), inputs.local_world_size);
         let overlap = args.ddp.ddp_overlap.resolve(inputs.device, cores, tch::get_num_threads().max(1) as usize);
         let resolved = serde_json::json!({"inputs": inputs, "precision": precision, "ddp_overlap": overlap,
             "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,

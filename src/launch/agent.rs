@@ -1,0 +1,137 @@
+//! The agent: torchrun's `_invoke_run` in small. One loop for every kind of launch: ask the
+//! rendezvous for the next round, start this node's workers in it, supervise them, and
+//! record how the round ended, until the rendezvous says the launch is over.
+
+use super::group::{Outcome, WorkerGroup};
+use super::rendezvous::{Next, Rendezvous};
+use super::{exit, LaunchConfig};
+use crate::dist::{var, DistEnv};
+use crate::error::Result;
+use std::sync::atomic::AtomicUsize;
+
+/// The shape of the job across nodes and where its rendezvous lives (torchrun's
+/// `WorkerSpec` with its rendezvous settings); an elastic rendezvous decides the node count
+/// and rank anew each round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerSpec {
+    pub nnodes: usize,
+    pub node_rank: usize,
+    pub nproc_per_node: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+    pub max_restarts: usize,
+    pub run_id: String,
+}
+
+/// One worker to start: its ranks and the variables it gets (torchrun's `Worker`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Worker {
+    pub rank: usize,
+    pub local_rank: usize,
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerSpec {
+    pub fn world_size(&self) -> usize {
+        self.nnodes * self.nproc_per_node
+    }
+
+    /// The workers of this node in `round` (0 = first start). `omp_threads` is set as
+    /// OMP_NUM_THREADS when the caller did not set it.
+    pub fn workers(&self, round: usize, omp_threads: Option<usize>) -> Vec<Worker> {
+        (0..self.nproc_per_node)
+            .map(|local_rank| {
+                let rank = self.node_rank * self.nproc_per_node + local_rank;
+                let dist = DistEnv {
+                    rank,
+                    world_size: self.world_size(),
+                    local_rank,
+                    local_world_size: self.nproc_per_node,
+                    group_rank: self.node_rank,
+                    group_world_size: self.nnodes,
+                    master_addr: self.master_addr.clone(),
+                    master_port: self.master_port,
+                    // The launcher at the rendezvous hosts the store, as torchrun's agent does.
+                    agent_store: true,
+                    restart_count: round,
+                    max_restarts: self.max_restarts,
+                    run_id: self.run_id.clone(),
+                };
+                let mut env: Vec<(String, String)> = dist.vars().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                if let Some(n) = omp_threads {
+                    env.push((var::OMP_NUM_THREADS.to_string(), n.to_string()));
+                }
+                Worker { rank, local_rank, env }
+            })
+            .collect()
+    }
+}
+
+/// Runs rounds of this node's workers until `rdzv` ends the launch; returns the launcher's
+/// exit code ([`exit`]).
+pub(super) fn run(rdzv: &mut dyn Rendezvous, config: &LaunchConfig, signal: &AtomicUsize) -> Result<i32> {
+    loop {
+        let round = match rdzv.next_round(signal)? {
+            Next::Run(round) => round,
+            Next::Exit(code) => return Ok(code),
+        };
+        let workers = round.spec.workers(round.number, config.omp_threads);
+        let group = WorkerGroup::start(&config.program, &workers, round.number, &config.supervision)?;
+        let outcome = group.supervise(signal, &|| rdzv.superseded(round.number))?;
+        outcome.say();
+        if let Outcome::Interrupted(sig) = outcome {
+            return Ok(exit::interrupted(sig));
+        }
+        if let Some(code) = rdzv.record(round.number, outcome)? {
+            return Ok(code);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
+            nnodes: 2,
+            node_rank: 1,
+            nproc_per_node: 3,
+            master_addr: "10.1.0.1".into(),
+            master_port: 29400,
+            max_restarts: 2,
+            run_id: "job".into(),
+        }
+    }
+
+    fn value<'a>(w: &'a Worker, name: &str) -> &'a str {
+        &w.env.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{name} not set")).1
+    }
+
+    #[test]
+    fn second_node_workers_get_global_ranks_and_torchrun_variables() {
+        let workers = spec().workers(1, Some(2));
+        assert_eq!(workers.iter().map(|w| w.rank).collect::<Vec<_>>(), [3, 4, 5]);
+        let w = &workers[2];
+        assert_eq!(
+            [
+                value(w, var::RANK),
+                value(w, var::LOCAL_RANK),
+                value(w, var::WORLD_SIZE),
+                value(w, var::LOCAL_WORLD_SIZE),
+                value(w, var::GROUP_RANK),
+                value(w, var::MASTER_ADDR),
+                value(w, var::MASTER_PORT),
+                value(w, var::RESTART_COUNT),
+                value(w, var::MAX_RESTARTS),
+                value(w, var::OMP_NUM_THREADS),
+            ],
+            ["5", "2", "6", "3", "1", "10.1.0.1", "29400", "1", "2", "2"]
+        );
+    }
+
+    #[test]
+    fn omp_threads_are_left_alone_when_the_user_set_them() {
+        assert!(spec().workers(0, None)[0].env.iter().all(|(k, _)| k != var::OMP_NUM_THREADS));
+    }
+}
