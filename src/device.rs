@@ -1,7 +1,10 @@
 //! Devices: where a process computes, as the user names it with `--device` (`auto`, `cpu`,
-//! `cuda`, `cuda:N`) and as it resolves for one worker of a group; and moving a tensor there.
+//! `cuda`, `cuda:N`) and as it resolves for one worker of a group; moving a tensor there; and
+//! the arithmetic it computes in (`--precision`: bf16 or fp16 autocast on CUDA, fp32).
+//! Training, evaluation and prediction share these flags ([`DataArgs`], [`PrecisionArg`]).
 
 use crate::error::{Error, Result};
+use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 use tch::Device;
@@ -97,5 +100,62 @@ mod tests {
         let n = tch::Cuda::device_count() as usize;
         let err = DeviceSpec::Cuda(Some(n)).resolve(0).unwrap_err().to_string();
         assert!(err.contains(&format!("cuda:{n}")), "{err}");
+    }
+}
+
+/// What every command that runs the model on MedMCQA files shares: the device, and the longest
+/// sequence raw files are prepared to.
+#[derive(Clone, Debug, Serialize, clap::Args)]
+pub struct DataArgs {
+    /// Longest sequence in tokens when raw files are prepared.
+    #[arg(long, env = "MEDBERT_MAX_LENGTH", default_value_t = crate::encode::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
+    /// Device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N.
+    #[arg(long, env = "MEDBERT_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+/// `--precision`, declared once for train, eval and predict.
+#[derive(Clone, Copy, Debug, serde::Serialize, clap::Args)]
+pub struct PrecisionArg {
+    /// Arithmetic: auto is bf16 autocast on CUDA devices that support it (fp16 on older ones,
+    /// with a dynamic loss scaler when training) and fp32 on CPU.
+    #[arg(long, env = "MEDBERT_PRECISION", value_enum, default_value = "auto")]
+    pub precision: Precision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 on a CUDA device that supports it (compute capability 8.0+), fp16 on older ones,
+    /// fp32 on CPU.
+    Auto,
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+impl Precision {
+    /// The precision a run on `device` uses; mixed precision asked for on CPU is an error.
+    pub fn resolve(self, device: Device) -> Result<Precision> {
+        match (self, device) {
+            (Precision::Auto, Device::Cuda(n)) => Ok(match crate::sys::cuda_capability(n) {
+                Some((major, _)) if major < 8 => Precision::Fp16,
+                _ => Precision::Bf16,
+            }),
+            (Precision::Auto, _) => Ok(Precision::Fp32),
+            (Precision::Bf16 | Precision::Fp16, d) if !d.is_cuda() => {
+                Err(Error::Input(format!("--precision {self:?} needs a CUDA device; this run is on {d:?}")))
+            }
+            (p, _) => Ok(p),
+        }
+    }
+
+    /// Runs `f` under autocast for this precision (a plain call for fp32).
+    pub fn autocast<T>(self, f: impl FnOnce() -> T) -> T {
+        match self {
+            Precision::Bf16 | Precision::Fp16 => crate::sys::cuda_autocast(self == Precision::Bf16, f),
+            _ => f(),
+        }
     }
 }

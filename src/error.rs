@@ -1,5 +1,18 @@
 use std::path::PathBuf;
 
+/// One flag that cannot be used: its id (the field's name, as clap names the argument) and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    pub arg: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--{} {}", self.arg.replace('_', "-"), self.message)
+    }
+}
+
 /// Every failure the library reports. Variants name the file, tensor or variable at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -24,6 +37,10 @@ pub enum Error {
     /// Something the user gave us (a flag, a file, a directory) that cannot be used.
     #[error("{0}")]
     Input(String),
+
+    /// Flags that cannot be used together or with this model, found before any work is done.
+    #[error("invalid arguments, nothing was done:{}", problems.iter().map(|p| format!("\n  {p}")).collect::<String>())]
+    Arguments { problems: Vec<Problem> },
 
     /// A file we write could not be encoded (JSON, safetensors, CSV); the cause is the source.
     #[error("{}: cannot write", path.display())]

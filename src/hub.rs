@@ -3,16 +3,18 @@
 //! (else the token file `huggingface-cli login` writes) authorises gated repositories.
 
 use crate::error::{Error, Result};
-use crate::model::{CONFIG_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE};
+use crate::files::{
+    CONFIG_FILE, PICKLE_WEIGHTS_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE,
+    WEIGHTS_FILE,
+};
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
 /// Files a model needs, in order of preference within each group; one of each group is required.
-const MODEL_FILES: [&[&str]; 3] =
-    [&[CONFIG_FILE], &[WEIGHTS_FILE, PICKLE_WEIGHTS_FILE], &[crate::encode::TOKENIZER_FILE, crate::encode::VOCAB_FILE]];
+const MODEL_FILES: [&[&str]; 3] = [&[CONFIG_FILE], &[WEIGHTS_FILE, PICKLE_WEIGHTS_FILE], &[TOKENIZER_FILE, VOCAB_FILE]];
 /// Tokenizer settings fetched when present, so checkpoints carry them on.
-const OPTIONAL_FILES: [&str; 2] = ["tokenizer_config.json", "special_tokens_map.json"];
+const OPTIONAL_FILES: [&str; 2] = [TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE];
 
 /// Whether `spec` reads as a hub id (`name` or `owner/name`, optionally `@revision`) rather than
 /// a path.

@@ -2,12 +2,12 @@
 //! directory or a hub id) on a MedMCQA file, prepared where the caller says.
 
 use crate::batch::collate;
-use crate::dist::{in_turn, Comm, DistEnv, GroupArgs};
+use crate::device::{DataArgs, PrecisionArg};
+use crate::dist::GroupArgs;
 use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalResult, DEFAULT_EVAL_BATCH_SIZE};
 use crate::model::MultipleChoiceModel;
 use crate::prep::{self, cache::PreparedCache};
-use crate::train::amp::PrecisionArg;
-use crate::train::{evaluate, DataArgs, EvalResult};
 use crate::{hub, settings};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -20,7 +20,7 @@ pub struct InferenceArgs {
     #[arg(long, env = settings::MODEL_VAR)]
     pub model: PathBuf,
     /// Questions per batch on each process.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = DEFAULT_EVAL_BATCH_SIZE)]
     pub per_device_eval_batch_size: usize,
     /// Where prepared caches of raw files go: by default `prepared/` beside predict's
     /// --output, and for eval $XDG_CACHE_HOME/medbert/prepared (~/.cache/medbert/prepared).
@@ -57,18 +57,13 @@ impl InferenceArgs {
 /// every worker evaluates its share and the counts are summed exactly; rank 0 gets the
 /// result, the other ranks None.
 pub fn evaluate_file(args: &InferenceArgs, file: &Path, group: &GroupArgs) -> Result<Option<EvalResult>> {
-    let env = DistEnv::from_env()?;
-    let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
-    let device = args.data.device.resolve(local_rank)?;
-    let pg = group.join(env.as_ref(), device)?;
-    let is_main = env.as_ref().is_none_or(DistEnv::is_main);
-    let (model, cache) =
-        in_turn(pg.as_ref(), local_rank, || args.load(file, settings::user_cache_dir(), device, is_main))?;
+    let worker = group.join_worker(args.data.device)?;
+    let is_main = worker.comm.is_main();
+    let (model, cache) = worker.in_turn(|| args.load(file, settings::user_cache_dir(), worker.device, is_main))?;
     cache.require_answers("evaluation")?;
-    let comm = Comm::from_group(pg);
     let precision = args.arithmetic.precision.resolve(model.vs.device())?;
-    let result = evaluate(&model, &cache, None, args.per_device_eval_batch_size, precision, &comm)?;
-    Ok(comm.is_main().then_some(result))
+    let result = evaluate(&model, &cache, None, args.per_device_eval_batch_size, precision, &worker.comm)?;
+    Ok(is_main.then_some(result))
 }
 
 /// The predictions CSV's header: the id, the predicted option (1-4), the four probabilities

@@ -185,7 +185,7 @@ fn evaluation_is_deterministic_and_builds_no_graph() {
     let (model, _) = MultipleChoiceModel::from_dir(&common::default_model(), Device::Cpu).unwrap();
     let evaluate = || {
         let single = medbert::dist::Comm::single();
-        medbert::train::evaluate(&model, &cache, None, 8, medbert::train::Precision::Fp32, &single).unwrap()
+        medbert::eval::evaluate(&model, &cache, None, 8, medbert::device::Precision::Fp32, &single).unwrap()
     };
     let (a, b) = (evaluate(), evaluate());
     assert_eq!(a, b, "two evaluations differ: dropout is on");

@@ -25,7 +25,7 @@ pub struct Record {
     pub loc: Option<Loc>,
     pub id: String,
     pub question: String,
-    pub options: [String; 4],
+    pub options: [String; CHOICES],
     /// The correct option as written in the file (its base depends on the convention).
     pub cop: Option<i64>,
     pub choice_type: Option<String>,

@@ -1,6 +1,6 @@
 //! Checks a file's records and turns them into clean, 0-based-labelled questions.
 
-use super::{clean_text, RawFile, OPTION_FIELDS};
+use super::{clean_text, RawFile, CHOICES, OPTION_FIELDS};
 use crate::error::{Error, Loc, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub struct Question {
     pub id: String,
     pub question: String,
-    pub options: [String; 4],
+    pub options: [String; CHOICES],
     pub label: Option<u8>,
     pub subject: Option<String>,
     pub exp: Option<String>,
@@ -27,7 +27,7 @@ pub struct FileCounts {
     pub multi: usize,
     pub blank_lines: usize,
     /// How often each option is the answer (opa..opd).
-    pub answers: [usize; 4],
+    pub answers: [usize; CHOICES],
 }
 
 /// Ids seen so far across every input file, to catch duplicates between files too.
@@ -102,10 +102,13 @@ pub fn validate(path: &Path, raw: RawFile, cop_base: u8, ids: &mut IdRegistry) -
                     ),
                 ));
             }
-            (true, Some(cop)) if !(base..base + 4).contains(&cop) => {
+            (true, Some(cop)) if !(base..base + CHOICES as i64).contains(&cop) => {
                 return Err(err(
                     "cop",
-                    format!("{cop} is outside {base}..={} (the {base}-based convention; see --cop-base)", base + 3),
+                    format!(
+                        "{cop} is outside {base}..={} (the {base}-based convention; see --cop-base)",
+                        base + CHOICES as i64 - 1
+                    ),
                 ))
             }
             (true, Some(cop)) => Some((cop - base) as u8),
@@ -115,7 +118,7 @@ pub fn validate(path: &Path, raw: RawFile, cop_base: u8, ids: &mut IdRegistry) -
             counts.labelled += 1;
             counts.answers[usize::from(l)] += 1;
         }
-        if (0..4).any(|i| (i + 1..4).any(|j| options[i] == options[j])) {
+        if (0..CHOICES).any(|i| (i + 1..CHOICES).any(|j| options[i] == options[j])) {
             counts.duplicate_options += 1;
         }
         if r.choice_type.as_deref() == Some("multi") {

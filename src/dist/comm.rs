@@ -75,7 +75,7 @@ impl Comm {
     /// a group, or where rank 0 hosts the store (no launcher to ask).
     pub fn launcher_asks_to_stop(&self) -> Result<bool> {
         let Some(pg) = &self.pg else { return Ok(false) };
-        let asked = pg.rank() == 0 && pg.store().contains(super::keys::worker::STOP_AT_CHECKPOINT)?;
+        let asked = self.is_main() && pg.store().contains(super::keys::worker::STOP_AT_CHECKPOINT)?;
         Ok(self.from_rank0(f64::from(u8::from(asked)))? > 0.0)
     }
 
@@ -83,7 +83,7 @@ impl Comm {
     /// it is said, so that no worker exits before its launcher can read it.
     pub fn tell_launcher_stopped(&self, step: usize) -> Result<()> {
         let Some(pg) = &self.pg else { return Ok(()) };
-        if pg.rank() == 0 {
+        if self.is_main() {
             pg.store().set(super::keys::worker::STOPPED_AT_CHECKPOINT, step.to_string().as_bytes())?;
         }
         pg.barrier()

@@ -1,9 +1,11 @@
 //! Joining the worker group a launcher started: the flags that choose the backend, and the
 //! order in which workers prepare shared files.
 
-use super::{Backend, DistEnv, ProcessGroup};
+use super::{Backend, Comm, DistEnv, ProcessGroup};
+use crate::device::DeviceSpec;
 use crate::error::{Error, Result};
 use std::time::Duration;
+use tch::Device;
 
 /// The worker group, joined when the launcher (medbert-run or torchrun) sets WORLD_SIZE.
 #[derive(Clone, Debug, serde::Serialize, clap::Args)]
@@ -24,7 +26,45 @@ pub enum BackendChoice {
     Nccl,
 }
 
+/// This process as a worker of the group its launcher started, or alone without one: where
+/// the launcher placed it, the device it computes on, and the processes it agrees with.
+pub struct Joined {
+    pub env: Option<DistEnv>,
+    pub device: Device,
+    pub comm: Comm,
+}
+
+impl Joined {
+    pub fn local_rank(&self) -> usize {
+        self.env.as_ref().map_or(0, |e| e.local_rank)
+    }
+
+    /// The processes on this node, which share its cores (1 without a launcher).
+    pub fn local_world_size(&self) -> usize {
+        self.env.as_ref().map_or(1, |e| e.local_world_size)
+    }
+
+    /// Whether the launcher restarted the group (a run then resumes by itself).
+    pub fn restarted(&self) -> bool {
+        self.env.as_ref().is_some_and(DistEnv::restarted)
+    }
+
+    /// [`in_turn`] over this worker's group.
+    pub fn in_turn<T, E: From<Error>>(&self, prepare: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        in_turn(self.comm.group().map(|pg| &**pg), self.local_rank(), prepare)
+    }
+}
+
 impl GroupArgs {
+    /// The prologue of every command that runs as a worker (`train`, `eval`): the launcher's
+    /// variables read, the device chosen for this worker's local rank, the group joined.
+    pub fn join_worker(&self, device: DeviceSpec) -> Result<Joined> {
+        let env = DistEnv::from_env()?;
+        let device = device.resolve(env.as_ref().map_or(0, |e| e.local_rank))?;
+        let pg = self.join(env.as_ref(), device)?;
+        Ok(Joined { env, device, comm: Comm::from_group(pg) })
+    }
+
     /// The process group of this worker when a launcher started it; None for a plain run.
     pub fn join(&self, env: Option<&DistEnv>, device: tch::Device) -> Result<Option<ProcessGroup>> {
         // Under a launcher a group is formed even for one process, as torchrun + DDP does, so

@@ -12,7 +12,7 @@ pub mod slurm;
 pub use check::{check_collectives, CollectiveCheck};
 pub use comm::Comm;
 pub use env::{cores, threads_per_worker, var, DistEnv};
-pub use join::{in_turn, BackendChoice, GroupArgs};
+pub use join::{in_turn, BackendChoice, GroupArgs, Joined};
 
 use crate::error::{Error, Result};
 use std::ffi::CString;

@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const VOCAB_FILE: &str = "vocab.txt";
-pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub use crate::files::{TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE};
 /// The shortest `--max-length`: room for [CLS], [SEP] and a few tokens of each text.
 pub const MIN_MAX_LENGTH: usize = 8;
+/// `--max-length` when not given: MedMCQA's questions with an option fit in it nearly always.
+pub const DEFAULT_MAX_LENGTH: usize = 128;
 
 /// How a question's model inputs are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ impl EncodeSettings {
 
 /// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
 pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
-    crate::model::first_file(model_dir, &[TOKENIZER_FILE, VOCAB_FILE]).ok_or_else(|| Error::TokenizerFile {
+    crate::files::first_file(model_dir, &[TOKENIZER_FILE, VOCAB_FILE]).ok_or_else(|| Error::TokenizerFile {
         path: model_dir.to_path_buf(),
         message: format!("neither {TOKENIZER_FILE} nor {VOCAB_FILE} found"),
     })

@@ -9,15 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// PyTorch's pickle checkpoint, read when a directory has no safetensors file.
-pub const PICKLE_WEIGHTS_FILE: &str = "pytorch_model.bin";
-
-/// The first of `names` that is a file in `dir`.
-pub(crate) fn first_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {
-    names.iter().map(|f| dir.join(f)).find(|p| p.is_file())
-}
+use crate::files::{first_file, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE};
 
 /// The weights file of an HF model directory: model.safetensors, else pytorch_model.bin.
 pub fn weights_file(dir: &Path) -> Result<PathBuf> {

@@ -16,11 +16,11 @@ mod torch_pickle;
 
 pub use crate::device::upload;
 use crate::error::{Error, Result};
+pub use crate::files::{CONFIG_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE};
 use bert::BertModel;
 pub use config::{checkpoint_config, Activation, BertConfig};
 use load::copy_into;
-pub(crate) use load::first_file;
-pub use load::{read_tensors, weights_file, LoadReport, CONFIG_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE};
+pub use load::{read_tensors, weights_file, LoadReport};
 use std::path::{Path, PathBuf};
 use tch::nn::{self, Module};
 use tch::{Device, Tensor};

@@ -4,11 +4,13 @@
 //! fingerprint is a hit and nothing else happens), then do (read, validate, clean, encode,
 //! write atomically).
 
+mod args;
 pub mod cache;
 
 use crate::data::{self, FileCounts, Format, IdRegistry, Question, CHOICES};
 use crate::encode::{self, EncodeSettings, Encoder, Sequences};
 use crate::error::{Error, Result};
+pub use args::{ContextField, PrepArgs};
 use cache::{Arrays, InputInfo, LengthStats, Manifest, CACHE_VERSION};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};

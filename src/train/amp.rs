@@ -1,53 +1,8 @@
-//! Mixed precision on CUDA: bf16 autocast, or fp16 autocast with a dynamic loss scaler (as
-//! torch.cuda.amp.GradScaler). Both switch off on CPU, where the scaler is a no-op.
+//! fp16's dynamic loss scaler (as torch.cuda.amp.GradScaler), a no-op in every other
+//! precision ([`crate::device::Precision`]).
 
 use crate::error::{Error, Result};
-use tch::{Device, Kind, Tensor};
-
-/// `--precision`, declared once for train, eval and predict.
-#[derive(Clone, Copy, Debug, serde::Serialize, clap::Args)]
-pub struct PrecisionArg {
-    /// Arithmetic: auto is bf16 autocast on CUDA devices that support it (fp16 on older ones,
-    /// with a dynamic loss scaler when training) and fp32 on CPU.
-    #[arg(long, env = "MEDBERT_PRECISION", value_enum, default_value = "auto")]
-    pub precision: Precision,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// bf16 on a CUDA device that supports it (compute capability 8.0+), fp16 on older ones,
-    /// fp32 on CPU.
-    Auto,
-    Fp32,
-    Bf16,
-    Fp16,
-}
-
-impl Precision {
-    /// The precision a run on `device` uses; mixed precision asked for on CPU is an error.
-    pub fn resolve(self, device: Device) -> Result<Precision> {
-        match (self, device) {
-            (Precision::Auto, Device::Cuda(n)) => Ok(match crate::sys::cuda_capability(n) {
-                Some((major, _)) if major < 8 => Precision::Fp16,
-                _ => Precision::Bf16,
-            }),
-            (Precision::Auto, _) => Ok(Precision::Fp32),
-            (Precision::Bf16 | Precision::Fp16, d) if !d.is_cuda() => {
-                Err(Error::Input(format!("--precision {self:?} needs a CUDA device; this run is on {d:?}")))
-            }
-            (p, _) => Ok(p),
-        }
-    }
-
-    /// Runs `f` under autocast for this precision (a plain call for fp32).
-    pub fn autocast<T>(self, f: impl FnOnce() -> T) -> T {
-        match self {
-            Precision::Bf16 | Precision::Fp16 => crate::sys::cuda_autocast(self == Precision::Bf16, f),
-            _ => f(),
-        }
-    }
-}
+use tch::{Kind, Tensor};
 
 /// Dynamic loss scaling for fp16: scale the loss up, unscale the gradients, skip the step and
 /// halve the scale on inf/NaN, double it after `growth_interval` clean steps.

@@ -1,11 +1,11 @@
 //! The flags of `medbert train`, declared once: clap parses them, serde records them, and the
 //! training loop reads them.
 
-use crate::device::DeviceSpec;
+use crate::device::{DataArgs, PrecisionArg};
 use crate::dist::GroupArgs;
 use crate::encode::MIN_MAX_LENGTH;
+use crate::error::{Error, Problem, Result};
 use crate::settings;
-use crate::train::amp::PrecisionArg;
 use crate::train::optim::SchedulerType;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -38,7 +38,7 @@ pub struct TrainArgs {
     #[arg(long, env = "MEDBERT_PER_DEVICE_TRAIN_BATCH_SIZE", default_value_t = 16)]
     pub per_device_train_batch_size: usize,
     /// Questions per evaluation batch on each process.
-    #[arg(long, env = "MEDBERT_PER_DEVICE_EVAL_BATCH_SIZE", default_value_t = 32)]
+    #[arg(long, env = "MEDBERT_PER_DEVICE_EVAL_BATCH_SIZE", default_value_t = crate::eval::DEFAULT_EVAL_BATCH_SIZE)]
     pub per_device_eval_batch_size: usize,
     /// Micro-batches per optimizer step (gradients accumulate locally, sync once).
     #[arg(long, env = "MEDBERT_GRADIENT_ACCUMULATION_STEPS", default_value_t = 1)]
@@ -163,17 +163,6 @@ pub struct TrainArgs {
     pub ddp: DdpArgs,
     #[command(flatten)]
     pub data: DataArgs,
-}
-
-/// What every command that reads data shares.
-#[derive(Clone, Debug, Serialize, clap::Args)]
-pub struct DataArgs {
-    /// Longest sequence in tokens when raw files are prepared.
-    #[arg(long, env = "MEDBERT_MAX_LENGTH", default_value_t = 128)]
-    pub max_length: usize,
-    /// Device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N.
-    #[arg(long, env = "MEDBERT_DEVICE", default_value = "auto")]
-    pub device: DeviceSpec,
 }
 
 /// Data-parallel training settings.
@@ -307,14 +296,6 @@ impl TrainArgs {
     }
 }
 
-/// One argument that cannot be used: its id (the field's name, as clap names the argument)
-/// and why.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Problem {
-    pub arg: &'static str,
-    pub message: String,
-}
-
 impl TrainArgs {
     /// Every value that is out of range, checked before any work is done (the model's own
     /// limits, such as its longest sequence, are checked once it is known).
@@ -334,7 +315,7 @@ impl TrainArgs {
         check(
             "gradient_accumulation_steps",
             (1..=super::plan::MAX_MICRO_STEPS).contains(&self.gradient_accumulation_steps),
-            "must be between 1 and 65536",
+            &format!("must be between 1 and {}", super::plan::MAX_MICRO_STEPS),
         );
         check("num_train_epochs", positive(self.num_train_epochs), "must be a finite number above 0");
         check("max_steps", at_least_one(self.max_steps), "must be at least 1");
@@ -363,7 +344,7 @@ impl TrainArgs {
         check("output_dir", !self.output_dir.is_file(), "is a file, not a directory");
         check(
             "metric_for_best_model",
-            super::EvalResult::METRICS.contains(&self.best_metric()),
+            crate::eval::EvalResult::METRICS.contains(&self.best_metric()),
             "must be one of the evaluation's metrics: loss, accuracy (or eval_loss, eval_accuracy)",
         );
         check(
@@ -372,6 +353,25 @@ impl TrainArgs {
             "steps needs --save-steps",
         );
         out
+    }
+
+    /// Refuses the flags' [`problems`](Self::problems), then those with the model in
+    /// `model_dir` (a `--max-length` beyond its positions): every check of the flags, made
+    /// before any work is done, whoever calls the library.
+    pub fn check(&self, model_dir: Option<&Path>) -> Result<()> {
+        let mut problems = self.problems();
+        if let (true, Some(dir)) = (problems.is_empty(), model_dir) {
+            let config = crate::model::BertConfig::from_file(&dir.join(crate::files::CONFIG_FILE))?;
+            let positions = config.max_position_embeddings;
+            if self.data.max_length as i64 > positions {
+                let message = format!("must not exceed the model's {positions} positions (max_position_embeddings)");
+                problems.push(Problem { arg: "max_length", message });
+            }
+        }
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(Error::Arguments { problems }),
+        }
     }
 }
 

@@ -15,10 +15,6 @@ use std::path::Path;
 use std::path::PathBuf;
 use tch::nn::VarStore;
 
-/// Files copied from the source model directory when present (config.json is rewritten:
-/// [`crate::model::checkpoint_config`]).
-const MODEL_FILES: [&str; 4] = ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
-
 /// Where a run stands: the training loop's state, saved beside the weights of
 /// `checkpoint-<step>` for `--resume` (as the HF Trainer's `TrainerState`).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -241,10 +237,10 @@ fn save_with(
     let mut named: Vec<(String, tch::Tensor)> =
         vs.variables().into_iter().map(|(n, t)| (n, t.to_device(tch::Device::Cpu).contiguous())).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    write_hf_safetensors(&staged.file(crate::model::WEIGHTS_FILE), &named)?;
-    let config = crate::model::checkpoint_config(&source_model.join(crate::model::CONFIG_FILE))?;
-    staged.write(crate::model::CONFIG_FILE, &config)?;
-    for name in MODEL_FILES {
+    write_hf_safetensors(&staged.file(crate::files::WEIGHTS_FILE), &named)?;
+    let config = crate::model::checkpoint_config(&source_model.join(crate::files::CONFIG_FILE))?;
+    staged.write(crate::files::CONFIG_FILE, &config)?;
+    for name in crate::files::TOKENIZER_FILES {
         let src = source_model.join(name);
         if src.is_file() {
             std::fs::copy(&src, staged.file(name)).map_err(|e| Error::io(&src, e))?;

@@ -298,7 +298,7 @@ fn check_same_parameters(comm: &Comm, params: &[(&str, &Tensor)]) -> Result<()> 
     let Some(pg) = comm.group() else { return Ok(()) };
     let mine: Vec<(String, Vec<i64>)> = params.iter().map(|(n, t)| (n.to_string(), t.size())).collect();
     let encoded = serde_json::to_vec(&mine).map_err(|e| Error::Dist(e.to_string()))?;
-    if pg.rank() == 0 {
+    if comm.is_main() {
         pg.store().set(keys::worker::DDP_PARAMETERS, &encoded)?;
     }
     let theirs: Vec<(String, Vec<i64>)> = serde_json::from_slice(&pg.store().get(keys::worker::DDP_PARAMETERS)?)

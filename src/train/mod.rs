@@ -6,29 +6,30 @@ pub mod amp;
 mod args;
 pub mod checkpoint;
 pub mod ddp;
-mod eval;
 pub mod optim;
 mod plan;
 pub mod report;
+mod run;
 mod run_dir;
+mod setup;
 
 use crate::batch::{collate_to, FixedShapes};
-use crate::dist::{Comm, ProcessGroup};
+use crate::device::Precision;
+use crate::dist::Comm;
 use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalResult};
 use crate::model::{upload, ChoiceBatch, MultipleChoiceModel};
-pub use amp::{GradScaler, Precision};
-pub use args::{DataArgs, DdpArgs, IntervalStrategy, Problem, Resume, TrainArgs, TrainInputs};
+pub use amp::GradScaler;
+pub use args::{DdpArgs, IntervalStrategy, Resume, TrainArgs, TrainInputs};
 use checkpoint::TrainerState;
 pub use ddp::Ddp;
-pub use eval::{evaluate, EvalResult};
 use optim::{clip_grad_norm, AdamW};
 pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
 pub use report::TrainSummary;
 use report::{MetricsLog, Phase, QuestionLog, StepClock};
-use run_dir::SavedArgs;
+pub use run::run;
 pub use run_dir::{RunDir, ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use tch::{Kind, Tensor};
 
@@ -42,53 +43,6 @@ pub fn batch_loss(
     let logits = model.forward(batch, train)?;
     let loss = logits.f_cross_entropy_loss::<Tensor>(labels, None, tch::Reduction::Mean, -100, 0.0)?;
     Ok((loss, logits))
-}
-
-/// `medbert train` on this process: joins the group medbert-run (or torchrun, or Slurm)
-/// describes in the environment, prepares raw data files under the run directory (one
-/// process per node at a time), trains, and on rank 0 writes summary.json and returns the
-/// summary (None on the other ranks). `model_dir` is `--model` resolved to a local directory.
-pub fn run(args: &TrainArgs, model_dir: std::path::PathBuf) -> Result<Option<TrainSummary>> {
-    let env = crate::dist::DistEnv::from_env()?;
-    let local_rank = env.as_ref().map_or(0, |e| e.local_rank);
-    let device = args.data.device.resolve(local_rank)?;
-    let pg = args.ddp.group.join(env.as_ref(), device)?;
-    let (root, max_length) = (args.run_dir().prepared(), args.data.max_length);
-    let (train_cache, eval_cache) = crate::dist::in_turn(pg.as_ref(), local_rank, || {
-        let train = crate::prep::prepared(&args.train_file, &root, &model_dir, max_length)?;
-        let eval = args.validation_file.as_deref();
-        let eval = eval.map(|p| crate::prep::prepared(p, &root, &model_dir, max_length)).transpose()?;
-        Ok::<_, Error>((train, eval))
-    })?;
-    let restarted = env.as_ref().is_some_and(crate::dist::DistEnv::restarted);
-    let resume = Resume::from_flags(args.resume, args.resume_from_checkpoint.as_deref(), restarted);
-    let local_world_size = env.as_ref().map_or(1, |e| e.local_world_size);
-    let inputs = TrainInputs { model_dir, train_cache, eval_cache, device, resume, local_world_size };
-    let is_main = pg.as_ref().is_none_or(|pg| pg.rank() == 0);
-    let summary = train(args, &inputs, pg)?;
-    let (Some(summary), true) = (summary, is_main) else { return Ok(None) };
-    let path = args.run_dir().summary();
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::write(&path, e))?;
-    crate::atomic::write_file(&path, &json)?;
-    Ok(Some(summary))
-}
-
-/// Fine-tunes as `args` says: on one process when `pg` is None, else data-parallel over `pg`
-/// (each process one shard of every batch; rank 0 alone writes).
-/// None when the launcher stopped the group at a checkpoint to admit a node: the next round
-/// resumes from it.
-pub fn train(args: &TrainArgs, inputs: &TrainInputs, pg: Option<ProcessGroup>) -> Result<Option<TrainSummary>> {
-    if let Some(p) = args.problems().first() {
-        return Err(Error::Input(format!("--{} {}", p.arg.replace('_', "-"), p.message)));
-    }
-    let mut trainer = Trainer::set_up(args, inputs, pg)?;
-    match trainer.fit()? {
-        Fit::Done => trainer.finish().map(Some),
-        Fit::StoppedAtCheckpoint => {
-            trainer.bar.finish_and_clear();
-            Ok(None)
-        }
-    }
 }
 
 /// How the training loop ended.
@@ -141,54 +95,6 @@ struct Trainer<'a> {
     fixed_shapes: Option<FixedShapes>,
 }
 
-/// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
-/// and records the run's effective configuration: printed and saved as training_args.json by
-/// rank 0. Returns the checkpoint and that file's contents (saved in every checkpoint too).
-fn resume_and_record(
-    args: &TrainArgs,
-    inputs: &TrainInputs,
-    resolved: serde_json::Value,
-    run: &RunDir,
-    comm: &Comm,
-    split: &Split,
-) -> Result<(Option<std::path::PathBuf>, Vec<u8>)> {
-    let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
-    let saved = SavedArgs::new(args, resolved, comm.world_size(), &split.train.manifest.fingerprint, eval_data)?;
-    let resume_from = checkpoint::to_resume(run, &inputs.resume, comm)?;
-    if let Some(dir) = &resume_from {
-        run_dir::check_resume(dir, run, &saved, comm.is_main())?;
-    }
-    let saved_args = saved.to_json()?;
-    if comm.is_main() {
-        eprintln!("effective configuration:\n{}", String::from_utf8_lossy(&saved_args));
-        crate::atomic::write_file(&run.args(), &saved_args)?;
-    }
-    Ok((resume_from, saved_args))
-}
-
-/// Says how a resume by another number of processes or global batch goes on (rank 0).
-fn announce(reshard: &checkpoint::Reshard, args: &TrainArgs, epoch_start: usize) {
-    let ((world_was, batch_was), (world, batch)) = (reshard.from, reshard.to);
-    tracing::warn!(
-        "resuming on {world} process(es), the checkpoint was written by {world_was}: the epoch goes on from \
-         question {epoch_start} of its order, shared among {world}"
-    );
-    if batch_was != batch {
-        let per_step = args.per_device_train_batch_size * world;
-        let keep = match batch_was % per_step {
-            0 => format!("--gradient-accumulation-steps {} keeps it", batch_was / per_step),
-            _ => format!(
-                "no --gradient-accumulation-steps keeps it with --per-device-train-batch-size {} on {world}",
-                args.per_device_train_batch_size
-            ),
-        };
-        tracing::warn!(
-            "the global batch changes from {batch_was} to {batch} questions per optimizer step ({keep}); \
-             the number of steps and the learning-rate schedule stay as planned"
-        );
-    }
-}
-
 /// What one optimizer step leaves on the device, read only when the step is logged.
 struct StepOutput {
     /// The mean loss of the accumulation group on this rank.
@@ -199,90 +105,6 @@ struct StepOutput {
 }
 
 impl<'a> Trainer<'a> {
-    fn set_up(args: &'a TrainArgs, inputs: &'a TrainInputs, pg: Option<ProcessGroup>) -> Result<Self> {
-        let precision = args.arithmetic.precision.resolve(inputs.device)?;
-        tch::manual_seed(args.seed as i64);
-        let comm = Comm::from_group(pg);
-        let is_main = comm.is_main();
-        let run = args.run_dir();
-        run.claim(&inputs.resume, args.overwrite_output_dir, &comm)?;
-        let split = Split::open(inputs, args.holdout)?;
-        // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
-        let on_terminal = std::io::stderr().is_terminal();
-        let tensorboard_dir = args.tensorboard_dir();
-        let cores = crate::dist::threads_per_worker(crate::dist::cores(), inputs.local_world_size);
-        let overlap = args.ddp.ddp_overlap.resolve(inputs.device, cores, tch::get_num_threads().max(1) as usize);
-        let resolved = serde_json::json!({"inputs": inputs, "precision": precision, "ddp_overlap": overlap,
-            "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": tensorboard_dir,
-            "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
-        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &run, &comm, &split)?;
-        let model_dir = resume_from.as_deref().unwrap_or(&inputs.model_dir);
-        let (model, report) = MultipleChoiceModel::from_dir(model_dir, inputs.device)?;
-        let betas = (args.adam_beta1, args.adam_beta2);
-        let mut opt = AdamW::new(&model.vs, args.weight_decay, betas, args.adam_epsilon);
-        let mut ddp = Ddp::new(&comm);
-        ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, overlap)?;
-        if is_main {
-            report.log(model_dir, true);
-        }
-        let mut scaler = GradScaler::new(precision == Precision::Fp16);
-        let (world, global_batch) = (comm.world_size(), args.global_batch(comm.world_size()));
-        let mut state = TrainerState { world_size: world, global_batch: Some(global_batch), ..TrainerState::default() };
-        if let Some(dir) = &resume_from {
-            let reshard;
-            (state, reshard) = checkpoint::restore(dir, world, global_batch, &mut opt, &mut scaler)?;
-            if is_main {
-                tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
-                if let Some(r) = reshard {
-                    announce(&r, args, state.epoch_start);
-                }
-            }
-        }
-        let plan = Plan::new(args, &split, &comm, state.steps_per_epoch)?;
-        state.steps_per_epoch.get_or_insert(plan.per_epoch);
-        let resumed_at = resume_from.as_ref().map(|_| state.step);
-        let metrics = MetricsLog::open(&run.metrics(), is_main, resumed_at, tensorboard_dir.as_deref())?;
-        let questions = QuestionLog::open(&run, comm.rank(), world, args.record_questions, resumed_at)?;
-        let bar = crate::progress::bar(
-            plan.total_steps,
-            is_main && on_terminal,
-            "{bar:30} {pos}/{len} steps {msg} eta {eta}",
-        );
-        bar.set_position(state.step as u64);
-        let params = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
-        let max_length = split.train.manifest.encoding.max_length;
-        let fixed_shapes = args.fixed_shapes.then(|| FixedShapes::new(args.per_device_train_batch_size, max_length));
-        Ok(Trainer {
-            args,
-            inputs,
-            model,
-            opt,
-            params,
-            run,
-            comm,
-            ddp,
-            precision,
-            scaler,
-            split,
-            plan,
-            first_step: state.step,
-            state,
-            saved_args,
-            first_nonfinite: (precision != Precision::Fp16).then(|| Tensor::full([], -1, (Kind::Int64, inputs.device))),
-            metrics,
-            questions,
-            bar,
-            started: Instant::now(),
-            paused: Duration::ZERO,
-            last_eval: None,
-            last_loss: None,
-            stopped_early: false,
-            shapes: Default::default(),
-            clock: args.step_breakdown.then(|| StepClock::new(inputs.device)),
-            fixed_shapes,
-        })
-    }
-
     /// Epochs of accumulation groups, one optimizer step each, from where `state` stands. A
     /// step that ends an epoch or the run evaluates (as do `--eval-steps`), and its checkpoint
     /// is written after that evaluation, so a resume neither repeats nor loses one.
@@ -306,14 +128,7 @@ impl<'a> Trainer<'a> {
                 self.verify_sync()?;
                 if self.args.save_due(step, epoch_done) {
                     self.save_checkpoint()?;
-                    if !(stop || finished) && self.comm.launcher_asks_to_stop()? {
-                        if self.comm.is_main() {
-                            tracing::info!(
-                                "stopped at checkpoint-{step} for a node that joins: the launcher starts the next \
-                                 round, which resumes from it"
-                            );
-                        }
-                        self.comm.tell_launcher_stopped(step)?;
+                    if !(stop || finished) && self.stop_for_a_joining_node()? {
                         return Ok(Fit::StoppedAtCheckpoint);
                     }
                 }
@@ -326,6 +141,23 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(Fit::Done)
+    }
+
+    /// Whether the launcher asked the group to stop at this checkpoint to admit a node; if so
+    /// every rank has stopped and the launcher is told (the next round resumes from it).
+    fn stop_for_a_joining_node(&self) -> Result<bool> {
+        if !self.comm.launcher_asks_to_stop()? {
+            return Ok(false);
+        }
+        let step = self.state.step;
+        if self.comm.is_main() {
+            tracing::info!(
+                "stopped at checkpoint-{step} for a node that joins: the launcher starts the next round, which \
+                 resumes from it"
+            );
+        }
+        self.comm.tell_launcher_stopped(step)?;
+        Ok(true)
     }
 
     fn next_epoch(&mut self) {

@@ -4,9 +4,8 @@ mod train;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use medbert::data::Format;
 use medbert::dist::{self, Backend, DistEnv};
-use medbert::prep::{self, PrepOptions};
+use medbert::prep::{self, PrepArgs};
 use medbert::{doctor, hub, settings};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -27,44 +26,7 @@ enum Command {
         #[arg(long, env = settings::MODEL_VAR)]
         model: Option<PathBuf>,
     },
-    /// Validate MedMCQA files and encode them into a cache that training memory-maps.
-    ///
-    /// Reads the official JSON Lines release (cop 1-based), the hub's parquet files (cop
-    /// 0-based) and CSV (cop 1-based). Same inputs, tokenizer and options again: a cache hit
-    /// that does no work.
-    Prep {
-        /// A MedMCQA file (.json/.jsonl, .parquet, .csv); repeat for several.
-        #[arg(long = "input", required = true)]
-        inputs: Vec<PathBuf>,
-        /// The cache directory to create (replaced atomically when the inputs changed).
-        #[arg(long)]
-        output: PathBuf,
-        /// Model directory or hub id whose tokenizer encodes the text (tokenizer.json or vocab.txt).
-        #[arg(long, env = settings::MODEL_VAR)]
-        model: PathBuf,
-        /// Layout of every input; default: from each file's extension.
-        #[arg(long, value_enum)]
-        format: Option<Format>,
-        /// Convention of `cop` for every input (0: 0..3, 1: 1..4); default: by format.
-        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
-        cop_base: Option<u8>,
-        /// Longest sequence in tokens; longer ones are truncated longest-first.
-        #[arg(long, default_value_t = 128)]
-        max_length: usize,
-        /// Encode `[CLS] question [SEP] option [SEP]` instead of `[CLS] question option [SEP]`.
-        #[arg(long)]
-        pair: bool,
-        /// Use a field as context: `[CLS] exp [SEP] question option [SEP]`. Warning: `exp`
-        /// often states the answer.
-        #[arg(long, value_enum)]
-        context: Option<ContextField>,
-        /// Replace words by their WordNet lemmas (off by default; usually harmful to BERT).
-        #[arg(long)]
-        lemmatize: bool,
-        /// WordNet dictionary for --lemmatize (Debian's wordnet-base).
-        #[arg(long, env = "MEDBERT_WORDNET_DIR", default_value = medbert::data::DEFAULT_WORDNET_DIR)]
-        wordnet_dir: PathBuf,
-    },
+    Prep(PrepArgs),
     /// Fine-tune on MedMCQA (flags as the HF Trainer's TrainingArguments).
     Train(Box<medbert::train::TrainArgs>),
     /// Loss and accuracy of a model or checkpoint on labelled questions.
@@ -101,11 +63,6 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum ContextField {
-    Exp,
-}
-
 fn main() {
     // .env first, so that a RUST_LOG set there applies to the logger.
     let dotenv = settings::load_dotenv();
@@ -140,31 +97,9 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Command::Prep {
-            inputs,
-            output,
-            model,
-            format,
-            cop_base,
-            max_length,
-            pair,
-            context,
-            lemmatize,
-            wordnet_dir,
-        } => {
+        Command::Prep(args) => {
             let started = std::time::Instant::now();
-            let opts = PrepOptions {
-                inputs,
-                output,
-                model_dir: hub::resolve_model(&model)?,
-                format,
-                cop_base,
-                max_length,
-                pair,
-                context_exp: matches!(context, Some(ContextField::Exp)),
-                lemmatize: lemmatize.then_some(wordnet_dir),
-                progress: true,
-            };
+            let opts = args.into_options()?;
             let report = prep::run(&opts)?;
             print!("{}", prep::summary_table(&report.manifest));
             let what = if report.cache_hit { "cache hit, nothing to do" } else { "written" };

@@ -6,18 +6,16 @@ use anyhow::Result;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use medbert::dist::GroupArgs;
+use medbert::error::Problem;
 use medbert::infer::{self, InferenceArgs};
-use medbert::model::{BertConfig, CONFIG_FILE};
-use medbert::train::{self, Problem, TrainArgs};
-use medbert::{hub, settings};
+use medbert::train::{self, TrainArgs};
+use medbert::{settings, Error};
 use std::path::PathBuf;
 
-/// Refuses `problems` (none: nothing to do), naming each flag, its value and where that came
-/// from: the command line, an environment variable, a `.env` file, or the default.
-fn refuse(problems: &[Problem], given: &ArgMatches) -> Result<()> {
-    if problems.is_empty() {
-        return Ok(());
-    }
+/// The library's refusal of `problems` in the words of this command line: each flag, its value
+/// and where that came from (the command line, an environment variable, a `.env` file, or the
+/// default).
+fn refusal(problems: &[Problem], given: &ArgMatches) -> anyhow::Error {
     let command = TrainArgs::augment_args(clap::Command::new("train"));
     let lines: Vec<String> = problems
         .iter()
@@ -40,19 +38,15 @@ fn refuse(problems: &[Problem], given: &ArgMatches) -> Result<()> {
             format!("--{flag} {value} ({source}): {}", p.message)
         })
         .collect();
-    anyhow::bail!("invalid arguments, nothing was done:\n  {}", lines.join("\n  "))
+    anyhow::anyhow!("invalid arguments, nothing was done:\n  {}", lines.join("\n  "))
 }
 
 pub fn run_train(args: TrainArgs, given: &ArgMatches) -> Result<()> {
-    refuse(&args.problems(), given)?;
-    let model_dir = hub::resolve_model(&args.model)?;
-    let positions = BertConfig::from_file(&model_dir.join(CONFIG_FILE))?.max_position_embeddings;
-    if args.data.max_length as i64 > positions {
-        let message = format!("must not exceed the model's {positions} positions (max_position_embeddings)");
-        refuse(&[Problem { arg: "max_length", message }], given)?;
-    }
-    if let Some(summary) = train::run(&args, model_dir)? {
-        print!("{}", summary.table());
+    match train::run(&args) {
+        Ok(Some(summary)) => print!("{}", summary.table()),
+        Ok(None) => {}
+        Err(Error::Arguments { problems }) => return Err(refusal(&problems, given)),
+        Err(e) => return Err(e.into()),
     }
     Ok(())
 }

@@ -1,14 +1,17 @@
 //! Evaluation: loss and accuracy over labelled questions, each rank its share, summed
 //! exactly over the group (never an average of averages).
 
-use super::Precision;
 use crate::batch::collate;
+use crate::device::Precision;
 use crate::dist::Comm;
 use crate::error::Result;
 use crate::model::{upload, MultipleChoiceModel};
 use crate::prep::cache::PreparedCache;
 use serde::Serialize;
 use tch::{Kind, Tensor};
+
+/// `--per-device-eval-batch-size` when not given.
+pub const DEFAULT_EVAL_BATCH_SIZE: usize = 32;
 
 /// Accuracy and loss over a split; sums, so that ranks can add them up exactly.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

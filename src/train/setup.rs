@@ -1,0 +1,173 @@
+//! A run's set-up, in the order it happens: the run directory claimed and the data split;
+//! the checkpoint to resume from chosen and the effective configuration recorded; the model
+//! built with its optimizer and gradient reducer; the run's state restored; the logs opened.
+
+use super::checkpoint::{self, TrainerState};
+use super::optim::AdamW;
+use super::plan::{Plan, Split};
+use super::report::{MetricsLog, QuestionLog, StepClock};
+use super::run_dir::{self, SavedArgs};
+use super::{Ddp, GradScaler, RunDir, TrainArgs, TrainInputs, Trainer};
+use crate::batch::FixedShapes;
+use crate::device::Precision;
+use crate::dist::Comm;
+use crate::error::Result;
+use crate::model::MultipleChoiceModel;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tch::{Kind, Tensor};
+
+impl<'a> Trainer<'a> {
+    pub(super) fn set_up(args: &'a TrainArgs, inputs: &'a TrainInputs, comm: Comm) -> Result<Self> {
+        let precision = args.arithmetic.precision.resolve(inputs.device)?;
+        tch::manual_seed(args.seed as i64);
+        let run = args.run_dir();
+        run.claim(&inputs.resume, args.overwrite_output_dir, &comm)?;
+        let split = Split::open(inputs, args.holdout)?;
+        // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
+        let on_terminal = std::io::stderr().is_terminal();
+        let cores = crate::dist::threads_per_worker(crate::dist::cores(), inputs.local_world_size);
+        let overlap = args.ddp.ddp_overlap.resolve(inputs.device, cores, tch::get_num_threads().max(1) as usize);
+        let resolved = serde_json::json!({"inputs": inputs, "precision": precision, "ddp_overlap": overlap,
+            "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": args.tensorboard_dir(),
+            "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
+        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &run, &comm, &split)?;
+        let (model, mut opt, ddp) = build_model(args, inputs, resume_from.as_deref(), &comm, overlap)?;
+        let (mut state, scaler) = restore(args, resume_from.as_deref(), &comm, &mut opt, precision)?;
+        let plan = Plan::new(args, &split, &comm, state.steps_per_epoch)?;
+        state.steps_per_epoch.get_or_insert(plan.per_epoch);
+        let resumed_at = resume_from.as_ref().map(|_| state.step);
+        let metrics = MetricsLog::open(&run.metrics(), comm.is_main(), resumed_at, args.tensorboard_dir().as_deref())?;
+        let questions = QuestionLog::open(&run, comm.rank(), comm.world_size(), args.record_questions, resumed_at)?;
+        let show_bar = comm.is_main() && on_terminal;
+        let bar = crate::progress::bar(plan.total_steps, show_bar, "{bar:30} {pos}/{len} steps {msg} eta {eta}");
+        bar.set_position(state.step as u64);
+        let params = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
+        let max_length = split.train.manifest.encoding.max_length;
+        let fixed_shapes = args.fixed_shapes.then(|| FixedShapes::new(args.per_device_train_batch_size, max_length));
+        Ok(Trainer {
+            args,
+            inputs,
+            model,
+            opt,
+            params,
+            run,
+            comm,
+            ddp,
+            precision,
+            scaler,
+            split,
+            plan,
+            first_step: state.step,
+            state,
+            saved_args,
+            first_nonfinite: (precision != Precision::Fp16).then(|| Tensor::full([], -1, (Kind::Int64, inputs.device))),
+            metrics,
+            questions,
+            bar,
+            started: Instant::now(),
+            paused: Duration::ZERO,
+            last_eval: None,
+            last_loss: None,
+            stopped_early: false,
+            shapes: Default::default(),
+            clock: args.step_breakdown.then(|| StepClock::new(inputs.device)),
+            fixed_shapes,
+        })
+    }
+}
+
+/// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
+/// and records the run's effective configuration: printed and saved as training_args.json by
+/// rank 0. Returns the checkpoint and that file's contents (saved in every checkpoint too).
+fn resume_and_record(
+    args: &TrainArgs,
+    inputs: &TrainInputs,
+    resolved: serde_json::Value,
+    run: &RunDir,
+    comm: &Comm,
+    split: &Split,
+) -> Result<(Option<PathBuf>, Vec<u8>)> {
+    let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
+    let saved = SavedArgs::new(args, resolved, comm.world_size(), &split.train.manifest.fingerprint, eval_data)?;
+    let resume_from = checkpoint::to_resume(run, &inputs.resume, comm)?;
+    if let Some(dir) = &resume_from {
+        run_dir::check_resume(dir, run, &saved, comm.is_main())?;
+    }
+    let saved_args = saved.to_json()?;
+    if comm.is_main() {
+        eprintln!("effective configuration:\n{}", String::from_utf8_lossy(&saved_args));
+        crate::atomic::write_file(&run.args(), &saved_args)?;
+    }
+    Ok((resume_from, saved_args))
+}
+
+/// Says how a resume by another number of processes or global batch goes on (rank 0).
+fn announce(reshard: &checkpoint::Reshard, args: &TrainArgs, epoch_start: usize) {
+    let ((world_was, batch_was), (world, batch)) = (reshard.from, reshard.to);
+    tracing::warn!(
+        "resuming on {world} process(es), the checkpoint was written by {world_was}: the epoch goes on from \
+         question {epoch_start} of its order, shared among {world}"
+    );
+    if batch_was != batch {
+        let per_step = args.per_device_train_batch_size * world;
+        let keep = match batch_was % per_step {
+            0 => format!("--gradient-accumulation-steps {} keeps it", batch_was / per_step),
+            _ => format!(
+                "no --gradient-accumulation-steps keeps it with --per-device-train-batch-size {} on {world}",
+                args.per_device_train_batch_size
+            ),
+        };
+        tracing::warn!(
+            "the global batch changes from {batch_was} to {batch} questions per optimizer step ({keep}); \
+             the number of steps and the learning-rate schedule stay as planned"
+        );
+    }
+}
+
+/// The model from the checkpoint `from` (else the run's model) on the run's device, its
+/// optimizer, and the gradient reducer over its variables; rank 0 logs what the load
+/// initialised.
+fn build_model(
+    args: &TrainArgs,
+    inputs: &TrainInputs,
+    from: Option<&Path>,
+    comm: &Comm,
+    overlap: bool,
+) -> Result<(MultipleChoiceModel, AdamW, Ddp)> {
+    let model_dir = from.unwrap_or(&inputs.model_dir);
+    let (model, report) = MultipleChoiceModel::from_dir(model_dir, inputs.device)?;
+    let opt = AdamW::new(&model.vs, args.weight_decay, (args.adam_beta1, args.adam_beta2), args.adam_epsilon);
+    let mut ddp = Ddp::new(comm);
+    ddp.attach(&opt.variables().collect::<Vec<_>>(), args.ddp.ddp_bucket_cap_mb, overlap)?;
+    if comm.is_main() {
+        report.log(model_dir, true);
+    }
+    Ok((model, opt, ddp))
+}
+
+/// Where the run stands: at the start, or as the checkpoint `from` left it (the optimizer's
+/// and the loss scaler's state restored too), at this world size; rank 0 says so.
+fn restore(
+    args: &TrainArgs,
+    from: Option<&Path>,
+    comm: &Comm,
+    opt: &mut AdamW,
+    precision: Precision,
+) -> Result<(TrainerState, GradScaler)> {
+    let mut scaler = GradScaler::new(precision == Precision::Fp16);
+    let (world, global_batch) = (comm.world_size(), args.global_batch(comm.world_size()));
+    let Some(dir) = from else {
+        let fresh = TrainerState { world_size: world, global_batch: Some(global_batch), ..TrainerState::default() };
+        return Ok((fresh, scaler));
+    };
+    let (state, reshard) = checkpoint::restore(dir, world, global_batch, opt, &mut scaler)?;
+    if comm.is_main() {
+        tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
+        if let Some(r) = reshard {
+            announce(&r, args, state.epoch_start);
+        }
+    }
+    Ok((state, scaler))
+}
