@@ -80,29 +80,6 @@ impl serde::Serialize for DeviceSpec {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_spelling_parses_and_prints_back() {
-        for text in ["auto", "cpu", "cuda", "cuda:3"] {
-            assert_eq!(text.parse::<DeviceSpec>().unwrap().to_string(), text);
-        }
-        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1"] {
-            assert!(bad.parse::<DeviceSpec>().unwrap_err().contains("expected auto, cpu, cuda or cuda:N"), "{bad}");
-        }
-    }
-
-    #[test]
-    fn the_cpu_resolves_without_cuda_and_a_missing_gpu_is_named() {
-        assert_eq!(DeviceSpec::Cpu.resolve(3).unwrap(), Device::Cpu);
-        let n = tch::Cuda::device_count() as usize;
-        let err = DeviceSpec::Cuda(Some(n)).resolve(0).unwrap_err().to_string();
-        assert!(err.contains(&format!("cuda:{n}")), "{err}");
-    }
-}
-
 /// What every command that runs the model on MedMCQA files shares: the device, and the longest
 /// sequence raw files are prepared to.
 #[derive(Clone, Debug, Serialize, clap::Args)]
@@ -157,5 +134,34 @@ impl Precision {
             Precision::Bf16 | Precision::Fp16 => crate::sys::cuda_autocast(self == Precision::Bf16, f),
             _ => f(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_parses_and_prints_back() {
+        for text in ["auto", "cpu", "cuda", "cuda:3"] {
+            assert_eq!(text.parse::<DeviceSpec>().unwrap().to_string(), text);
+        }
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1"] {
+            assert!(bad.parse::<DeviceSpec>().unwrap_err().contains("expected auto, cpu, cuda or cuda:N"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_cpu_resolves_without_cuda_and_a_missing_gpu_is_named() {
+        assert_eq!(DeviceSpec::Cpu.resolve(3).unwrap(), Device::Cpu);
+        let n = tch::Cuda::device_count() as usize;
+        let err = DeviceSpec::Cuda(Some(n)).resolve(0).unwrap_err().to_string();
+        assert!(err.contains(&format!("cuda:{n}")), "{err}");
+    }
+
+    #[test]
+    fn mixed_precision_is_refused_on_cpu_and_auto_is_fp32_there() {
+        assert_eq!(Precision::Auto.resolve(Device::Cpu).unwrap(), Precision::Fp32);
+        assert!(Precision::Bf16.resolve(Device::Cpu).unwrap_err().to_string().contains("needs a CUDA device"));
     }
 }
