@@ -81,8 +81,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-t0=$SECONDS
-step() { printf '\n==> [%ss] %s\n' "$((SECONDS - t0))" "$*"; }
+. scripts/lib.sh
 fail() { echo "docker-check: $*" >&2; exit 1; }
 command -v podman-compose >/dev/null || fail "podman-compose not found: scripts/setup.sh --test installs it"
 # A stand-in is built only when no image is tagged with the digest of what it is made from.

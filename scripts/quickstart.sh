@@ -7,7 +7,7 @@
 set -euo pipefail
 "$(dirname "$0")/setup.sh"
 . "$(dirname "$0")/env.sh"
-step() { printf '\n==> %s\n' "$*"; }
+. scripts/lib.sh
 step "medbert doctor"
 ./target/release/medbert doctor
 out=runs/quickstart

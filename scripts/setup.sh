@@ -8,7 +8,7 @@
 #                             tools of the Docker image check (scripts/test.sh passes it)
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
-step() { printf '\n==> [%ss] %s\n' "$SECONDS" "$*"; }
+. scripts/lib.sh
 case "${1:-}" in
   "") tests=0 ;;
   --test) tests=1 ;;
@@ -115,4 +115,4 @@ if [ -z "${LIBTORCH:-}" ]; then
   grep -q 'c10d backends:.*nccl' <<< "$report" || {
     printf '%s\nthe build does not report the NCCL backend\n' "$report" >&2; exit 1; }
 fi
-printf '\n==> [%ss] set-up done\n' "$SECONDS"
+step "set-up done"

@@ -4,5 +4,6 @@
 set -euo pipefail
 "$(dirname "$0")/setup.sh" --test
 . "$(dirname "$0")/env.sh"
-printf '\n==> cargo test --release\n'
+. scripts/lib.sh
+step "cargo test --release"
 cargo test --release

@@ -63,6 +63,9 @@ fn flags_on((train, valid): &(PathBuf, PathBuf), out: &Path, batch: usize, steps
     flags
 }
 
+/// One compute thread per process, in the launcher's runs and the single-process runs they are
+/// compared with alike, so that results differ only by what the group changes (the
+/// launcher's own default is tested in tests/launcher.rs).
 fn launcher(launch: &[&str]) -> Command {
     let mut cmd = common::launcher(launch);
     cmd.env("OMP_NUM_THREADS", "1");
@@ -80,9 +83,13 @@ fn weights(run: &Path) -> HashMap<String, Tensor> {
 
 fn max_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> (f64, String) {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .map(|(n, t)| ((t - &b[n]).abs().max().double_value(&[]), n.clone()))
-        .fold((0.0, String::new()), |acc, x| if x.0 > acc.0 { x } else { acc })
+    a.iter().map(|(n, t)| (common::max_abs_diff(t, &b[n]), n.clone())).fold((0.0, String::new()), |acc, x| {
+        if x.0 > acc.0 {
+            x
+        } else {
+            acc
+        }
+    })
 }
 
 /// The uninterrupted 2-process run (4 questions per process, 8 per step), shared by tests. Its

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 fn launcher(args: &[&str], worker: &[&str]) -> Command {
     let mut cmd = common::launcher(args);
-    cmd.arg("--").args(worker).env_remove("OMP_NUM_THREADS");
+    cmd.arg("--").args(worker);
     cmd
 }
 
@@ -185,8 +185,8 @@ fn rank1_fails_after_rank0() -> String {
 
 #[test]
 fn a_worker_with_children_is_torn_down_with_its_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let said = dir.path().join("said");
+    let dir = common::scratch("a_worker_with_children_is_torn_down_with_its_process_group");
+    let said = dir.join("said");
     let script =
         format!(r#"echo group $(cut -d" " -f5 /proc/$$/stat); touch "$1"; {}; sleep 300"#, rank1_fails_after_rank0());
     assert_worker_trees_are_torn_down(&["sh", "-c", &script, "sh", said.to_str().unwrap()]);
@@ -194,8 +194,8 @@ fn a_worker_with_children_is_torn_down_with_its_process_group() {
 
 #[test]
 fn a_worker_wrapped_in_a_bash_script_is_torn_down_with_its_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("script.sh");
+    let dir = common::scratch("a_worker_wrapped_in_a_bash_script_is_torn_down_with_its_process_group");
+    let script = dir.join("script.sh");
     std::fs::write(
         &script,
         format!(
@@ -204,14 +204,14 @@ fn a_worker_wrapped_in_a_bash_script_is_torn_down_with_its_process_group() {
         ),
     )
     .unwrap();
-    let said = dir.path().join("said");
+    let said = dir.join("said");
     assert_worker_trees_are_torn_down(&["bash", script.to_str().unwrap(), said.to_str().unwrap()]);
 }
 
 #[test]
 fn a_worker_ignoring_sigterm_is_killed_after_the_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let pid_file = dir.path().join("pid");
+    let dir = common::scratch("a_worker_ignoring_sigterm_is_killed_after_the_deadline");
+    let pid_file = dir.join("pid");
     // Rank 0 fails once rank 1 ignores SIGTERM (its pid file is written after the trap).
     let script = format!(
         "if [ $RANK = 0 ]; then {}; exit 4; fi; trap '' TERM; echo $$ > {}; while :; do sleep 0.1; done",
@@ -250,15 +250,15 @@ fn max_restarts_reruns_the_group_with_the_restart_count() {
 
 #[test]
 fn sigterm_to_the_launcher_is_forwarded_to_the_workers() {
-    let dir = tempfile::tempdir().unwrap();
-    let script = format!("echo $$ > {}/$RANK; exec sleep 60", dir.path().display());
+    let dir = common::scratch("sigterm_to_the_launcher_is_forwarded_to_the_workers");
+    let script = format!("echo $$ > {}/$RANK; exec sleep 60", dir.display());
     let mut child = launcher(&["--standalone", "--nproc-per-node", "2"], &sh(&script))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let until = Instant::now() + Duration::from_secs(10);
-    while (0..2).any(|r| !dir.path().join(r.to_string()).exists()) {
+    while (0..2).any(|r| !dir.join(r.to_string()).exists()) {
         assert!(Instant::now() < until, "workers did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -267,7 +267,7 @@ fn sigterm_to_the_launcher_is_forwarded_to_the_workers() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + nix::sys::signal::Signal::SIGTERM as i32));
     for rank in 0..2 {
-        let pid = std::fs::read_to_string(dir.path().join(rank.to_string())).unwrap();
+        let pid = std::fs::read_to_string(dir.join(rank.to_string())).unwrap();
         assert!(!std::path::Path::new(&format!("/proc/{}", pid.trim())).exists(), "rank {rank} survived");
     }
 }
@@ -324,8 +324,8 @@ fn elastic_launchers_get_node_ranks_at_the_rendezvous_and_count_a_failure_as_a_r
     let flags = ["--nnodes", "2:2", "--rdzv-backend", "c10d", "--rdzv-endpoint", &endpoint, "--max-restarts", "1"];
     // In round 0 rank 1 fails, but only once rank 0 has said its line (the marker file): a
     // failure seen first would stop rank 0 before its shell got to `echo`.
-    let dir = tempfile::tempdir().unwrap();
-    let said = dir.path().join("rank0-said");
+    let dir = common::scratch("elastic_launchers_get_node_ranks_at_the_rendezvous_and_count_a_failure_as_a_restart");
+    let said = dir.join("rank0-said");
     let script = format!(
         "echo node $GROUP_RANK of $GROUP_WORLD_SIZE, rank $RANK of $WORLD_SIZE, round $TORCHELASTIC_RESTART_COUNT; \
          [ $TORCHELASTIC_RESTART_COUNT = 0 ] || exit 0; \
@@ -370,8 +370,8 @@ fn the_host_keeps_the_store_up_until_a_launcher_waiting_to_join_has_left() {
         "last_call_timeout=0.1,keep_alive_interval=0.5,keep_alive_max_attempt=40",
     ];
     // The worker ends once the test says so.
-    let dir = tempfile::tempdir().unwrap();
-    let end = dir.path().join("end");
+    let dir = common::scratch("the_host_keeps_the_store_up_until_a_launcher_waiting_to_join_has_left");
+    let end = dir.join("end");
     let script = format!("echo working; {}", until_exists(end.display()));
     let (host, mut host_said) = Said::spawn(&mut launcher(&flags, &sh(&script)));
     host_said.wait_for("round 0: 1 node(s)").unwrap();

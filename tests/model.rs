@@ -33,11 +33,6 @@ fn logits(model: &MultipleChoiceModel, r: &HashMap<String, Tensor>) -> Tensor {
     tch::no_grad(|| model.forward(&batch, false)).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
-}
-
 #[test]
 fn pretrained_encoder_with_reference_classifier_matches_transformers() {
     let (_, r) = &reference();
@@ -54,7 +49,7 @@ fn pretrained_encoder_with_reference_classifier_matches_transformers() {
     });
     let ours = logits(&model, r);
     assert_eq!(ours.size(), [3, 4]);
-    let diff = max_abs_diff(&ours, &r["logits"]);
+    let diff = common::max_abs_diff(&ours, &r["logits"]);
     assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
 }
 
@@ -65,7 +60,7 @@ fn transformers_multiple_choice_checkpoint_loads_whole() {
     let (model, report) = MultipleChoiceModel::from_dir(&dir, Device::Cpu).unwrap();
     assert!(report.initialised.is_empty(), "classifier comes from the checkpoint: {report:?}");
     assert_eq!(report.loaded, 105);
-    let diff = max_abs_diff(&logits(&model, r), &r["logits"]);
+    let diff = common::max_abs_diff(&logits(&model, r), &r["logits"]);
     assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
 }
 
@@ -77,7 +72,7 @@ fn random_bert_base_saved_by_transformers_matches_its_logits() {
     assert_eq!(report.loaded, 201, "bert-base: 199 encoder tensors + the classifier's 2");
     assert_eq!((model.config.hidden_size, model.config.num_hidden_layers), (768, 12));
     assert!(r["attention_mask"].eq(0).any().int64_value(&[]) == 1, "the batch must hold padding");
-    let diff = max_abs_diff(&logits(&model, r), &r["bert_base_logits"]);
+    let diff = common::max_abs_diff(&logits(&model, r), &r["bert_base_logits"]);
     assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
 }
 
@@ -101,10 +96,10 @@ fn padding_tokens_do_not_change_a_choice_logit() {
     let (out, r) = &reference();
     let (model, _) = MultipleChoiceModel::from_dir(&out.join("mc_model"), Device::Cpu).unwrap();
     let plain = logits(&model, r);
-    let diff = max_abs_diff(&logits(&model, &padded(r, 9, false)), &plain);
+    let diff = common::max_abs_diff(&logits(&model, &padded(r, 9, false)), &plain);
     assert!(diff < TOLERANCE, "9 masked padding tokens moved a logit by {diff:e}");
     // The same tokens attended to do change the logits: the comparison above can fail.
-    let unmasked = max_abs_diff(&logits(&model, &padded(r, 9, true)), &plain);
+    let unmasked = common::max_abs_diff(&logits(&model, &padded(r, 9, true)), &plain);
     assert!(unmasked > 1e-3, "attending to padding changed logits only by {unmasked:e}");
 }
 
@@ -116,7 +111,7 @@ fn pytorch_model_bin_checkpoint_loads_like_safetensors() {
     let (model, report) = MultipleChoiceModel::from_dir(&dir, Device::Cpu).unwrap();
     assert!(report.initialised.is_empty(), "{report:?}");
     assert_eq!(report.loaded, 105);
-    let diff = max_abs_diff(&logits(&model, r), &r["logits"]);
+    let diff = common::max_abs_diff(&logits(&model, r), &r["logits"]);
     assert!(diff < TOLERANCE, "max |logit difference| {diff:e}");
 }
 
@@ -304,7 +299,7 @@ fn conforms(name: &str) -> (String, HashMap<String, Tensor>, common::Scratch) {
     assert!(expected.len() >= 36, "{name}: only {} expected tensors", expected.len());
     for (tensor, want) in &expected {
         let got = saved.get(tensor).unwrap_or_else(|| panic!("{name}: {tensor} is not in final/"));
-        let diff = max_abs_diff(got, want);
+        let diff = common::max_abs_diff(got, want);
         assert!(diff < 1e-7, "{name}: {tensor} moved by {diff:e}");
     }
 
@@ -330,7 +325,7 @@ fn conforms(name: &str) -> (String, HashMap<String, Tensor>, common::Scratch) {
     let ours: Vec<Vec<f32>> =
         rows.records().map(|r| r.unwrap().iter().skip(6).map(|v| v.parse::<f32>().unwrap()).collect()).collect();
     let ours = Tensor::from_slice2(&ours);
-    let diff = max_abs_diff(&ours, &want["logits"]);
+    let diff = common::max_abs_diff(&ours, &want["logits"]);
     assert!(diff < 1e-4, "{name}: max |logit difference| {diff:e} from transformers'");
     let spread = (want["logits"].max() - want["logits"].min()).double_value(&[]);
     assert!(spread > 0.1, "{name}: logits spread only {spread:e}: a wrong token would pass");

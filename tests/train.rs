@@ -9,11 +9,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Tensor};
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.size(), b.size());
-    (a - b).abs().max().double_value(&[])
-}
-
 /// MiniLM without dropout, from the pretrained weights and the reference's classifier.
 fn reference_model(model_dir: &Path, start: &HashMap<String, Tensor>) -> MultipleChoiceModel {
     let config = BertConfig::from_file(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
@@ -32,7 +27,7 @@ fn reference_model(model_dir: &Path, start: &HashMap<String, Tensor>) -> Multipl
 fn worst_param(opt: &AdamW, end: &HashMap<String, Tensor>, prefix: &str) -> (f64, String) {
     let mut worst = (0.0, String::new());
     for (name, var) in opt.variables() {
-        let d = max_abs_diff(var, &end[&format!("{prefix}{name}")]);
+        let d = common::max_abs_diff(var, &end[&format!("{prefix}{name}")]);
         if d > worst.0 {
             worst = (d, name.to_string());
         }
@@ -85,7 +80,7 @@ fn an_adamw_step_matches_torch() {
     let mut opt = AdamW::new(&model.vs, 0.01, (0.9, 0.999), EPS);
     assert_eq!(opt.variables().count(), 105);
     let (loss, logits) = batch_loss(&model, &batch, &start["labels"], true).unwrap();
-    let d = max_abs_diff(&logits, &end["logits"]);
+    let d = common::max_abs_diff(&logits, &end["logits"]);
     assert!(d < 1e-5, "logits differ by {d:e}");
     let d = (loss.double_value(&[]) - end["loss"].double_value(&[0])).abs();
     assert!(d < 1e-5, "loss differs by {d:e}");
@@ -95,7 +90,7 @@ fn an_adamw_step_matches_torch() {
     let want = end["grad_norm.0"].double_value(&[0]);
     assert!((norm - want).abs() < 1e-5 * want.max(1.0), "grad norm {norm} vs {want}");
     let grad_diff =
-        opt.variables().map(|(n, v)| max_abs_diff(&v.grad(), &end[&format!("grad.{n}")])).fold(0.0, f64::max);
+        opt.variables().map(|(n, v)| common::max_abs_diff(&v.grad(), &end[&format!("grad.{n}")])).fold(0.0, f64::max);
     assert!(grad_diff < 1e-5, "gradients differ by {grad_diff:e}");
 
     // The whole step.
@@ -170,7 +165,7 @@ fn fine_tuning_learns_a_synthetic_task_and_saves_a_transformers_checkpoint() {
     common::run_reference("checkpoint_logits.py", &[&ckpt, &inputs, &theirs_path]);
     let theirs = &Tensor::read_safetensors(&theirs_path).unwrap()[0].1;
     let ours = tch::no_grad(|| model.forward(&batch, false)).unwrap();
-    assert!(max_abs_diff(&ours, theirs) < 1e-5, "transformers computes other logits from our checkpoint");
+    assert!(common::max_abs_diff(&ours, theirs) < 1e-5, "transformers computes other logits from our checkpoint");
     assert_eq!(ours.argmax(-1, false).int64_value(&[0]), 1, "the fine-tuned model answers the synthetic question");
 }
 
@@ -380,11 +375,11 @@ fn fixed_shapes_give_the_logits_loss_and_gradients_of_the_batch_as_it_came() {
     let (fixed_batch, fixed_labels) = shapes.apply(&batch, &labels).unwrap();
     assert_eq!(fixed_batch.input_ids.size(), [(8 + shapes.fillers) as i64, 4, 32]);
     let (fixed_loss, fixed_logits, fixed_grads) = step(&fixed_batch, &fixed_labels);
-    assert!(max_abs_diff(&loss, &fixed_loss) < 1e-6, "loss {loss} vs {fixed_loss}");
-    assert!(max_abs_diff(&logits, &fixed_logits.narrow(0, 0, 3)) < 1e-5, "the real questions' logits differ");
+    assert!(common::max_abs_diff(&loss, &fixed_loss) < 1e-6, "loss {loss} vs {fixed_loss}");
+    assert!(common::max_abs_diff(&logits, &fixed_logits.narrow(0, 0, 3)) < 1e-5, "the real questions' logits differ");
     for (name, g) in &grads {
         let scale = g.abs().max().double_value(&[]).max(1e-3);
-        let diff = max_abs_diff(g, &fixed_grads[name]) / scale;
+        let diff = common::max_abs_diff(g, &fixed_grads[name]) / scale;
         assert!(diff < 1e-4, "{name}'s gradient differs by {diff:e} of its largest element");
     }
     assert!(grads["bert.embeddings.word_embeddings.weight"].abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);

@@ -26,11 +26,11 @@ const MAY_BE_MISSING: [&str; 2] = ["bert.pooler.", CLASSIFIER_PREFIX];
 /// (`.bin`, `.pt`: a zip archive holding a pickled state dict).
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let pickle = matches!(path.extension().and_then(|e| e.to_str()), Some("bin" | "pt"));
-    match pickle {
-        true => torch_pickle::read_state_dict(path),
+    let read = match pickle {
+        true => torch_pickle::read_state_dict(path).map_err(|e| e.to_string()),
         false => Tensor::read_safetensors(path).map_err(crate::error::torch_message),
-    }
-    .map_err(|message| Error::Weights { path: path.to_path_buf(), message })
+    };
+    read.map_err(|message| Error::Weights { path: path.to_path_buf(), message })
 }
 
 /// What a weight load did, for a one-time report.

@@ -50,7 +50,50 @@ enum Value {
     Object,
 }
 
-type Fail = String;
+/// Why a `torch.save` file cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PickleError {
+    /// The file cannot be opened or mapped.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Neither of torch.save's formats: another kind of file.
+    #[error("neither format torch.save writes (a zip archive, or the legacy pickle sequence of torch < 1.6)")]
+    NotTorchSave,
+    /// What torch.save can write but this reader does not read (a pickle opcode, a storage
+    /// type, a storage view, a big-endian or another protocol's file): convert it elsewhere.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Bytes that do not decode as torch.save writes them (a damaged or truncated file).
+    #[error("{0}")]
+    Malformed(String),
+    /// The format the file is in, and what failed within it.
+    #[error("{format}: {source}")]
+    In { format: &'static str, source: Box<PickleError> },
+}
+
+impl From<String> for PickleError {
+    fn from(message: String) -> Self {
+        PickleError::Malformed(message)
+    }
+}
+
+impl From<&str> for PickleError {
+    fn from(message: &str) -> Self {
+        PickleError::Malformed(message.to_string())
+    }
+}
+
+/// A damaged file, in words.
+macro_rules! malformed {
+    ($($arg:tt)*) => { PickleError::Malformed(format!($($arg)*)) };
+}
+
+/// What this reader does not read, in words.
+macro_rules! unsupported {
+    ($($arg:tt)*) => { PickleError::Unsupported(format!($($arg)*)) };
+}
+
+type Fail = PickleError;
 
 impl Value {
     /// What the value is, in a few words (for errors: a state dict's dump would be huge).
@@ -74,10 +117,10 @@ fn ints(v: &Value, what: &str) -> Result<Vec<i64>, Fail> {
             .iter()
             .map(|i| match i {
                 Value::Int(n) => Ok(*n),
-                other => Err(format!("{what}: expected an integer, found {}", other.describe())),
+                other => Err(malformed!("{what}: expected an integer, found {}", other.describe())),
             })
             .collect(),
-        other => Err(format!("{what}: expected a tuple of integers, found {}", other.describe())),
+        other => Err(malformed!("{what}: expected a tuple of integers, found {}", other.describe())),
     }
 }
 
@@ -93,7 +136,7 @@ fn storage_kind(class: &str) -> Result<Kind, Fail> {
         "CharStorage" => Kind::Int8,
         "ByteStorage" => Kind::Uint8,
         "BoolStorage" => Kind::Bool,
-        other => return Err(format!("unsupported storage type torch.{other}")),
+        other => return Err(unsupported!("unsupported storage type torch.{other}")),
     })
 }
 
@@ -105,13 +148,13 @@ fn reduce(callable: Value, args: Value) -> Result<Value, Fail> {
         ("collections", "OrderedDict") => Value::Dict(Vec::new()),
         ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
             let [storage, offset, size, stride, ..] = args.as_slice() else {
-                return Err(format!("{name}: {} arguments", args.len()));
+                return Err(malformed!("{name}: {} arguments", args.len()));
             };
             let Value::Storage { kind, key } = storage else {
-                return Err(format!("{name}: expected a storage, found {}", storage.describe()));
+                return Err(malformed!("{name}: expected a storage, found {}", storage.describe()));
             };
             let Value::Int(offset) = offset else {
-                return Err(format!("{name}: bad storage offset {}", offset.describe()));
+                return Err(malformed!("{name}: bad storage offset {}", offset.describe()));
             };
             Value::Tensor {
                 kind: *kind,
@@ -209,7 +252,7 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                 let module = pop!();
                 match (module, name) {
                     (Value::Str(m), Value::Str(n)) => stack.push(Value::Global(m, n)),
-                    _ => return Err(format!("STACK_GLOBAL without strings at byte {at}")),
+                    _ => return Err(malformed!("STACK_GLOBAL without strings at byte {at}")),
                 }
             }
             b'q' => {
@@ -257,7 +300,7 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                     }
                     Some(Value::Object) => {}
                     other => {
-                        return Err(format!(
+                        return Err(malformed!(
                             "SETITEM(S) on {} at byte {at}",
                             other.map_or("nothing".into(), |v| v.describe())
                         ))
@@ -270,7 +313,7 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                     Some(Value::List(l)) => l.extend(items),
                     Some(Value::Object) => {}
                     other => {
-                        return Err(format!(
+                        return Err(malformed!(
                             "APPEND(S) on {} at byte {at}",
                             other.map_or("nothing".into(), |v| v.describe())
                         ))
@@ -294,42 +337,43 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
             b'Q' => {
                 let pid = pop!();
                 let Value::Tuple(parts) = pid else {
-                    return Err(format!("persistent id {} at byte {at}", pid.describe()));
+                    return Err(malformed!("persistent id {} at byte {at}", pid.describe()));
                 };
                 match parts.as_slice() {
                     // Legacy ids end in a view's (key, offset, size), which torch >= 0.4 never
                     // writes: refused rather than guessed (its offset unit changed over time).
                     [Value::Str(tag), _, _, _, _, view] if tag == "storage" && !matches!(view, Value::None) => {
-                        return Err(format!("a storage view {view:?} at byte {at} (not supported)"))
+                        return Err(unsupported!("a storage view {view:?} at byte {at} (not supported)"))
                     }
                     [Value::Str(tag), Value::Global(_, class), Value::Str(key), ..] if tag == "storage" => {
                         stack.push(Value::Storage { kind: storage_kind(class)?, key: key.clone() })
                     }
-                    other => return Err(format!("unsupported persistent id {other:?} at byte {at}")),
+                    other => return Err(unsupported!("unsupported persistent id {other:?} at byte {at}")),
                 }
             }
             b'0' => {
                 let _ = pop!();
             }
-            other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {at}")),
+            other => return Err(unsupported!("unsupported pickle opcode 0x{other:02x} at byte {at}")),
         }
     }
 }
 
 /// The named tensors of a `torch.save`d state dict (either format), on the CPU.
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, Fail> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(path)?;
     // Safety: the map is read once, while this function holds the file open; torch.save's
     // files are not written in place.
-    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| e.to_string())?;
+    let bytes = unsafe { memmap2::Mmap::map(&file) }?;
     match bytes.get(..4) {
-        Some(b"PK\x03\x04") => read_zip(file).map_err(|e| format!("zip-format torch.save file: {e}")),
+        Some(b"PK\x03\x04") => {
+            read_zip(file).map_err(|e| PickleError::In { format: "zip-format torch.save file", source: e.into() })
+        }
         Some([0x80, ..]) => {
-            read_legacy(&bytes).map_err(|e| format!("legacy-format torch.save file (torch < 1.6): {e}"))
+            let format = "legacy-format torch.save file (torch < 1.6)";
+            read_legacy(&bytes).map_err(|e| PickleError::In { format, source: e.into() })
         }
-        _ => {
-            Err("neither format torch.save writes (a zip archive, or the legacy pickle sequence of torch < 1.6)".into())
-        }
+        _ => Err(PickleError::NotTorchSave),
     }
 }
 
@@ -368,24 +412,24 @@ fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, Fail> {
     }
     let (protocol, pos) = unpickle(data, pos)?;
     if !matches!(protocol, Value::Int(LEGACY_PROTOCOL)) {
-        return Err(format!("legacy torch.save protocol {}, expected {LEGACY_PROTOCOL}", protocol.describe()));
+        return Err(unsupported!("legacy torch.save protocol {}, expected {LEGACY_PROTOCOL}", protocol.describe()));
     }
     let (sys_info, pos) = unpickle(data, pos)?;
-    let Value::Dict(info) = sys_info else { return Err(format!("system information: {}", sys_info.describe())) };
+    let Value::Dict(info) = sys_info else { return Err(malformed!("system information: {}", sys_info.describe())) };
     let little = info.iter().find(|(k, _)| matches!(k, Value::Str(k) if k == "little_endian"));
     if let Some((_, Value::Bool(false))) = little {
-        return Err("saved on a big-endian machine (not supported)".into());
+        return Err(PickleError::Unsupported("saved on a big-endian machine (not supported)".into()));
     }
     let (root, pos) = unpickle(data, pos)?;
     let (keys, mut pos) = unpickle(data, pos)?;
     let Value::List(keys) = keys else {
-        return Err(format!("storage keys: expected a list, found {}", keys.describe()));
+        return Err(malformed!("storage keys: expected a list, found {}", keys.describe()));
     };
     // The storages follow in the keys' order; their element types come from the tensors.
     let kinds = storage_kinds(&root);
     let mut storages: HashMap<String, Tensor> = HashMap::new();
     for key in keys {
-        let Value::Str(key) = key else { return Err(format!("storage key: {}", key.describe())) };
+        let Value::Str(key) = key else { return Err(malformed!("storage key: {}", key.describe())) };
         let kind = *kinds.get(&key).ok_or_else(|| format!("storage {key} belongs to no tensor"))?;
         let at = pos;
         let numel = data.get(pos..pos + 8).ok_or_else(|| format!("storage {key}: truncated at byte {at}"))?;
@@ -401,10 +445,10 @@ fn read_legacy(data: &[u8]) -> Result<Vec<(String, Tensor)>, Fail> {
         pos = end;
     }
     if pos != data.len() {
-        return Err(format!("{} bytes after the last storage", data.len() - pos));
+        return Err(malformed!("{} bytes after the last storage", data.len() - pos));
     }
     assemble(root, |key, _| {
-        storages.get(key).map(Tensor::shallow_clone).ok_or_else(|| format!("storage {key} is not in the file"))
+        storages.get(key).map(Tensor::shallow_clone).ok_or_else(|| malformed!("storage {key} is not in the file"))
     })
 }
 
@@ -424,7 +468,7 @@ fn storage_kinds(root: &Value) -> HashMap<String, Kind> {
 fn storage(bytes: &[u8], kind: Kind) -> Result<Tensor, Fail> {
     let numel = (bytes.len() / kind.elt_size_in_bytes()) as i64;
     Tensor::f_from_data_size(&bytes[..numel as usize * kind.elt_size_in_bytes()], &[numel], kind)
-        .map_err(|e| e.to_string())
+        .map_err(|e| malformed!("{e}"))
 }
 
 /// The state dict's tensors, each a strided view of its storage (`storage(key, kind)`),
@@ -434,7 +478,7 @@ fn assemble(
     mut storage: impl FnMut(&str, Kind) -> Result<Tensor, Fail>,
 ) -> Result<Vec<(String, Tensor)>, Fail> {
     let Value::Dict(entries) = root else {
-        return Err(format!("the pickle holds {}, not a state dict", root.describe()));
+        return Err(malformed!("the pickle holds {}, not a state dict", root.describe()));
     };
     let mut out = Vec::new();
     for (name, value) in entries {
@@ -443,7 +487,7 @@ fn assemble(
         let last = size.iter().zip(&stride).map(|(&n, &s)| (n - 1).max(0) * s).sum::<i64>() + offset;
         let empty = size.contains(&0);
         if offset < 0 || (!empty && last >= data.numel() as i64) {
-            return Err(format!(
+            return Err(malformed!(
                 "{name}: shape {size:?} from element {offset} needs more than the {} elements its storage holds",
                 data.numel()
             ));

@@ -27,7 +27,7 @@ use optim::{clip_grad_norm, AdamW};
 pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
 pub use report::TrainSummary;
-use report::{MetricsLog, Phase, QuestionLog, StepClock};
+use report::{MetricsLog, MetricsRecord, Phase, QuestionLog, StepClock};
 pub use run::run;
 pub use run_dir::{RunDir, ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
 use std::time::{Duration, Instant};
@@ -246,9 +246,16 @@ impl<'a> Trainer<'a> {
                     indicatif::HumanDuration(self.eta())
                 );
             }
-            self.metrics.write(serde_json::json!({"step": step, "epoch": self.epoch(), "loss": loss[0],
-                "learning_rate": out.lr, "grad_norm": out.grad_norm.double_value(&[]),
-                "questions_per_second": qps, "skipped_step": out.skipped}))?;
+            self.metrics.write(MetricsRecord {
+                step,
+                epoch: self.epoch(),
+                loss: Some(loss[0]),
+                learning_rate: Some(out.lr),
+                grad_norm: Some(out.grad_norm.double_value(&[])),
+                questions_per_second: Some(qps),
+                skipped_step: Some(out.skipped),
+                ..MetricsRecord::default()
+            })?;
         }
         self.bar.inc(1);
         Ok(())
@@ -293,9 +300,16 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let batch = self.args.per_device_eval_batch_size;
         let r = evaluate(&self.model, cache, questions, batch, self.precision, &self.comm)?;
-        self.metrics.write(serde_json::json!({"step": self.state.step, "epoch": self.epoch(),
-            "eval_loss": r.loss(), "eval_accuracy": r.accuracy(), "eval_questions": r.questions,
-            "eval_runtime": started.elapsed().as_secs_f64(), "per_subject": r.per_subject}))?;
+        self.metrics.write(MetricsRecord {
+            step: self.state.step,
+            epoch: self.epoch(),
+            eval_loss: Some(r.loss()),
+            eval_accuracy: Some(r.accuracy()),
+            eval_questions: Some(r.questions),
+            eval_runtime: Some(started.elapsed().as_secs_f64()),
+            per_subject: Some(r.per_subject.clone()),
+            ..MetricsRecord::default()
+        })?;
         if self.comm.is_main() {
             tracing::info!(step = self.state.step, loss = r.loss(), accuracy = r.accuracy(), "evaluation");
         }
@@ -356,8 +370,13 @@ impl<'a> Trainer<'a> {
         self.bar.finish_and_clear();
         self.check_finite()?;
         let runtime = self.started.elapsed().as_secs_f64();
-        self.metrics.write(serde_json::json!({"step": self.state.step, "epoch": self.epoch(),
-            "train_runtime": runtime, "train_questions_per_second": self.questions_per_second()}))?;
+        self.metrics.write(MetricsRecord {
+            step: self.state.step,
+            epoch: self.epoch(),
+            train_runtime: Some(runtime),
+            train_questions_per_second: Some(self.questions_per_second()),
+            ..MetricsRecord::default()
+        })?;
         let communication = self.ddp.exposed_communication();
         let checkpoint = self.run.last();
         let mut plot = None;

@@ -122,16 +122,34 @@ pub struct SavedArgs {
     pub eval_data: Option<String>,
 }
 
+/// A field of [`TrainArgs`] as training_args.json names it (nested ones joined with dots); the
+/// compiler checks that the field exists, so a renamed flag cannot slip out of these lists.
+macro_rules! saved_name {
+    ($first:ident $(. $rest:ident)*) => {{
+        const _: fn(&TrainArgs) = |args| {
+            let _ = &args.$first $(.$rest)*;
+        };
+        concat!(stringify!($first) $(, ".", stringify!($rest))*)
+    }};
+}
+
 /// Arguments that change the data order: a resume must keep them (the data fingerprints too).
 /// The number of processes, batch size and accumulation may change: the order is global, and
 /// the epoch is resharded where the checkpoint left it.
-const FIXED_ON_RESUME: [&str; 4] = ["seed", "group_by_length", "holdout", "data.max_length"];
+const FIXED_ON_RESUME: [&str; 4] =
+    [saved_name!(seed), saved_name!(group_by_length), saved_name!(holdout), saved_name!(data.max_length)];
 
 /// Under --group-by-length these set the mega-batches' size, so the order depends on them.
-const FIXED_WHEN_GROUPED: [&str; 2] = ["per_device_train_batch_size", "gradient_accumulation_steps"];
+const FIXED_WHEN_GROUPED: [&str; 2] =
+    [saved_name!(per_device_train_batch_size), saved_name!(gradient_accumulation_steps)];
+
+/// The data's fingerprints among the compared settings (a resume must keep them).
+const TRAIN_DATA: &str = "train data";
+const EVAL_DATA: &str = "evaluation data";
 
 /// Flags that say how to start, not what the run is.
-const NOT_COMPARED: [&str; 3] = ["resume", "resume_from_checkpoint", "overwrite_output_dir"];
+const NOT_COMPARED: [&str; 3] =
+    [saved_name!(resume), saved_name!(resume_from_checkpoint), saved_name!(overwrite_output_dir)];
 
 impl SavedArgs {
     pub fn new(
@@ -164,8 +182,8 @@ impl SavedArgs {
         let mut out = BTreeMap::new();
         flatten("", &self.arguments, &mut out);
         out.insert("world_size".into(), self.world_size.into());
-        out.insert("train data".into(), self.train_data.clone().into());
-        out.insert("evaluation data".into(), self.eval_data.clone().into());
+        out.insert(TRAIN_DATA.into(), self.train_data.clone().into());
+        out.insert(EVAL_DATA.into(), self.eval_data.clone().into());
         out
     }
 }
@@ -201,10 +219,10 @@ pub fn compare(saved: &SavedArgs, now: &SavedArgs) -> Changes {
             continue;
         }
         let line = format!("{name}: {a} -> {b}");
-        let grouped = after.get("group_by_length") == Some(&Value::Bool(true));
+        let grouped = after.get(saved_name!(group_by_length)) == Some(&Value::Bool(true));
         let fixed = FIXED_ON_RESUME.contains(&name.as_str())
             || (grouped && FIXED_WHEN_GROUPED.contains(&name.as_str()))
-            || ["train data", "evaluation data"].contains(&name.as_str());
+            || [TRAIN_DATA, EVAL_DATA].contains(&name.as_str());
         match fixed {
             true => changes.refused.push(line),
             false => changes.allowed.push(line),

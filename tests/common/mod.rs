@@ -276,11 +276,19 @@ pub fn train_command(model: &Path, train_file: &Path, output_dir: &Path) -> Comm
     cmd
 }
 
-/// `medbert-run` with `launch` (its own flags).
+/// `medbert-run` with `launch` (its own flags), without the caller's OMP_NUM_THREADS: the
+/// workers get the launcher's own (the node's cores split among them), as a user's do, unless
+/// a test sets it.
 pub fn launcher(launch: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_medbert-run"));
-    cmd.args(launch);
+    cmd.args(launch).env_remove("OMP_NUM_THREADS");
     cmd
+}
+
+/// The largest elementwise difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
 }
 
 /// Network namespaces, each a host with one address on a bridge of their own (in a namespace

@@ -8,6 +8,47 @@ use crate::train::RunDir;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// One line of metrics.jsonl, as the HF Trainer's log history names its keys: a logged
+/// training step, an evaluation, or the run's end (each sets its own fields). The training
+/// loop writes it and the plot reads it back.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetricsRecord {
+    pub step: usize,
+    pub epoch: f64,
+    // A logged training step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub questions_per_second: Option<f64>,
+    /// fp16's scaler skipped the step (a gradient was not finite).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_step: Option<bool>,
+    // An evaluation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_questions: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_runtime: Option<f64>,
+    /// (subject, correct, questions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_subject: Option<Vec<(String, usize, usize)>>,
+    // The run's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_runtime: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_questions_per_second: Option<f64>,
+    /// When the line was written (Unix seconds); set by [`MetricsLog::write`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<f64>,
+}
+
 /// Appends one JSON object per line to `metrics.jsonl`, and sends its numbers to TensorBoard
 /// when asked; rank 0 only (a no-op elsewhere).
 pub(crate) struct MetricsLog {
@@ -36,21 +77,22 @@ impl MetricsLog {
         Ok(MetricsLog { lines: Some(lines), tensorboard })
     }
 
-    /// Appends `value` (a JSON object with a `step`) with the wall-clock time as `timestamp`
-    /// (Unix seconds); its numbers go to TensorBoard named as the HF Trainer names them
-    /// (`eval_loss` as `eval/loss`, `loss` as `train/loss`).
-    pub(crate) fn write(&mut self, mut value: serde_json::Value) -> Result<()> {
-        let (Some(lines), Some(row)) = (&mut self.lines, value.as_object_mut()) else { return Ok(()) };
-        if let (Some(writer), Some(step)) = (&mut self.tensorboard, row.get("step").and_then(|s| s.as_u64())) {
+    /// Appends `record` with the wall-clock time as its `timestamp`; its numbers go to
+    /// TensorBoard named as the HF Trainer names them (`eval_loss` as `eval/loss`, `loss` as
+    /// `train/loss`).
+    pub(crate) fn write(&mut self, record: MetricsRecord) -> Result<()> {
+        let Some(lines) = &mut self.lines else { return Ok(()) };
+        let value = serde_json::to_value(&record).map_err(|e| Error::write(&lines.path, e))?;
+        if let (Some(writer), Some(row)) = (&mut self.tensorboard, value.as_object()) {
             let scalars = row
                 .iter()
                 .filter(|(key, v)| key.as_str() != "step" && v.is_number())
                 .map(|(key, v)| (tensorboard_tag(key), v.as_f64().unwrap_or(f64::NAN)));
-            writer.scalars(step as usize, scalars)?;
+            writer.scalars(record.step, scalars)?;
         }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        row.insert("timestamp".into(), now.as_secs_f64().into());
-        lines.append(&value)
+        let stamped = MetricsRecord { timestamp: Some(now.as_secs_f64()), ..record };
+        lines.append(&serde_json::to_value(&stamped).map_err(|e| Error::write(&lines.path, e))?)
     }
 }
 

@@ -8,6 +8,7 @@ mod summary;
 
 pub use clock::StepTimes;
 pub(crate) use clock::{Phase, StepClock};
+pub use log::MetricsRecord;
 pub(crate) use log::{MetricsLog, QuestionLog};
 pub use plot::{plot, Baseline, Curves};
 pub use summary::TrainSummary;

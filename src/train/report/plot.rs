@@ -1,6 +1,7 @@
 //! The loss and accuracy curves, drawn at the end of a run from metrics.jsonl (so a resumed
 //! run's plot covers the whole history).
 
+use super::MetricsRecord;
 use crate::error::{Error, Result};
 use plotters::prelude::*;
 use serde::Serialize;
@@ -22,15 +23,15 @@ impl Curves {
         let text = std::fs::read_to_string(metrics).map_err(|e| Error::io(metrics, e))?;
         let mut curves = Curves::default();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let record: serde_json::Value = serde_json::from_str(line)
+            let record: MetricsRecord = serde_json::from_str(line)
                 .map_err(|e| Error::data(metrics, Some(crate::error::Loc::Line(i as u64 + 1)), None, e.to_string()))?;
-            let Some(step) = record["step"].as_f64() else { continue };
-            for (key, series) in [
-                ("loss", &mut curves.train_loss),
-                ("eval_loss", &mut curves.eval_loss),
-                ("eval_accuracy", &mut curves.eval_accuracy),
+            let step = record.step as f64;
+            for (value, series) in [
+                (record.loss, &mut curves.train_loss),
+                (record.eval_loss, &mut curves.eval_loss),
+                (record.eval_accuracy, &mut curves.eval_accuracy),
             ] {
-                if let Some(v) = record[key].as_f64() {
+                if let Some(v) = value {
                     series.push((step, v));
                 }
             }
