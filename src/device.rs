@@ -1,10 +1,9 @@
 //! Devices: where a process computes, as the user names it with `--device` (`auto`, `cpu`,
 //! `cuda`, `cuda:N`) and as it resolves for one worker of a group; moving a tensor there; and
 //! the arithmetic it computes in (`--precision`: bf16 or fp16 autocast on CUDA, fp32).
-//! Training, evaluation and prediction share these flags ([`DataArgs`], [`PrecisionArg`]).
+//! Training, evaluation and prediction share `--precision` ([`PrecisionArg`]).
 
 use crate::error::{Error, Result};
-use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
 use tch::Device;
@@ -78,18 +77,6 @@ impl serde::Serialize for DeviceSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
-}
-
-/// What every command that runs the model on MedMCQA files shares: the device, and the longest
-/// sequence raw files are prepared to.
-#[derive(Clone, Debug, Serialize, clap::Args)]
-pub struct DataArgs {
-    /// Longest sequence in tokens when raw files are prepared.
-    #[arg(long, env = "MEDBERT_MAX_LENGTH", default_value_t = crate::encode::DEFAULT_MAX_LENGTH)]
-    pub max_length: usize,
-    /// Device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N.
-    #[arg(long, env = "MEDBERT_DEVICE", default_value = "auto")]
-    pub device: DeviceSpec,
 }
 
 /// `--precision`, declared once for train, eval and predict.

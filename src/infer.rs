@@ -2,11 +2,12 @@
 //! directory or a hub id) on a MedMCQA file, prepared where the caller says.
 
 use crate::batch::collate;
-use crate::device::{DataArgs, PrecisionArg};
+use crate::device::PrecisionArg;
 use crate::dist::GroupArgs;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult, DEFAULT_EVAL_BATCH_SIZE};
 use crate::model::MultipleChoiceModel;
+use crate::prep::DataArgs;
 use crate::prep::{self, cache::PreparedCache};
 use crate::{hub, settings};
 use clap::Args;

@@ -346,14 +346,14 @@ def step_speed(c: Check, model: Path, dev: Path):
     real_flops = 6 * non_embedding * tokens + 12 * layers * hidden * squares
     peak = matmul_flops(s.device, s.cpu)
 
-    def ours(name, *flags):
+    def run_ours(name, *flags):
         """One timed run of ours on the speed cache, in c.work / speed-<name>."""
         return c.run(medbert("train", "--model", model, "--train-file", cache, "--output-dir", c.work / f"speed-{name}",
                              "--device", s.device, "--precision", precision, "--max-steps", s.speed_steps,
                              "--per-device-train-batch-size", s.speed_batch, "--logging-steps", 1000, *flags),
                      f"speed-ours-{name}.log")
 
-    def reference(name, *args):
+    def run_reference(name, *args):
         """The HF Trainer on the same cache, in c.work / speed-ref-<name>."""
         return c.run([sys.executable, KIT / "trainer_bench.py", model, cache, s.speed_batch, s.speed_steps, precision,
                       c.work / f"speed-ref-{name}", *args], f"speed-reference-{name}.log")
@@ -362,14 +362,14 @@ def step_speed(c: Check, model: Path, dev: Path):
     for padding in ("max", "longest"):
         flags = ["--pad-to-max-length"] if padding == "max" else []
         with memory:
-            code, out, _ = ours(padding, *flags)
+            code, out, _ = run_ours(padding, *flags)
         if code != 0:
             c.record("e. speed", False, f"ours ({padding}) failed: {tail(out)}")
             return
         ours = json.loads((c.work / f"speed-{padding}" / "summary.json").read_text())["train_questions_per_second"]
         ours_mem = memory.gib
         with memory:
-            code, out, _ = reference(padding, padding)
+            code, out, _ = run_reference(padding, padding)
         if code != 0:
             c.record("e. speed", False, f"HF Trainer ({padding}) failed: {tail(out)}")
             return
@@ -377,12 +377,12 @@ def step_speed(c: Check, model: Path, dev: Path):
         runs[padding] = dict(ours_qps=ours, ref_qps=ref, ours_gib=ours_mem, ref_gib=memory.gib)
     # Where a step goes, on the real lengths: each phase timed with the device synchronised at
     # its boundaries (which slows both a little, so these runs give no throughput).
-    code, out, _ = ours("breakdown", "--step-breakdown")
+    code, out, _ = run_ours("breakdown", "--step-breakdown")
     if code != 0:
         c.record("e. speed", False, f"ours (--step-breakdown) failed: {tail(out)}")
         return
     ours_steps = json.loads((c.work / "speed-breakdown" / "summary.json").read_text())["step_breakdown_ms"]
-    code, out, _ = reference("breakdown", "longest", "breakdown")
+    code, out, _ = run_reference("breakdown", "longest", "breakdown")
     if code != 0:
         c.record("e. speed", False, f"HF Trainer (breakdown) failed: {tail(out)}")
         return

@@ -64,6 +64,26 @@ fn answer(cop: Option<i64>, base: i64) -> Option<i64> {
     cop.filter(|&c| !(base == 0 && c == -1))
 }
 
+/// The 0-based label of a row whose `cop` is as written under the `base` convention, in a file
+/// that is `labelled` (else None); why not, in words.
+fn label(cop: Option<i64>, base: i64, labelled: bool) -> std::result::Result<Option<u8>, String> {
+    match (labelled, answer(cop, base)) {
+        (false, _) => Ok(None),
+        (true, None) => {
+            let what = cop.map_or_else(|| "missing".to_string(), |c| format!("{c} (no answer)"));
+            Err(format!(
+                "{what}, but other rows have answers: a file is labelled throughout, or a test split whose every \
+                 cop is unanswered"
+            ))
+        }
+        (true, Some(cop)) if !(base..base + CHOICES as i64).contains(&cop) => Err(format!(
+            "{cop} is outside {base}..={} (the {base}-based convention; see --cop-base)",
+            base + CHOICES as i64 - 1
+        )),
+        (true, Some(cop)) => Ok(Some((cop - base) as u8)),
+    }
+}
+
 /// Validates `raw` (read from `path`) under the `cop_base` convention (0 or 1). A file is
 /// labelled throughout, or a test split whose every `cop` is unanswered; a mix is refused at
 /// its first unanswered row.
@@ -90,29 +110,7 @@ pub fn validate(path: &Path, raw: RawFile, cop_base: u8, ids: &mut IdRegistry) -
         if let Some(i) = options.iter().position(String::is_empty) {
             return Err(err(OPTION_FIELDS[i], "empty".into()));
         }
-        let label = match (labelled, answer(r.cop, base)) {
-            (false, _) => None,
-            (true, None) => {
-                let what = r.cop.map_or_else(|| "missing".to_string(), |c| format!("{c} (no answer)"));
-                return Err(err(
-                    "cop",
-                    format!(
-                        "{what}, but other rows have answers: a file is labelled throughout, or a test split \
-                         whose every cop is unanswered"
-                    ),
-                ));
-            }
-            (true, Some(cop)) if !(base..base + CHOICES as i64).contains(&cop) => {
-                return Err(err(
-                    "cop",
-                    format!(
-                        "{cop} is outside {base}..={} (the {base}-based convention; see --cop-base)",
-                        base + CHOICES as i64 - 1
-                    ),
-                ))
-            }
-            (true, Some(cop)) => Some((cop - base) as u8),
-        };
+        let label = label(r.cop, base, labelled).map_err(|message| err("cop", message))?;
         counts.questions += 1;
         if let Some(l) = label {
             counts.labelled += 1;

@@ -90,7 +90,10 @@ pub(super) fn run(rdzv: &mut dyn Rendezvous, config: &LaunchConfig, signal: &Ato
 
 #[cfg(test)]
 mod tests {
+    use super::super::rendezvous::Round;
+    use super::super::{Exit, Supervision};
     use super::*;
+    use std::time::Duration;
 
     fn spec() -> WorkerSpec {
         WorkerSpec {
@@ -128,6 +131,60 @@ mod tests {
             ],
             ["5", "2", "6", "3", "1", "10.1.0.1", "29400", "1", "2", "2"]
         );
+    }
+
+    /// A rendezvous that hands out the rounds it was given and keeps what it is told.
+    struct Scripted {
+        next: Vec<Next>,
+        recorded: Vec<(usize, Outcome)>,
+    }
+
+    impl Rendezvous for Scripted {
+        fn next_round(&mut self, _signal: &AtomicUsize) -> Result<Next> {
+            Ok(self.next.remove(0))
+        }
+        fn superseded(&self, _round: usize) -> bool {
+            false
+        }
+        fn record(&mut self, round: usize, outcome: Outcome) -> Result<Option<i32>> {
+            self.recorded.push((round, outcome));
+            Ok(None)
+        }
+    }
+
+    /// One node of two workers running `program`, watched closely.
+    fn config(program: &[&str]) -> LaunchConfig {
+        let supervision = Supervision {
+            monitor_interval: Duration::from_millis(10),
+            term_timeout: Duration::from_secs(5),
+            log_dir: None,
+        };
+        let spec = WorkerSpec { nnodes: 1, node_rank: 0, nproc_per_node: 2, ..spec() };
+        let program = program.iter().map(|a| a.to_string()).collect();
+        LaunchConfig { spec, elastic: None, program, supervision, omp_threads: None }
+    }
+
+    fn round(number: usize, config: &LaunchConfig) -> Next {
+        Next::Run(Round { number, spec: config.spec.clone() })
+    }
+
+    #[test]
+    fn the_agent_runs_each_round_it_is_given_and_records_how_it_ended() {
+        // Round 0 succeeds; in round 1 rank 1 fails with code 3.
+        let config = config(&["sh", "-c", r#"[ "$TORCHELASTIC_RESTART_COUNT$RANK" = 11 ] && exit 3; exit 0"#]);
+        let next = vec![round(0, &config), round(1, &config), Next::Exit(7)];
+        let mut rdzv = Scripted { next, recorded: Vec::new() };
+        assert_eq!(run(&mut rdzv, &config, &AtomicUsize::new(0)).unwrap(), 7);
+        let failed = Outcome::Failed { rank: 1, exit: Exit::Code(3) };
+        assert_eq!(rdzv.recorded, [(0, Outcome::Succeeded), (1, failed)]);
+    }
+
+    #[test]
+    fn a_signal_ends_the_launch_with_128_plus_its_number_and_records_nothing() {
+        let config = config(&["sleep", "30"]);
+        let mut rdzv = Scripted { next: vec![round(0, &config)], recorded: Vec::new() };
+        assert_eq!(run(&mut rdzv, &config, &AtomicUsize::new(15)).unwrap(), 128 + 15);
+        assert!(rdzv.recorded.is_empty());
     }
 
     #[test]

@@ -202,63 +202,20 @@ impl Nodes {
 /// What to launch, from the flags (torchrun's `config_from_args`) and, under `srun`, Slurm's
 /// description of this task.
 pub fn config_from_args(args: RunArgs, host: &Host) -> Result<LaunchConfig> {
-    // Once training flags have begun, clap keeps a later `--` among them.
-    if !args.command.is_empty() && !args.train_flags.is_empty() || args.train_flags.iter().any(|a| a == "--") {
-        return refuse("give training flags or a command after `--`, not both");
-    }
-    // A launcher flag after the first training flag would be handed to the workers.
-    let command = command();
-    let names: Vec<&str> = command
-        .get_arguments()
-        .flat_map(|a| a.get_long().into_iter().chain(a.get_all_aliases().unwrap_or_default()))
-        .collect();
-    let ours =
-        |flag: &str| flag.strip_prefix("--").and_then(|f| f.split('=').next()).is_some_and(|f| names.contains(&f));
-    if let Some(misplaced) = args.train_flags.iter().find(|f| ours(f.as_str())) {
-        return refuse(format!(
-            "{misplaced} is a launcher flag but comes after the training flags (from {:?} on): put the launcher's flags first",
-            args.train_flags[0]
-        ));
-    }
+    check_flag_order(&args)?;
     let nodes = Nodes::new(&args, host.slurm.as_ref())?;
-    let elastic = match args.nnodes {
-        Some(NodeCount::Range(min, max)) => {
-            if args.rdzv_backend != RdzvBackend::C10d || args.rdzv_endpoint.is_none() {
-                return refuse(format!(
-                    "--nnodes {min}:{max} (an elastic job) needs --rdzv-backend c10d --rdzv-endpoint HOST[:PORT]"
-                ));
-            }
-            if args.node_rank.is_some() {
-                return refuse(format!(
-                    "--node-rank: in an elastic job (--nnodes {min}:{max}) node ranks are assigned at each rendezvous"
-                ));
-            }
-            Some(Elastic { min_nodes: min, max_nodes: max, conf: RdzvConf::parse(&args.rdzv_conf)? })
-        }
-        _ if !args.rdzv_conf.is_empty() => return refuse("--rdzv-conf is for an elastic job (--nnodes MIN:MAX)"),
-        _ => None,
-    };
+    let elastic = elastic(&args)?;
+    let nproc = nproc_per_node(&args.nproc_per_node, host)?;
+    if elastic.is_none() && (nodes.nnodes == 0 || nodes.node_rank >= nodes.nnodes) {
+        return refuse(format!("--node-rank {} must be below --nnodes {}", nodes.node_rank, nodes.nnodes));
+    }
+    let (master_addr, master_port) = rendezvous_address(&args, &nodes, elastic.is_some())?;
     let program = match args.command.is_empty() {
         false => args.command,
         true => [host.medbert.to_string_lossy().into_owned(), "train".to_string()]
             .into_iter()
             .chain(args.train_flags)
             .collect(),
-    };
-    let nproc = nproc_per_node(&args.nproc_per_node, host)?;
-    if elastic.is_none() && (nodes.nnodes == 0 || nodes.node_rank >= nodes.nnodes) {
-        return refuse(format!("--node-rank {} must be below --nnodes {}", nodes.node_rank, nodes.nnodes));
-    }
-    let (master_addr, master_port) = match (args.standalone, &args.rdzv_endpoint) {
-        (true, _) if nodes.nnodes != 1 || elastic.is_some() => {
-            return refuse("--standalone is for a single node; use --master-addr or --rdzv-endpoint with several nodes")
-        }
-        (true, _) => (DEFAULT_MASTER_ADDR.to_string(), 0),
-        (false, Some(endpoint)) => rdzv_endpoint(endpoint)?,
-        (false, None) if args.rdzv_backend == RdzvBackend::C10d => {
-            return refuse("--rdzv-backend c10d needs --rdzv-endpoint HOST[:PORT]")
-        }
-        (false, None) => (nodes.master_addr, nodes.master_port),
     };
     Ok(LaunchConfig {
         elastic,
@@ -279,6 +236,66 @@ pub fn config_from_args(args: RunArgs, host: &Host) -> Result<LaunchConfig> {
         },
         omp_threads: (!host.omp_threads_set).then(|| threads_per_worker(host.cores, nproc)),
     })
+}
+
+/// Training flags or a command, not both; no launcher flag among the training flags (it would
+/// be handed to the workers).
+fn check_flag_order(args: &RunArgs) -> Result<()> {
+    // Once training flags have begun, clap keeps a later `--` among them.
+    if !args.command.is_empty() && !args.train_flags.is_empty() || args.train_flags.iter().any(|a| a == "--") {
+        return refuse("give training flags or a command after `--`, not both");
+    }
+    let command = command();
+    let names: Vec<&str> = command
+        .get_arguments()
+        .flat_map(|a| a.get_long().into_iter().chain(a.get_all_aliases().unwrap_or_default()))
+        .collect();
+    let ours =
+        |flag: &str| flag.strip_prefix("--").and_then(|f| f.split('=').next()).is_some_and(|f| names.contains(&f));
+    match args.train_flags.iter().find(|f| ours(f.as_str())) {
+        Some(misplaced) => refuse(format!(
+            "{misplaced} is a launcher flag but comes after the training flags (from {:?} on): put the launcher's flags first",
+            args.train_flags[0]
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `--nnodes MIN:MAX` with the c10d rendezvous and its `--rdzv-conf`; None for a static job.
+fn elastic(args: &RunArgs) -> Result<Option<Elastic>> {
+    match args.nnodes {
+        Some(NodeCount::Range(min, max)) => {
+            if args.rdzv_backend != RdzvBackend::C10d || args.rdzv_endpoint.is_none() {
+                return refuse(format!(
+                    "--nnodes {min}:{max} (an elastic job) needs --rdzv-backend c10d --rdzv-endpoint HOST[:PORT]"
+                ));
+            }
+            if args.node_rank.is_some() {
+                return refuse(format!(
+                    "--node-rank: in an elastic job (--nnodes {min}:{max}) node ranks are assigned at each rendezvous"
+                ));
+            }
+            Ok(Some(Elastic { min_nodes: min, max_nodes: max, conf: RdzvConf::parse(&args.rdzv_conf)? }))
+        }
+        _ if !args.rdzv_conf.is_empty() => refuse("--rdzv-conf is for an elastic job (--nnodes MIN:MAX)"),
+        _ => Ok(None),
+    }
+}
+
+/// Where the store is: 127.0.0.1 and a free port for `--standalone`, `--rdzv-endpoint`, else
+/// the master of the nodes.
+fn rendezvous_address(args: &RunArgs, nodes: &Nodes, elastic: bool) -> Result<(String, u16)> {
+    match (args.standalone, &args.rdzv_endpoint) {
+        (true, _) if nodes.nnodes != 1 || elastic => {
+            refuse("--standalone is for a single node; use --master-addr or --rdzv-endpoint with several nodes")
+        }
+        (true, _) => Ok((DEFAULT_MASTER_ADDR.to_string(), 0)),
+        (false, Some(endpoint)) => rdzv_endpoint(endpoint),
+        (false, None) if args.rdzv_backend == RdzvBackend::C10d => {
+            refuse("--rdzv-backend c10d needs --rdzv-endpoint HOST[:PORT]")
+        }
+        (false, None) => Ok((nodes.master_addr.clone(), nodes.master_port)),
+    }
 }
 
 /// torchrun's HOST[:PORT] (an IPv6 address in brackets), port 29400 when not given.

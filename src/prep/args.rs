@@ -70,3 +70,15 @@ impl PrepArgs {
         })
     }
 }
+
+/// What every command that runs the model on MedMCQA files shares: the device, and the longest
+/// sequence raw files are prepared to.
+#[derive(Clone, Debug, serde::Serialize, clap::Args)]
+pub struct DataArgs {
+    /// Longest sequence in tokens when raw files are prepared.
+    #[arg(long, env = "MEDBERT_MAX_LENGTH", default_value_t = crate::encode::DEFAULT_MAX_LENGTH)]
+    pub max_length: usize,
+    /// Device: auto (cuda:LOCAL_RANK when CUDA is available, else cpu), cpu, cuda or cuda:N.
+    #[arg(long, env = "MEDBERT_DEVICE", default_value = "auto")]
+    pub device: crate::device::DeviceSpec,
+}

@@ -10,7 +10,7 @@ pub mod cache;
 use crate::data::{self, FileCounts, Format, IdRegistry, Question, CHOICES};
 use crate::encode::{self, EncodeSettings, Encoder, Sequences};
 use crate::error::{Error, Result};
-pub use args::{ContextField, PrepArgs};
+pub use args::{ContextField, DataArgs, PrepArgs};
 use cache::{Arrays, InputInfo, LengthStats, Manifest, CACHE_VERSION};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};

@@ -1,10 +1,11 @@
 //! The flags of `medbert train`, declared once: clap parses them, serde records them, and the
 //! training loop reads them.
 
-use crate::device::{DataArgs, PrecisionArg};
+use crate::device::PrecisionArg;
 use crate::dist::GroupArgs;
 use crate::encode::MIN_MAX_LENGTH;
 use crate::error::{Error, Problem, Result};
+use crate::prep::DataArgs;
 use crate::settings;
 use crate::train::optim::SchedulerType;
 use serde::Serialize;

@@ -266,22 +266,12 @@ impl Rendezvous for ElasticRendezvous {
     }
 }
 
-/// An elastic launch (module docs): the store hosted here when the endpoint is this
-/// machine's, a heartbeat thread, the coordinator's thread on the host, and the agent's loop
-/// over this launcher's rounds. Returns the launcher's exit code.
+/// An elastic launch (module docs): this launcher in the job, a heartbeat thread, the
+/// coordinator's thread on the host, and the agent's loop over this launcher's rounds.
+/// Returns the launcher's exit code.
 pub(crate) fn launch(config: &LaunchConfig, elastic: &Elastic, signal: &AtomicUsize) -> Result<i32> {
-    let spec = &config.spec;
-    let addr = spec.master_addr.clone();
-    let hosted = match hosts_here(&addr, elastic.conf.is_host) {
-        true => match host(&addr, spec.master_port) {
-            Ok(store) => Some(store),
-            // Another launcher on this machine hosts it (torchrun falls back the same way).
-            Err(_) if elastic.conf.is_host.is_none() => None,
-            Err(e) => return Err(e),
-        },
-        false => None,
-    };
-    let port = hosted.as_ref().map_or(spec.master_port, Store::port);
+    let (mut rdzv, hosted) = enter(config, elastic)?;
+    let (addr, port, id) = (rdzv.spec.master_addr.clone(), rdzv.spec.master_port, rdzv.id);
     // The store's errors name it; others (a worker that cannot start) are as they came.
     let lost_store = |e: Error| match e {
         Error::Dist(message) => {
@@ -289,32 +279,13 @@ pub(crate) fn launch(config: &LaunchConfig, elastic: &Elastic, signal: &AtomicUs
         }
         other => other,
     };
-    let raw = connect(&addr, port)?;
-    let (rounds, store) = (Rounds::of(&raw)?, raw.with_prefix(keys::LAUNCHER)?);
-    // The host takes id 0 before it opens round 0; the others take theirs after it did.
-    let id = match hosted {
-        Some(_) => {
-            let id = store.add(launcher::NEXT_ID, 1)? - 1;
-            rounds.open()?;
-            id
-        }
-        None => {
-            rounds.current()?;
-            store.add(launcher::NEXT_ID, 1)? - 1
-        }
-    };
-    let (min, max, nproc) = (elastic.min_nodes, elastic.max_nodes, spec.nproc_per_node);
-    eprintln!(
-        "medbert-run: elastic job of {min} to {max} node(s) x {nproc} worker(s), rendezvous {addr}:{port}{}",
-        if hosted.is_some() { " (hosted by this launcher)" } else { "" }
-    );
-    let spec = WorkerSpec { master_port: port, ..spec.clone() };
-    let mut rdzv = ElasticRendezvous { rounds, store, raw, id, spec, last: None };
     // The heartbeat and the coordinator have connections of their own, apart from the
     // agent's waits.
     let beating = connect(&addr, port)?.with_prefix(keys::LAUNCHER)?;
     let coordinator = match hosted.is_some() {
-        true => Some(Coordinator::new(connect(&addr, port)?, elastic, nproc, config.spec.max_restarts)?),
+        true => {
+            Some(Coordinator::new(connect(&addr, port)?, elastic, rdzv.spec.nproc_per_node, rdzv.spec.max_restarts)?)
+        }
         false => None,
     };
     let stop = &AtomicBool::new(false);
@@ -347,6 +318,44 @@ pub(crate) fn launch(config: &LaunchConfig, elastic: &Elastic, signal: &AtomicUs
         }
         code
     })
+}
+
+/// This launcher enters the job: it hosts the store when the endpoint is this machine's (or
+/// `is_host` says so; when another launcher on this machine already hosts it, it joins that
+/// one, as torchrun does), takes its id (the host id 0, before it opens round 0), and says so.
+/// Returns its side of the rendezvous and the store it hosts.
+fn enter(config: &LaunchConfig, elastic: &Elastic) -> Result<(ElasticRendezvous, Option<Store>)> {
+    let spec = &config.spec;
+    let addr = spec.master_addr.as_str();
+    let hosted = match hosts_here(addr, elastic.conf.is_host) {
+        true => match host(addr, spec.master_port) {
+            Ok(store) => Some(store),
+            Err(_) if elastic.conf.is_host.is_none() => None,
+            Err(e) => return Err(e),
+        },
+        false => None,
+    };
+    let port = hosted.as_ref().map_or(spec.master_port, Store::port);
+    let raw = connect(addr, port)?;
+    let (rounds, store) = (Rounds::of(&raw)?, raw.with_prefix(keys::LAUNCHER)?);
+    let id = match hosted {
+        Some(_) => {
+            let id = store.add(launcher::NEXT_ID, 1)? - 1;
+            rounds.open()?;
+            id
+        }
+        None => {
+            rounds.current()?;
+            store.add(launcher::NEXT_ID, 1)? - 1
+        }
+    };
+    let (min, max, nproc) = (elastic.min_nodes, elastic.max_nodes, spec.nproc_per_node);
+    eprintln!(
+        "medbert-run: elastic job of {min} to {max} node(s) x {nproc} worker(s), rendezvous {addr}:{port}{}",
+        if hosted.is_some() { " (hosted by this launcher)" } else { "" }
+    );
+    let spec = WorkerSpec { master_port: port, ..spec.clone() };
+    Ok((ElasticRendezvous { rounds, store, raw, id, spec, last: None }, hosted))
 }
 
 #[cfg(test)]

@@ -10,42 +10,30 @@ use std::path::{Path, PathBuf};
 
 /// One line of metrics.jsonl, as the HF Trainer's log history names its keys: a logged
 /// training step, an evaluation, or the run's end (each sets its own fields). The training
-/// loop writes it and the plot reads it back.
+/// loop writes it (fields it does not set left out of the line) and the plot reads it back.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct MetricsRecord {
     pub step: usize,
     pub epoch: f64,
     // A logged training step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_norm: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub questions_per_second: Option<f64>,
     /// fp16's scaler skipped the step (a gradient was not finite).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped_step: Option<bool>,
     // An evaluation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_accuracy: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_questions: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_runtime: Option<f64>,
     /// (subject, correct, questions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_subject: Option<Vec<(String, usize, usize)>>,
     // The run's end.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_runtime: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_questions_per_second: Option<f64>,
     /// When the line was written (Unix seconds); set by [`MetricsLog::write`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<f64>,
 }
 
@@ -82,17 +70,20 @@ impl MetricsLog {
     /// `train/loss`).
     pub(crate) fn write(&mut self, record: MetricsRecord) -> Result<()> {
         let Some(lines) = &mut self.lines else { return Ok(()) };
-        let value = serde_json::to_value(&record).map_err(|e| Error::write(&lines.path, e))?;
-        if let (Some(writer), Some(row)) = (&mut self.tensorboard, value.as_object()) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let step = record.step;
+        let record = MetricsRecord { timestamp: Some(now.as_secs_f64()), ..record };
+        let mut value = serde_json::to_value(&record).map_err(|e| Error::write(&lines.path, e))?;
+        let Some(row) = value.as_object_mut() else { return Ok(()) };
+        row.retain(|_, v| !v.is_null());
+        if let Some(writer) = &mut self.tensorboard {
             let scalars = row
                 .iter()
-                .filter(|(key, v)| key.as_str() != "step" && v.is_number())
+                .filter(|(key, v)| !["step", "timestamp"].contains(&key.as_str()) && v.is_number())
                 .map(|(key, v)| (tensorboard_tag(key), v.as_f64().unwrap_or(f64::NAN)));
-            writer.scalars(record.step, scalars)?;
+            writer.scalars(step, scalars)?;
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let stamped = MetricsRecord { timestamp: Some(now.as_secs_f64()), ..record };
-        lines.append(&serde_json::to_value(&stamped).map_err(|e| Error::write(&lines.path, e))?)
+        lines.append(&value)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::MetricsRecord;
 use crate::error::{Error, Result};
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::Serialize;
 use std::path::Path;
@@ -79,68 +80,70 @@ pub fn plot(curves: &Curves, baselines: &[Baseline], png: &Path) -> Result<()> {
     let root = BitMapBackend::new(png, (1200, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| draw_err(e.to_string()))?;
     let (left, right) = root.split_horizontally(600);
-    type Lines<'a> = Vec<(&'a str, &'a Series, RGBColor)>;
-    let panels: [(&DrawingArea<_, _>, &str, Lines); 2] = [
-        (&left, "loss", vec![("train", &curves.train_loss, BLUE), ("eval", &curves.eval_loss, RED)]),
-        (&right, "eval accuracy", vec![("eval", &curves.eval_accuracy, RED)]),
-    ];
-    for (area, title, lines) in panels {
-        let accuracy = title.contains("accuracy");
-        let series: Vec<&Series> = lines.iter().map(|(_, s, _)| *s).collect();
-        let (xs, mut ys) = bounds(&series);
-        if accuracy {
-            ys = 0.0..1.0;
-        }
-        // The legend goes where no line is: for the loss in a band added above the curves; for
-        // the accuracy (baselines near the bottom) at the top, or mid-height on the right when
-        // the accuracy ends high.
-        let (last, height) = (last_value(&series).unwrap_or(ys.start), ys.end - ys.start);
-        let legend = match accuracy && (last - ys.start) / height > 0.5 {
-            true => SeriesLabelPosition::MiddleRight,
-            false => SeriesLabelPosition::UpperRight,
-        };
-        if !accuracy {
-            ys = ys.start..ys.end + 0.3 * height;
-        }
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d(xs.clone(), ys)
-            .map_err(|e| draw_err(e.to_string()))?;
-        chart.configure_mesh().x_desc("optimizer step").draw().map_err(|e| draw_err(e.to_string()))?;
-        for (name, series, color) in lines {
-            chart
-                .draw_series(LineSeries::new(series.iter().copied(), color.stroke_width(2)))
-                .map_err(|e| draw_err(e.to_string()))?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            chart
-                .draw_series(series.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(|e| draw_err(e.to_string()))?;
-        }
-        if accuracy {
-            let greys = [RGBColor(90, 90, 90), RGBColor(150, 110, 40)];
-            for (b, color) in baselines.iter().zip(greys) {
-                let (y, style) = (b.accuracy, color.stroke_width(1));
-                let dashes = DashedLineSeries::new([(xs.start, y), (xs.end, y)], 6, 4, style);
-                chart
-                    .draw_series(dashes)
-                    .map_err(|e| draw_err(e.to_string()))?
-                    .label(format!("{} {:.3}", b.name, b.accuracy))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-            }
-        }
-        chart
-            .configure_series_labels()
-            .position(legend)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| draw_err(e.to_string()))?;
-    }
+    let losses = [("train", &curves.train_loss, BLUE), ("eval", &curves.eval_loss, RED)];
+    panel(&left, "loss", &losses, &[]).map_err(draw_err)?;
+    panel(&right, "eval accuracy", &[("eval", &curves.eval_accuracy, RED)], baselines).map_err(draw_err)?;
     root.present().map_err(|e| draw_err(e.to_string()))
+}
+
+/// One panel of the plot: `lines` by name and colour, and the `baselines` (the accuracy's).
+fn panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    title: &str,
+    lines: &[(&str, &Series, RGBColor)],
+    baselines: &[Baseline],
+) -> std::result::Result<(), String> {
+    let accuracy = title.contains("accuracy");
+    let series: Vec<&Series> = lines.iter().map(|(_, s, _)| *s).collect();
+    let (xs, mut ys) = bounds(&series);
+    if accuracy {
+        ys = 0.0..1.0;
+    }
+    // The legend goes where no line is: for the loss in a band added above the curves; for
+    // the accuracy (baselines near the bottom) at the top, or mid-height on the right when
+    // the accuracy ends high.
+    let (last, height) = (last_value(&series).unwrap_or(ys.start), ys.end - ys.start);
+    let legend = match accuracy && (last - ys.start) / height > 0.5 {
+        true => SeriesLabelPosition::MiddleRight,
+        false => SeriesLabelPosition::UpperRight,
+    };
+    if !accuracy {
+        ys = ys.start..ys.end + 0.3 * height;
+    }
+    let text = |e: DrawingAreaErrorKind<_>| e.to_string();
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(xs.clone(), ys)
+        .map_err(text)?;
+    chart.configure_mesh().x_desc("optimizer step").draw().map_err(text)?;
+    for &(name, series, color) in lines {
+        chart
+            .draw_series(LineSeries::new(series.iter().copied(), color.stroke_width(2)))
+            .map_err(text)?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(series.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(text)?;
+    }
+    let greys = [RGBColor(90, 90, 90), RGBColor(150, 110, 40)];
+    for (b, color) in baselines.iter().zip(greys) {
+        let (y, style) = (b.accuracy, color.stroke_width(1));
+        let dashes = DashedLineSeries::new([(xs.start, y), (xs.end, y)], 6, 4, style);
+        chart
+            .draw_series(dashes)
+            .map_err(text)?
+            .label(format!("{} {:.3}", b.name, b.accuracy))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+    }
+    chart
+        .configure_series_labels()
+        .position(legend)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(text)
 }
 
 /// The last value of the series that reaches furthest right.
