@@ -22,9 +22,7 @@ impl<'a> Trainer<'a> {
     pub(super) fn set_up(args: &'a TrainArgs, inputs: &'a TrainInputs, comm: Comm) -> Result<Self> {
         let precision = args.arithmetic.precision.resolve(inputs.device)?;
         tch::manual_seed(args.seed as i64);
-        let run = args.run_dir();
-        run.claim(&inputs.resume, args.overwrite_output_dir, &comm)?;
-        let split = Split::open(inputs, args.holdout)?;
+        let (run, split) = open_run_dir(args, inputs, &comm)?;
         // On a terminal a bar; elsewhere (a log file, medbert-run's pipes) a line per logged step.
         let on_terminal = std::io::stderr().is_terminal();
         let cores = crate::dist::threads_per_worker(crate::dist::cores(), inputs.local_world_size);
@@ -38,8 +36,7 @@ impl<'a> Trainer<'a> {
         let plan = Plan::new(args, &split, &comm, state.steps_per_epoch)?;
         state.steps_per_epoch.get_or_insert(plan.per_epoch);
         let resumed_at = resume_from.as_ref().map(|_| state.step);
-        let metrics = MetricsLog::open(&run.metrics(), comm.is_main(), resumed_at, args.tensorboard_dir().as_deref())?;
-        let questions = QuestionLog::open(&run, comm.rank(), comm.world_size(), args.record_questions, resumed_at)?;
+        let (metrics, questions) = open_logs(args, &run, &comm, resumed_at)?;
         let show_bar = comm.is_main() && on_terminal;
         let bar = crate::progress::bar(plan.total_steps, show_bar, "{bar:30} {pos}/{len} steps {msg} eta {eta}");
         bar.set_position(state.step as u64);
@@ -124,6 +121,26 @@ fn announce(reshard: &checkpoint::Reshard, args: &TrainArgs, epoch_start: usize)
              the number of steps and the learning-rate schedule stay as planned"
         );
     }
+}
+
+/// The run directory claimed for this run (rank 0 decides) and its data opened and split.
+fn open_run_dir(args: &TrainArgs, inputs: &TrainInputs, comm: &Comm) -> Result<(RunDir, Split)> {
+    let run = args.run_dir();
+    run.claim(&inputs.resume, args.overwrite_output_dir, comm)?;
+    Ok((run, Split::open(inputs, args.holdout)?))
+}
+
+/// metrics.jsonl (rank 0, and TensorBoard's events when asked) and `--record-questions`' files,
+/// cut back to `resumed_at` on a resume.
+fn open_logs(
+    args: &TrainArgs,
+    run: &RunDir,
+    comm: &Comm,
+    resumed_at: Option<usize>,
+) -> Result<(MetricsLog, QuestionLog)> {
+    let metrics = MetricsLog::open(&run.metrics(), comm.is_main(), resumed_at, args.tensorboard_dir().as_deref())?;
+    let questions = QuestionLog::open(run, comm.rank(), comm.world_size(), args.record_questions, resumed_at)?;
+    Ok((metrics, questions))
 }
 
 /// The model from the checkpoint `from` (else the run's model) on the run's device, its
