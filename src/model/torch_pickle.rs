@@ -50,6 +50,50 @@ enum Value {
     Object,
 }
 
+/// The pickle opcodes torch.save's files use, by the names Python's `pickle` module gives them.
+mod opcode {
+    pub const PROTO: u8 = 0x80;
+    pub const FRAME: u8 = 0x95;
+    pub const MARK: u8 = b'(';
+    pub const STOP: u8 = b'.';
+    pub const NONE: u8 = b'N';
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const BININT: u8 = b'J';
+    pub const LONG1: u8 = 0x8a;
+    pub const BINFLOAT: u8 = b'G';
+    pub const BINUNICODE: u8 = b'X';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const BINSTRING: u8 = b'T';
+    pub const BINBYTES: u8 = b'B';
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const GLOBAL: u8 = b'c';
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const MEMOIZE: u8 = 0x94;
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const TUPLE: u8 = b't';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const REDUCE: u8 = b'R';
+    pub const NEWOBJ: u8 = 0x81;
+    pub const BUILD: u8 = b'b';
+    pub const BINPERSID: u8 = b'Q';
+    pub const POP: u8 = b'0';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE3: u8 = 0x87;
+}
+
 /// Why a `torch.save` file cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum PickleError {
@@ -204,20 +248,20 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
         let at = pos;
         let op = *take(&mut pos, 1)?.first().ok_or("empty pickle")?;
         match op {
-            0x80 => pos += 1,                // PROTO
-            0x95 => pos += 8,                // FRAME
-            b'(' => marks.push(stack.len()), // MARK
-            b'.' => return Ok((stack.pop().ok_or("STOP with an empty stack")?, pos)),
-            b'N' => stack.push(Value::None),
-            0x88 => stack.push(Value::Bool(true)),
-            0x89 => stack.push(Value::Bool(false)),
-            b'K' => stack.push(Value::Int(i64::from(take(&mut pos, 1)?[0]))),
-            b'M' => {
+            opcode::PROTO => pos += 1,
+            opcode::FRAME => pos += 8,
+            opcode::MARK => marks.push(stack.len()),
+            opcode::STOP => return Ok((stack.pop().ok_or("STOP with an empty stack")?, pos)),
+            opcode::NONE => stack.push(Value::None),
+            opcode::NEWTRUE => stack.push(Value::Bool(true)),
+            opcode::NEWFALSE => stack.push(Value::Bool(false)),
+            opcode::BININT1 => stack.push(Value::Int(i64::from(take(&mut pos, 1)?[0]))),
+            opcode::BININT2 => {
                 let b = take(&mut pos, 2)?;
                 stack.push(Value::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))))
             }
-            b'J' => stack.push(Value::Int(i64::from(u32_le(take(&mut pos, 4)?) as i32))),
-            0x8a => {
+            opcode::BININT => stack.push(Value::Int(i64::from(u32_le(take(&mut pos, 4)?) as i32))),
+            opcode::LONG1 => {
                 // LONG1: little-endian two's complement of n bytes.
                 let n = usize::from(take(&mut pos, 1)?[0]);
                 let b = take(&mut pos, n)?;
@@ -231,23 +275,30 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                 }
                 stack.push(Value::Int(v))
             }
-            b'G' => {
+            opcode::BINFLOAT => {
                 let b = take(&mut pos, 8)?;
                 stack.push(Value::Float(f64::from_be_bytes(b.try_into().map_err(|_| "bad float")?)))
             }
-            b'X' | 0x8c | b'U' | b'T' | b'B' | b'C' => {
+            opcode::BINUNICODE
+            | opcode::SHORT_BINUNICODE
+            | opcode::SHORT_BINSTRING
+            | opcode::BINSTRING
+            | opcode::BINBYTES
+            | opcode::SHORT_BINBYTES => {
                 let n = match op {
-                    0x8c | b'U' | b'C' => usize::from(take(&mut pos, 1)?[0]),
+                    opcode::SHORT_BINUNICODE | opcode::SHORT_BINSTRING | opcode::SHORT_BINBYTES => {
+                        usize::from(take(&mut pos, 1)?[0])
+                    }
                     _ => u32_le(take(&mut pos, 4)?) as usize,
                 };
                 stack.push(Value::Str(String::from_utf8_lossy(take(&mut pos, n)?).into_owned()))
             }
-            b'c' => {
+            opcode::GLOBAL => {
                 let module = line(&mut pos)?;
                 let name = line(&mut pos)?;
                 stack.push(Value::Global(module, name))
             }
-            0x93 => {
+            opcode::STACK_GLOBAL => {
                 let name = pop!();
                 let module = pop!();
                 match (module, name) {
@@ -255,36 +306,37 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                     _ => return Err(malformed!("STACK_GLOBAL without strings at byte {at}")),
                 }
             }
-            b'q' => {
+            opcode::BINPUT => {
                 let k = u32::from(take(&mut pos, 1)?[0]);
                 memo.insert(k, stack.last().cloned().ok_or("BINPUT on an empty stack")?);
             }
-            b'r' => {
+            opcode::LONG_BINPUT => {
                 let k = u32_le(take(&mut pos, 4)?);
                 memo.insert(k, stack.last().cloned().ok_or("LONG_BINPUT on an empty stack")?);
             }
-            0x94 => {
+            opcode::MEMOIZE => {
                 let k = memo.len() as u32;
                 memo.insert(k, stack.last().cloned().ok_or("MEMOIZE on an empty stack")?);
             }
-            b'h' | b'j' => {
-                let k = if op == b'h' { u32::from(take(&mut pos, 1)?[0]) } else { u32_le(take(&mut pos, 4)?) };
+            opcode::BINGET | opcode::LONG_BINGET => {
+                let k =
+                    if op == opcode::BINGET { u32::from(take(&mut pos, 1)?[0]) } else { u32_le(take(&mut pos, 4)?) };
                 stack.push(memo.get(&k).cloned().ok_or_else(|| format!("memo {k} unset at byte {at}"))?)
             }
-            b'}' => stack.push(Value::Dict(Vec::new())),
-            b']' => stack.push(Value::List(Vec::new())),
-            b')' => stack.push(Value::Tuple(Vec::new())),
-            b't' => {
+            opcode::EMPTY_DICT => stack.push(Value::Dict(Vec::new())),
+            opcode::EMPTY_LIST => stack.push(Value::List(Vec::new())),
+            opcode::EMPTY_TUPLE => stack.push(Value::Tuple(Vec::new())),
+            opcode::TUPLE => {
                 let items = since_mark!();
                 stack.push(Value::Tuple(items))
             }
-            0x85..=0x87 => {
-                let n = usize::from(op - 0x84);
+            opcode::TUPLE1..=opcode::TUPLE3 => {
+                let n = usize::from(op - opcode::TUPLE1 + 1);
                 let items = stack.split_off(stack.len().checked_sub(n).ok_or("TUPLEn on a short stack")?);
                 stack.push(Value::Tuple(items))
             }
-            b's' | b'u' => {
-                let items = if op == b's' {
+            opcode::SETITEM | opcode::SETITEMS => {
+                let items = if op == opcode::SETITEM {
                     let v = pop!();
                     let k = pop!();
                     vec![k, v]
@@ -307,8 +359,8 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                     }
                 }
             }
-            b'a' | b'e' => {
-                let items = if op == b'a' { vec![pop!()] } else { since_mark!() };
+            opcode::APPEND | opcode::APPENDS => {
+                let items = if op == opcode::APPEND { vec![pop!()] } else { since_mark!() };
                 match stack.last_mut() {
                     Some(Value::List(l)) => l.extend(items),
                     Some(Value::Object) => {}
@@ -320,21 +372,21 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                     }
                 }
             }
-            b'R' => {
+            opcode::REDUCE => {
                 let args = pop!();
                 let callable = pop!();
                 stack.push(reduce(callable, args)?)
             }
-            0x81 => {
+            opcode::NEWOBJ => {
                 let _args = pop!();
                 let _class = pop!();
                 stack.push(Value::Object)
             }
-            b'b' => {
+            opcode::BUILD => {
                 // BUILD: an object's state (e.g. a state dict's `_metadata`), not needed here.
                 let _state = pop!();
             }
-            b'Q' => {
+            opcode::BINPERSID => {
                 let pid = pop!();
                 let Value::Tuple(parts) = pid else {
                     return Err(malformed!("persistent id {} at byte {at}", pid.describe()));
@@ -351,7 +403,7 @@ fn unpickle(data: &[u8], start: usize) -> Result<(Value, usize), Fail> {
                     other => return Err(unsupported!("unsupported persistent id {other:?} at byte {at}")),
                 }
             }
-            b'0' => {
+            opcode::POP => {
                 let _ = pop!();
             }
             other => return Err(unsupported!("unsupported pickle opcode 0x{other:02x} at byte {at}")),
@@ -369,7 +421,7 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>, Fail> {
         Some(b"PK\x03\x04") => {
             read_zip(file).map_err(|e| PickleError::In { format: "zip-format torch.save file", source: e.into() })
         }
-        Some([0x80, ..]) => {
+        Some([opcode::PROTO, ..]) => {
             let format = "legacy-format torch.save file (torch < 1.6)";
             read_legacy(&bytes).map_err(|e| PickleError::In { format, source: e.into() })
         }
