@@ -1,12 +1,22 @@
 //! The files of a Hugging Face model directory, named once, as transformers names them. The
 //! loader, the tokenizer, the hub client and the checkpoint writer all use these.
 
-use std::path::{Path, PathBuf};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// PyTorch's pickle checkpoint, read when a directory has no safetensors file.
 pub const PICKLE_WEIGHTS_FILE: &str = "pytorch_model.bin";
+/// The index of a model saved in shards (`save_pretrained` above `max_shard_size`): which of
+/// the `model-0000k-of-0000n.safetensors` files holds each tensor.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+/// The same for shards in PyTorch's pickle format (`pytorch_model-0000k-of-0000n.bin`), as
+/// transformers 4 wrote them.
+pub const PICKLE_WEIGHTS_INDEX_FILE: &str = "pytorch_model.bin.index.json";
+/// Where a model directory's weights may be, in order of preference.
+pub const WEIGHTS_FILES: [&str; 4] = [WEIGHTS_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_INDEX_FILE, PICKLE_WEIGHTS_INDEX_FILE];
 /// The fast tokenizer (the whole pipeline in one JSON file).
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// BERT's WordPiece vocabulary, read when a directory has no tokenizer.json.
@@ -17,6 +27,30 @@ pub const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
 /// The tokenizer's files: one of [`TOKENIZER_FILE`] and [`VOCAB_FILE`] is needed, the rest
 /// are carried on from the model into every checkpoint when present.
 pub const TOKENIZER_FILES: [&str; 4] = [TOKENIZER_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE];
+
+/// A sharded model's index as save_pretrained writes it; only the map is read.
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    /// Tensor name -> the shard's file name, beside the index.
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The shards a sharded model's `index` names, each with the tensors it should hold; a shard
+/// named other than as a file beside the index is an error.
+pub fn read_shard_index(index: &Path) -> Result<BTreeMap<String, Vec<String>>> {
+    let bad = |message: String| Error::Weights { path: index.to_path_buf(), message };
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let ShardIndex { weight_map } =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a shard index (`weight_map`): {e}")))?;
+    let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (tensor, shard) in weight_map {
+        if !Path::new(&shard).components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(bad(format!("shard {shard:?} of `{tensor}` is not a file name")));
+        }
+        shards.entry(shard).or_default().push(tensor);
+    }
+    Ok(shards)
+}
 
 /// The first of `names` that is a file in `dir`.
 pub fn first_file(dir: &Path, names: &[&str]) -> Option<PathBuf> {

@@ -4,15 +4,15 @@
 
 use crate::error::{Error, Result};
 use crate::files::{
-    CONFIG_FILE, PICKLE_WEIGHTS_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE,
-    WEIGHTS_FILE,
+    first_file, read_shard_index, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+    VOCAB_FILE, WEIGHTS_FILES,
 };
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
 /// Files a model needs, in order of preference within each group; one of each group is required.
-const MODEL_FILES: [&[&str]; 3] = [&[CONFIG_FILE], &[WEIGHTS_FILE, PICKLE_WEIGHTS_FILE], &[TOKENIZER_FILE, VOCAB_FILE]];
+const MODEL_FILES: [&[&str]; 3] = [&[CONFIG_FILE], &WEIGHTS_FILES, &[TOKENIZER_FILE, VOCAB_FILE]];
 /// Tokenizer settings fetched when present, so checkpoints carry them on.
 const OPTIONAL_FILES: [&str; 2] = [TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE];
 
@@ -148,9 +148,19 @@ fn snapshot_of(path: &Path, file: &str) -> Option<PathBuf> {
     path.ancestors().nth(Path::new(file).components().count()).map(Path::to_path_buf)
 }
 
+/// A model's files; for a model saved in shards, the shards its index names too.
 fn download_model(spec: &str) -> Result<PathBuf> {
     tracing::info!(model = spec, "fetching from the hub");
-    download(spec, RepoType::Model, &MODEL_FILES, &OPTIONAL_FILES)
+    let dir = download(spec, RepoType::Model, &MODEL_FILES, &OPTIONAL_FILES)?;
+    match first_file(&dir, &WEIGHTS_FILES) {
+        Some(index) if index.to_string_lossy().ends_with(".index.json") => {
+            let shards: Vec<String> = read_shard_index(&index)?.into_keys().collect();
+            let names: Vec<&str> = shards.iter().map(String::as_str).collect();
+            let groups: Vec<&[&str]> = names.iter().map(std::slice::from_ref).collect();
+            download(spec, RepoType::Model, &groups, &[])
+        }
+        _ => Ok(dir),
+    }
 }
 
 #[cfg(test)]

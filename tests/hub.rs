@@ -31,6 +31,22 @@ fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory
     tensors.push(("classifier.weight".into(), tch::Tensor::randn([1, 384], tch::kind::FLOAT_CPU) * 0.02));
     tensors.push(("classifier.bias".into(), tch::Tensor::zeros([1], tch::kind::FLOAT_CPU)));
     tch::Tensor::write_safetensors(&tensors, repo.join("model.safetensors")).unwrap();
+    // The same model saved in two shards with their index, as save_pretrained writes a model
+    // above its shard size (tests/model.rs checks transformers' own shards load).
+    let sharded = dir.join("server/acme/sharded");
+    std::fs::create_dir_all(&sharded).unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(repo.join(file), sharded.join(file)).unwrap();
+    }
+    let (first, second) = tensors.split_at(tensors.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    for (k, part) in [first, second].into_iter().enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", k + 1);
+        tch::Tensor::write_safetensors(part, sharded.join(&file)).unwrap();
+        weight_map.extend(part.iter().map(|(name, _)| (name.clone(), file.clone().into())));
+    }
+    let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
+    std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
     std::fs::create_dir_all(dir.join("server/acme/empty")).unwrap();
     std::fs::copy(common::default_model().join("config.json"), dir.join("server/acme/empty/config.json")).unwrap();
     let data = dir.join("questions.json");
@@ -45,6 +61,8 @@ fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory
     let log = std::fs::read_to_string(dir.join("server/requests.log")).unwrap();
     assert!(log.lines().all(|l| l.ends_with("Bearer hf_test_token")), "HF_TOKEN not sent:\n{log}");
 
+    let from_shards = eval_with("acme/sharded", &data, &hf_home, &server.endpoint);
+    common::assert_success(&from_shards);
     let missing = eval_with("acme/empty", &data, &hf_home, &server.endpoint);
     let text = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(2), "{text}");
@@ -59,4 +77,5 @@ fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory
     let json = |o: &Output| -> serde_json::Value { serde_json::from_slice(&o.stdout).unwrap() };
     assert_eq!(json(&fetched), json(&local));
     assert_eq!(json(&cached), json(&local));
+    assert_eq!(json(&from_shards), json(&local), "the sharded copy evaluates like the whole one");
 }

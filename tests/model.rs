@@ -376,6 +376,41 @@ fn biolinkbert_with_tokenizer_json_and_a_bare_encoder_loads() {
 }
 
 #[test]
+fn sharded_checkpoints_of_either_format_load_as_transformers_loads_them() {
+    for name in ["sharded-safetensors", "sharded-bin"] {
+        let model = hub_layouts().join(name);
+        assert!(!model.join(WEIGHTS_FILE).exists() && !model.join(medbert::model::PICKLE_WEIGHTS_FILE).exists());
+        let (log, _, _run) = conforms(name);
+        assert!(log.contains("cls.predictions"), "{name}: the masked-LM head in the shards is reported unused:\n{log}");
+    }
+}
+
+#[test]
+fn a_missing_shard_or_a_tensor_in_no_shard_is_an_error_naming_it() {
+    let source = hub_layouts().join("sharded-safetensors");
+    let dir = common::scratch("broken-shards");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let load = || MultipleChoiceModel::from_dir(&dir, Device::Cpu).err().expect("refused").to_string();
+    index["weight_map"]["bert.embeddings.extra"] = "model-00001-of-00002.safetensors".into();
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let err = load();
+    assert!(
+        err.contains("`bert.embeddings.extra` is in no shard") && err.contains(&index_path.display().to_string()),
+        "{err}"
+    );
+    index["weight_map"].as_object_mut().unwrap().remove("bert.embeddings.extra");
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = load();
+    assert!(err.contains("shard model-00002-of-00002.safetensors is missing"), "{err}");
+}
+
+#[test]
 fn fp16_weights_on_disk_load_as_fp32() {
     let (_, saved, _run) = conforms("bert-fp16");
     assert_eq!(saved["bert.encoder.layer.0.output.dense.weight"].kind(), tch::Kind::Float);

@@ -5,26 +5,56 @@
 
 use super::torch_pickle;
 use crate::error::{Error, Result};
-use std::collections::{BTreeMap, HashMap};
+use crate::files::{first_file, read_shard_index, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE, WEIGHTS_FILES};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
 
-use crate::files::{first_file, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE};
-
-/// The weights file of an HF model directory: model.safetensors, else pytorch_model.bin.
+/// The weights of an HF model directory: model.safetensors, else pytorch_model.bin, else the
+/// index of either's shards.
 pub fn weights_file(dir: &Path) -> Result<PathBuf> {
-    first_file(dir, &[WEIGHTS_FILE, PICKLE_WEIGHTS_FILE]).ok_or_else(|| Error::Weights {
+    first_file(dir, &WEIGHTS_FILES).ok_or_else(|| Error::Weights {
         path: dir.to_path_buf(),
-        message: format!("neither {WEIGHTS_FILE} nor {PICKLE_WEIGHTS_FILE} found"),
+        message: format!(
+            "neither {WEIGHTS_FILE} nor {PICKLE_WEIGHTS_FILE} found, nor the index of a sharded model ({})",
+            WEIGHTS_FILES[2..].join(", ")
+        ),
     })
+}
+
+/// The tensors of every shard that `index` names (each shard read whole, as transformers
+/// does), once each shard is checked to hold what the index says it holds.
+fn read_shards(index: &Path) -> Result<Vec<(String, Tensor)>> {
+    let bad = |message: String| Error::Weights { path: index.to_path_buf(), message };
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut out = Vec::new();
+    for (shard, tensors) in read_shard_index(index)? {
+        let path = dir.join(&shard);
+        if !path.is_file() {
+            let (n, first) = (tensors.len(), &tensors[0]);
+            return Err(bad(format!("shard {shard} is missing (the index puts {n} tensor(s) there, `{first}` first)")));
+        }
+        let read = read_tensors(&path)?;
+        let held: HashSet<&str> = read.iter().map(|(name, _)| name.as_str()).collect();
+        if let Some(absent) = tensors.iter().find(|t| !held.contains(t.as_str())) {
+            return Err(bad(format!(
+                "`{absent}` is in no shard: the index puts it in {shard}, which does not hold it"
+            )));
+        }
+        out.extend(read);
+    }
+    Ok(out)
 }
 const CLASSIFIER_PREFIX: &str = "classifier.";
 /// What a checkpoint may lack: transformers initialises these afresh.
 const MAY_BE_MISSING: [&str; 2] = ["bert.pooler.", CLASSIFIER_PREFIX];
 
-/// The named tensors of a weights file, on the CPU: safetensors, or what `torch.save` writes
-/// (`.bin`, `.pt`: a zip archive holding a pickled state dict).
+/// The named tensors of a weights file, on the CPU: safetensors, what `torch.save` writes
+/// (`.bin`, `.pt`: a zip archive holding a pickled state dict), or a shard index's shards.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".index.json")) {
+        return read_shards(path);
+    }
     let pickle = matches!(path.extension().and_then(|e| e.to_str()), Some("bin" | "pt"));
     let read = match pickle {
         true => torch_pickle::read_state_dict(path).map_err(|e| e.to_string()),

@@ -21,6 +21,14 @@ summarised in shared/notes/stack-facts.md ("Hub layouts of the medical BERTs"):
 - BioLinkBERT-base: tokenizer.json, tokenizer_config.json, special_tokens_map.json and a
   28,895-token vocab.txt together; pytorch_model.bin of a bare BertModel (no `bert.` prefix).
 - bert-fp16: a BertModel saved by save_pretrained in float16 (model.safetensors).
+- sharded-safetensors: a BertForMaskedLM saved by save_pretrained(max_shard_size="1MB"), as
+  every model above the shard size is (5 GB by default in transformers 5, 10 GB in 4):
+  model-0000k-of-0000n.safetensors and model.safetensors.index.json ({"metadata":
+  {"total_size"}, "weight_map": {tensor: shard}}), no model.safetensors.
+- sharded-bin: the same in transformers 4's pickle shards (pytorch_model-0000k-of-0000n.bin,
+  pytorch_model.bin.index.json), written here with torch.save as transformers 4's
+  shard_checkpoint did (tensors in state-dict order, a new shard when the next tensor would
+  pass the size; transformers 5 no longer writes .bin files).
 
 Each directory also gets expected.safetensors: the encoder tensors BertForMultipleChoice holds
 after transformers loads the directory (fp32, transformers' names), without the ones it had
@@ -93,6 +101,26 @@ def gamma_beta(state: dict) -> dict:
     return {rename(k): v for k, v in state.items()}
 
 
+def write_bin_shards(d: Path, state: dict, max_bytes: int) -> None:
+    """transformers 4's shard_checkpoint + save_pretrained(safe_serialization=False)."""
+    shards, current, size = [], {}, 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = {}, 0
+        current[name], size = tensor, size + nbytes
+    shards.append(current)
+    weight_map, total = {}, 0
+    for k, shard in enumerate(shards, 1):
+        file = f"pytorch_model-{k:05d}-of-{len(shards):05d}.bin"
+        torch.save({n: t.contiguous() for n, t in shard.items()}, d / file)
+        for n, t in shard.items():
+            weight_map[n], total = file, total + t.numel() * t.element_size()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
 def build(out: Path) -> None:
     torch.manual_seed(0)
     layouts = {}
@@ -142,6 +170,22 @@ def build(out: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     cfg = config(write_vocab(d, uncased_vocab()))
     BertModel(cfg).half().save_pretrained(d)
+    layouts[d.name] = d
+
+    d = out / "sharded-safetensors"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = config(write_vocab(d, uncased_vocab()), architectures=["BertForMaskedLM"])
+    BertForMaskedLM(cfg).save_pretrained(d, max_shard_size="1MB")
+    (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    assert len(list(d.glob("model-*-of-*.safetensors"))) >= 2 and (d / "model.safetensors.index.json").is_file()
+    layouts[d.name] = d
+
+    d = out / "sharded-bin"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = config(write_vocab(d, uncased_vocab()), architectures=["BertForMaskedLM"])
+    cfg.save_pretrained(d)
+    (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    write_bin_shards(d, BertForMaskedLM(cfg).state_dict(), 1 << 20)
     layouts[d.name] = d
 
     for name, d in layouts.items():
