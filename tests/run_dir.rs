@@ -402,3 +402,44 @@ fn a_disk_full_during_a_checkpoint_is_said_in_words_and_leaves_no_partial_checkp
     let left = std::fs::read_to_string(&listing).unwrap();
     assert!(!left.contains("checkpoint-") && !left.contains(".medbert-staged"), "left behind: {left}");
 }
+
+/// Every path under `dir`, sorted.
+fn listing(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(listing(&path));
+        }
+        out.push(path);
+    }
+    out.sort();
+    out
+}
+
+/// An output directory the HF Trainer itself wrote (tests/reference/hf_trainer_checkpoint.py):
+/// its checkpoints are not resumed (another trainer's optimizer state), with a sentence saying
+/// what to do instead and nothing written; the advice (`--model checkpoint-N`) then works.
+#[test]
+fn an_hf_trainer_checkpoint_is_refused_for_resume_without_writing_and_fine_tunes_as_a_model() {
+    let (dir, data) = data("hf-trainer");
+    let hf = dir.join("hf");
+    common::run_reference("hf_trainer_checkpoint.py", &[&common::default_model(), &hf]);
+    let before = listing(&hf);
+    let resumed = train(&data, &hf, &["--resume", "--max-steps", "3"]);
+    let text = stderr(&resumed);
+    assert_eq!(resumed.status.code(), Some(2), "{text}");
+    assert!(text.contains("an HF Trainer checkpoint") && text.contains("--model"), "{text}");
+    assert!(text.contains(&hf.join("checkpoint-2").display().to_string()), "the newest is named: {text}");
+    assert_eq!(listing(&hf), before, "a refused run wrote nothing");
+    let fresh = dir.join("fresh");
+    let from = hf.join("checkpoint-1");
+    let given = train(&data, &fresh, &["--resume-from-checkpoint", from.to_str().unwrap(), "--max-steps", "3"]);
+    assert!(stderr(&given).contains("an HF Trainer checkpoint"), "{}", stderr(&given));
+    assert!(!fresh.exists(), "a refused run made its output directory");
+    let tuned = common::train_command(&hf.join("checkpoint-2"), &data, &dir.join("tuned"))
+        .args(["--max-steps", "1", "--per-device-train-batch-size", "4"])
+        .output()
+        .unwrap();
+    common::assert_success(&tuned);
+}

@@ -111,7 +111,7 @@ pub(crate) fn to_resume(run: &RunDir, resume: &Resume, comm: &Comm) -> Result<Op
         (step, _) => {
             let dir = run.checkpoint(step as usize - 1);
             match dir.join(STATE_FILE).is_file() {
-                true => Ok(Some(dir)),
+                true => checked(&dir, "--resume").map(Some),
                 false => Err(Error::Input(format!(
                     "--resume: rank {} cannot see {} that rank 0 resumes from (the output directory must be shared)",
                     comm.rank(),
@@ -122,8 +122,35 @@ pub(crate) fn to_resume(run: &RunDir, resume: &Resume, comm: &Comm) -> Result<Op
     }
 }
 
-/// `dir` when it is a resumable checkpoint.
-fn checked(dir: &Path, flag: &str) -> Result<PathBuf> {
+/// Refuses, before anything is written, a resume from a checkpoint medbert cannot resume
+/// ([`checked`]): the one given, or the newest in the run directory as this process sees it.
+pub(crate) fn precheck(run: &RunDir, resume: &Resume) -> Result<()> {
+    match resume {
+        Resume::No => Ok(()),
+        Resume::From(dir) => checked(dir, "--resume-from-checkpoint").map(drop),
+        Resume::Required | Resume::IfAny(_) => match resumable(run)?.pop() {
+            Some((_, dir)) => checked(&dir, "--resume").map(drop),
+            None => Ok(()),
+        },
+    }
+}
+
+/// What the HF Trainer saves in its checkpoints beside the weights (and medbert does not).
+const HF_TRAINER_FILES: [&str; 3] = ["optimizer.pt", "scheduler.pt", "training_args.bin"];
+
+/// `dir` when it is a checkpoint medbert can resume: its trainer state and optimizer state,
+/// not another trainer's (an HF Trainer checkpoint is refused with what to do instead).
+pub(crate) fn checked(dir: &Path, flag: &str) -> Result<PathBuf> {
+    let hf = HF_TRAINER_FILES.iter().find(|f| dir.join(f).is_file());
+    if let (Some(file), false) = (hf, dir.join(OPTIMIZER_FILE).is_file()) {
+        return Err(Error::Input(format!(
+            "{flag} {}: an HF Trainer checkpoint (it holds {file}, not medbert's {OPTIMIZER_FILE}): medbert does not \
+             resume another trainer's optimizer and schedule; fine-tune its weights in a new run with --model {} \
+             instead (the optimizer starts afresh)",
+            dir.display(),
+            dir.display()
+        )));
+    }
     match dir.join(STATE_FILE).is_file() {
         true => Ok(dir.to_path_buf()),
         false => Err(Error::Input(format!(

@@ -15,6 +15,8 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainSummary>> {
     let model_dir = crate::hub::resolve_model(&args.model)?;
     args.check(Some(&model_dir))?;
     let worker = args.ddp.group.join_worker(args.data.device)?;
+    let resume = Resume::from_flags(args.resume, args.resume_from_checkpoint.as_deref(), worker.restarted());
+    super::checkpoint::precheck(&args.run_dir(), &resume)?;
     let (root, max_length) = (args.run_dir().prepared(), args.data.max_length);
     let (train_cache, eval_cache) = worker.in_turn(|| {
         let train = crate::prep::prepared(&args.train_file, &root, &model_dir, max_length)?;
@@ -22,7 +24,6 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainSummary>> {
         let eval = eval.map(|p| crate::prep::prepared(p, &root, &model_dir, max_length)).transpose()?;
         Ok::<(PathBuf, Option<PathBuf>), Error>((train, eval))
     })?;
-    let resume = Resume::from_flags(args.resume, args.resume_from_checkpoint.as_deref(), worker.restarted());
     let (device, local_world_size) = (worker.device, worker.local_world_size());
     let inputs = TrainInputs { model_dir, train_cache, eval_cache, device, resume, local_world_size };
     let mut trainer = Trainer::set_up(args, &inputs, worker.comm)?;
