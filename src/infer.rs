@@ -18,14 +18,14 @@ use tch::{Device, Kind};
 #[derive(Args, Debug)]
 pub struct InferenceArgs {
     /// A checkpoint, a model directory or a hub id.
-    #[arg(long, env = settings::MODEL_VAR)]
+    #[arg(long, value_parser = crate::settings::path, env = settings::MODEL_VAR)]
     pub model: PathBuf,
     /// Questions per batch on each process.
     #[arg(long, default_value_t = DEFAULT_EVAL_BATCH_SIZE)]
     pub per_device_eval_batch_size: usize,
     /// Where prepared caches of raw files go: by default `prepared/` beside predict's
     /// --output, and for eval $XDG_CACHE_HOME/medbert/prepared (~/.cache/medbert/prepared).
-    #[arg(long, env = "MEDBERT_CACHE_DIR")]
+    #[arg(long, value_parser = crate::settings::path, env = "MEDBERT_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     #[command(flatten)]
     pub arithmetic: PrecisionArg,

@@ -27,6 +27,23 @@ pub fn both_spellings(command: clap::Command) -> clap::Command {
         .mut_subcommands(both_spellings)
 }
 
+/// A path setting's value as a shell would expand it: `~` and a leading `~/` are the home
+/// directory (HOME). For the settings `.env` and the environment can give, where no shell
+/// expanded it (dotenvy expands `$VAR` and `${VAR}` in `.env`, not `~`); `~user` is left alone.
+pub fn path(value: &str) -> std::result::Result<PathBuf, String> {
+    expand_home(value, std::env::var_os("HOME").filter(|h| !h.is_empty()))
+}
+
+fn expand_home(value: &str, home: Option<std::ffi::OsString>) -> std::result::Result<PathBuf, String> {
+    match value.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            let home = home.ok_or_else(|| format!("{value}: `~` stands for HOME, which is not set"))?;
+            Ok(PathBuf::from(home).join(rest.trim_start_matches('/')))
+        }
+        _ => Ok(PathBuf::from(value)),
+    }
+}
+
 /// Where `eval` keeps the caches of the raw files it prepares unless told otherwise:
 /// `$XDG_CACHE_HOME/medbert/prepared`, by default `~/.cache/medbert/prepared`.
 pub fn user_cache_dir() -> PathBuf {
@@ -63,4 +80,21 @@ pub fn load_dotenv() -> Result<Option<PathBuf>> {
 /// The `.env` file that set `variable`, when `load_dotenv` took it from there.
 pub fn dotenv_source(variable: &str) -> Option<&'static Path> {
     FROM_DOTENV.get().filter(|(_, keys)| keys.contains(variable)).map(|(path, _)| path.as_path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_home;
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_leading_tilde_is_home_as_in_a_shell() {
+        let home = || Some("/home/ada".into());
+        assert_eq!(expand_home("~/.cache/m", home()).unwrap(), PathBuf::from("/home/ada/.cache/m"));
+        assert_eq!(expand_home("~", home()).unwrap(), PathBuf::from("/home/ada"));
+        for kept in ["~ada/x", "runs/~/x", "acme/model", "/abs/~"] {
+            assert_eq!(expand_home(kept, home()).unwrap(), PathBuf::from(kept));
+        }
+        assert!(expand_home("~/x", None).unwrap_err().contains("HOME"));
+    }
 }

@@ -212,6 +212,33 @@ fn eval_and_predict_keep_their_caches_out_of_the_current_directory() {
     assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "something was written into the current directory");
 }
 
+/// .env.example with every commented setting uncommented, as its comments invite, read from the
+/// current directory's .env by `eval`: `MEDBERT_CACHE_DIR=~/...` is the home directory's (not a
+/// directory named `~` here), and no other line breaks the command.
+#[test]
+fn the_example_configuration_uncommented_works_and_its_tilde_is_home() {
+    let (root, data) = data("env-example");
+    let (cwd, home) = (root.join("cwd"), root.join("home"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    let example = std::fs::read_to_string(common::manifest_dir().join(".env.example")).unwrap();
+    let uncommented: Vec<&str> = example
+        .lines()
+        .map(|l| l.strip_prefix("# ").filter(|s| s.split_once('=').is_some_and(|(k, _)| !k.contains(' '))).unwrap_or(l))
+        .collect();
+    assert!(uncommented.iter().any(|l| l.starts_with("MEDBERT_CACHE_DIR=~/")), "the example's cache line moved");
+    std::fs::write(cwd.join(".env"), uncommented.join("\n")).unwrap();
+    let mut eval = Command::new(common::medbert_bin());
+    eval.current_dir(&cwd).args(["eval", "--device", "cpu", "--validation-file"]).arg(&data);
+    // The model is this machine's, as setup.sh writes it into .env; HOME is the test's own.
+    eval.env("HOME", &home);
+    for (key, _) in std::env::vars().filter(|(k, _)| uncommented.iter().any(|l| l.starts_with(&format!("{k}=")))) {
+        eval.env_remove(key);
+    }
+    common::assert_success(&eval.env(medbert::settings::MODEL_VAR, common::default_model()).output().unwrap());
+    assert!(home.join(".cache/medbert/prepared/d/tokens.safetensors").is_file(), "the cache is not under HOME");
+    assert!(!cwd.join("~").exists(), "a directory named ~ was made");
+}
+
 /// Without a terminal (a log file, medbert-run's pipes) rank 0 logs a line per logging step
 /// instead of drawing a bar, without colour codes; a RUST_LOG from `.env` is honoured.
 #[test]

@@ -20,7 +20,7 @@ pub struct PrepArgs {
     #[arg(long)]
     pub output: PathBuf,
     /// Model directory or hub id whose tokenizer encodes the text (tokenizer.json or vocab.txt).
-    #[arg(long, env = settings::MODEL_VAR)]
+    #[arg(long, value_parser = crate::settings::path, env = settings::MODEL_VAR)]
     pub model: PathBuf,
     /// Layout of every input; default: from each file's extension.
     #[arg(long, value_enum)]
@@ -42,7 +42,7 @@ pub struct PrepArgs {
     #[arg(long)]
     pub lemmatize: bool,
     /// WordNet dictionary for --lemmatize (Debian's wordnet-base).
-    #[arg(long, env = "MEDBERT_WORDNET_DIR", default_value = crate::data::DEFAULT_WORDNET_DIR)]
+    #[arg(long, value_parser = crate::settings::path, env = "MEDBERT_WORDNET_DIR", default_value = crate::data::DEFAULT_WORDNET_DIR)]
     pub wordnet_dir: PathBuf,
 }
 

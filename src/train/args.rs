@@ -17,20 +17,20 @@ use tch::Device;
 #[derive(Clone, Debug, Serialize, clap::Args)]
 pub struct TrainArgs {
     /// Model to start from: an HF model directory or a hub id (e.g. dmis-lab/biobert-base-cased-v1.2).
-    #[arg(long, env = settings::MODEL_VAR)]
+    #[arg(long, value_parser = crate::settings::path, env = settings::MODEL_VAR)]
     pub model: PathBuf,
     /// Training data: a raw MedMCQA file (prepared automatically) or a prepared cache.
-    #[arg(long, env = "MEDBERT_TRAIN_FILE")]
+    #[arg(long, value_parser = crate::settings::path, env = "MEDBERT_TRAIN_FILE")]
     pub train_file: PathBuf,
     /// Evaluation data, as --train-file.
-    #[arg(long, env = "MEDBERT_VALIDATION_FILE")]
+    #[arg(long, value_parser = crate::settings::path, env = "MEDBERT_VALIDATION_FILE")]
     pub validation_file: Option<PathBuf>,
     /// Without --validation-file: evaluate on the last N questions of the training file
     /// (file order) and train on the rest.
     #[arg(long, env = "MEDBERT_HOLDOUT")]
     pub holdout: Option<usize>,
     /// Where metrics, the plot, the summary and checkpoints go.
-    #[arg(long, env = "MEDBERT_OUTPUT_DIR", default_value = "runs/medbert")]
+    #[arg(long, value_parser = crate::settings::path, env = "MEDBERT_OUTPUT_DIR", default_value = "runs/medbert")]
     pub output_dir: PathBuf,
     /// Peak learning rate of AdamW (after warm-up).
     #[arg(long, env = "MEDBERT_LEARNING_RATE", default_value_t = 5e-5)]
@@ -130,7 +130,7 @@ pub struct TrainArgs {
     #[arg(long, env = "MEDBERT_REPORT_TO", value_enum, value_delimiter = ',', default_value = "none")]
     pub report_to: Vec<ReportTo>,
     /// TensorBoard's log directory (default: <output-dir>/runs/<date>_<host>, as the HF Trainer).
-    #[arg(long, env = "MEDBERT_LOGGING_DIR")]
+    #[arg(long, value_parser = crate::settings::path, env = "MEDBERT_LOGGING_DIR")]
     pub logging_dir: Option<PathBuf>,
     /// Debugging: every process appends the training questions of each optimizer step
     /// (indices into the training data) to questions-rank<R>.jsonl in --output-dir.
@@ -151,7 +151,7 @@ pub struct TrainArgs {
     #[arg(long, env = "MEDBERT_RESUME")]
     pub resume: bool,
     /// Continue from this checkpoint-<step> directory (as --resume, from a given checkpoint).
-    #[arg(long, env = "MEDBERT_RESUME_FROM_CHECKPOINT", value_name = "DIR")]
+    #[arg(long, value_parser = crate::settings::path, env = "MEDBERT_RESUME_FROM_CHECKPOINT", value_name = "DIR")]
     pub resume_from_checkpoint: Option<PathBuf>,
     /// Train into an --output-dir that holds another run, deleting that run's files first
     /// (metrics, checkpoints, best/, final/, summary); prepared caches are kept.

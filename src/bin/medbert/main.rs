@@ -23,7 +23,7 @@ enum Command {
     /// Report libtorch, CUDA, c10d backends and the default model, then run a forward pass.
     Doctor {
         /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json) or hub id.
-        #[arg(long, env = settings::MODEL_VAR)]
+        #[arg(long, value_parser = settings::path, env = settings::MODEL_VAR)]
         model: Option<PathBuf>,
     },
     Prep(PrepArgs),
