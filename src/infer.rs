@@ -44,9 +44,10 @@ impl InferenceArgs {
         is_main: bool,
     ) -> Result<(MultipleChoiceModel, PreparedCache)> {
         let dir = hub::resolve_model(&self.model)?;
+        // The model first: one medbert cannot build is refused before anything is prepared.
+        let (model, report) = MultipleChoiceModel::from_dir(&dir, device)?;
         let root = self.cache_dir.clone().unwrap_or(default_cache);
         let cache = PreparedCache::open(&prep::prepared(file, &root, &dir, self.data.max_length)?)?;
-        let (model, report) = MultipleChoiceModel::from_dir(&dir, device)?;
         if is_main {
             report.log(&dir, false);
         }

@@ -433,3 +433,38 @@ fn damaged_legacy_checkpoints_are_errors_naming_the_file() {
     std::fs::write(&bin, &extra).unwrap();
     assert!(load_err(&dir).to_string().contains("8 bytes after the last storage"));
 }
+
+/// Encoder families other than BERT (tests/reference/other_families.py: a bare RobertaModel,
+/// whose unprefixed tensor names a BERT loader would take, and ELECTRA and DeBERTa-v2
+/// multiple-choice checkpoints) are refused by their config's model_type before any tensor is
+/// read or anything is written, by train and by eval.
+#[test]
+fn other_encoder_families_are_refused_by_model_type_before_anything_is_done() {
+    let dir = common::scratch("other-families");
+    common::run_reference("other_families.py", &[dir.as_ref()]);
+    let data = dir.join("questions.json");
+    common::synthetic_task(&data, 8, 5);
+    for (name, model_type) in [("roberta-bare", "roberta"), ("electra-mc", "electra"), ("deberta-v2-mc", "deberta-v2")]
+    {
+        let model = dir.join(name);
+        let out = dir.join(format!("run-{name}"));
+        let trained = common::train_command(&model, &data, &out).output().unwrap();
+        let text = String::from_utf8_lossy(&trained.stderr);
+        assert_eq!(trained.status.code(), Some(2), "{name}: {text}");
+        let said = format!("model_type \"{model_type}\" is not supported (supported: bert)");
+        assert!(text.contains(&said) && text.contains("config.json"), "{name}: {text}");
+        assert!(!out.exists(), "{name}: a refused run wrote {}", out.display());
+        let cache = dir.join(format!("cache-{name}"));
+        let evaluated = std::process::Command::new(common::medbert_bin())
+            .args(["eval", "--device", "cpu", "--model"])
+            .arg(&model)
+            .arg("--validation-file")
+            .arg(&data)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&evaluated.stderr).contains(&said), "{name}: eval was not refused");
+        assert!(!cache.exists(), "{name}: eval prepared data for a model it refuses");
+    }
+}

@@ -64,6 +64,29 @@ impl Default for BertConfig {
     }
 }
 
+/// The model families medbert builds, by `model_type`.
+pub const SUPPORTED_MODEL_TYPES: [&str; 1] = ["bert"];
+
+/// Refuses a config.json of another family than BERT, before any weight is read: by its
+/// `model_type`, or where an old config has none (BERT's TF code wrote none), by its
+/// `architectures` (transformers' class names: `Bert*`).
+fn require_bert(config: &serde_json::Value) -> std::result::Result<(), String> {
+    let supported = SUPPORTED_MODEL_TYPES.join(", ");
+    match config.get("model_type") {
+        Some(serde_json::Value::String(t)) if SUPPORTED_MODEL_TYPES.contains(&t.as_str()) => Ok(()),
+        Some(t) => Err(format!("model_type {t} is not supported (supported: {supported})")),
+        None => match config.get("architectures").and_then(|a| a.as_array()) {
+            Some(classes) if classes.iter().any(|c| !c.as_str().is_some_and(|c| c.starts_with("Bert"))) => {
+                Err(format!(
+                    "no model_type, and architectures {} are not BERT's (supported: {supported})",
+                    serde_json::Value::Array(classes.clone())
+                ))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
 /// The config.json a checkpoint of ours carries: the source model's, every field kept, with
 /// what transformers' `save_pretrained` writes for a `BertForMultipleChoice` (its
 /// `architectures`, and `model_type` where an old config lacks it, so that the Auto classes
@@ -80,11 +103,15 @@ pub fn checkpoint_config(source: &Path) -> Result<Vec<u8>> {
 
 impl BertConfig {
     /// Reads and checks `config.json`; errors name the file and the field.
+    /// Reads `config.json`: a BERT's (its `model_type`, or for an old config without one its
+    /// `architectures`, decides; never the tensor names), in a shape this implementation builds.
     pub fn from_file(path: &Path) -> Result<BertConfig> {
+        let err = |message: String| Error::Config { path: path.to_path_buf(), message };
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let config: BertConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
-        config.check().map_err(|message| Error::Config { path: path.to_path_buf(), message })?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        require_bert(&value).map_err(err)?;
+        let config: BertConfig = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
+        config.check().map_err(err)?;
         Ok(config)
     }
 
@@ -158,6 +185,18 @@ mod tests {
         assert_eq!((c.hidden_size, c.head_dim(), c.num_hidden_layers), (384, 32, 12));
         assert_eq!(c.hidden_act, Activation::GeluTanh);
         assert_eq!((c.layer_norm_eps, c.pad_token_id, c.type_vocab_size), (1e-12, 0, 2));
+    }
+
+    #[test]
+    fn the_model_type_decides_the_family() {
+        let refused = |json: &str| require_bert(&serde_json::from_str(json).unwrap()).unwrap_err();
+        assert!(require_bert(&serde_json::json!({"model_type": "bert"})).is_ok());
+        assert!(require_bert(&serde_json::json!({"hidden_size": 768})).is_ok(), "old BERT configs have no model_type");
+        assert!(require_bert(&serde_json::json!({"architectures": ["BertForPreTraining"]})).is_ok());
+        let err = refused(r#"{"model_type": "deberta-v2", "type_vocab_size": 0}"#);
+        assert_eq!(err, r#"model_type "deberta-v2" is not supported (supported: bert)"#);
+        assert!(refused(r#"{"model_type": "roberta"}"#).contains(r#""roberta""#));
+        assert!(refused(r#"{"architectures": ["RobertaModel"]}"#).contains("RobertaModel"));
     }
 
     #[test]
