@@ -297,6 +297,24 @@ impl TrainArgs {
     }
 }
 
+/// The clap id of a [`TrainArgs`] field (its own name: flattened groups add no prefix) for a
+/// [`Problem`]; the compiler checks that the field exists, so a renamed flag cannot leave a
+/// refusal that names no flag.
+macro_rules! flag_id {
+    ($($path:ident).+) => {{
+        const _: fn(&TrainArgs) = |args| {
+            let _ = &args.$($path).+;
+        };
+        flag_id!(@last $($path)+)
+    }};
+    (@last $last:ident) => {
+        stringify!($last)
+    };
+    (@last $first:ident $($rest:ident)+) => {
+        flag_id!(@last $($rest)+)
+    };
+}
+
 impl TrainArgs {
     /// Every value that is out of range, checked before any work is done (the model's own
     /// limits, such as its longest sequence, are checked once it is known).
@@ -310,46 +328,46 @@ impl TrainArgs {
         let finite_at_least = |v: f64, min: f64| v.is_finite() && v >= min;
         let positive = |v: f64| v.is_finite() && v > 0.0;
         let at_least_one = |v: Option<usize>| v.is_none_or(|v| v >= 1);
-        check("learning_rate", finite_at_least(self.learning_rate, 0.0), "must be a finite number, 0 or more");
-        check("per_device_train_batch_size", self.per_device_train_batch_size >= 1, "must be at least 1");
-        check("per_device_eval_batch_size", self.per_device_eval_batch_size >= 1, "must be at least 1");
+        check(flag_id!(learning_rate), finite_at_least(self.learning_rate, 0.0), "must be a finite number, 0 or more");
+        check(flag_id!(per_device_train_batch_size), self.per_device_train_batch_size >= 1, "must be at least 1");
+        check(flag_id!(per_device_eval_batch_size), self.per_device_eval_batch_size >= 1, "must be at least 1");
         check(
-            "gradient_accumulation_steps",
+            flag_id!(gradient_accumulation_steps),
             (1..=super::plan::MAX_MICRO_STEPS).contains(&self.gradient_accumulation_steps),
             &format!("must be between 1 and {}", super::plan::MAX_MICRO_STEPS),
         );
-        check("num_train_epochs", positive(self.num_train_epochs), "must be a finite number above 0");
-        check("max_steps", at_least_one(self.max_steps), "must be at least 1");
-        check("weight_decay", finite_at_least(self.weight_decay, 0.0), "must be a finite number, 0 or more");
-        check("adam_epsilon", positive(self.adam_epsilon), "must be a finite number above 0");
-        check("adam_beta1", (0.0..1.0).contains(&self.adam_beta1), "must be at least 0 and below 1");
-        check("adam_beta2", (0.0..1.0).contains(&self.adam_beta2), "must be at least 0 and below 1");
+        check(flag_id!(num_train_epochs), positive(self.num_train_epochs), "must be a finite number above 0");
+        check(flag_id!(max_steps), at_least_one(self.max_steps), "must be at least 1");
+        check(flag_id!(weight_decay), finite_at_least(self.weight_decay, 0.0), "must be a finite number, 0 or more");
+        check(flag_id!(adam_epsilon), positive(self.adam_epsilon), "must be a finite number above 0");
+        check(flag_id!(adam_beta1), (0.0..1.0).contains(&self.adam_beta1), "must be at least 0 and below 1");
+        check(flag_id!(adam_beta2), (0.0..1.0).contains(&self.adam_beta2), "must be at least 0 and below 1");
         check(
-            "learning_rate",
+            flag_id!(learning_rate),
             self.lr_scheduler_type != SchedulerType::Polynomial || self.learning_rate > 1e-7,
             "must be above 1e-7, the polynomial schedule's end",
         );
-        check("warmup_ratio", (0.0..=1.0).contains(&self.warmup_ratio), "must be between 0 and 1");
-        check("max_grad_norm", positive(self.max_grad_norm), "must be a finite number above 0");
-        check("holdout", at_least_one(self.holdout), "must be at least 1");
-        check("patience", at_least_one(self.patience), "must be at least 1");
-        check("eval_steps", at_least_one(self.eval_steps), "must be at least 1");
-        check("logging_steps", self.logging_steps >= 1, "must be at least 1");
-        check("save_steps", at_least_one(self.save_steps), "must be at least 1");
-        check("save_total_limit", at_least_one(self.save_total_limit), "must be at least 1");
+        check(flag_id!(warmup_ratio), (0.0..=1.0).contains(&self.warmup_ratio), "must be between 0 and 1");
+        check(flag_id!(max_grad_norm), positive(self.max_grad_norm), "must be a finite number above 0");
+        check(flag_id!(holdout), at_least_one(self.holdout), "must be at least 1");
+        check(flag_id!(patience), at_least_one(self.patience), "must be at least 1");
+        check(flag_id!(eval_steps), at_least_one(self.eval_steps), "must be at least 1");
+        check(flag_id!(logging_steps), self.logging_steps >= 1, "must be at least 1");
+        check(flag_id!(save_steps), at_least_one(self.save_steps), "must be at least 1");
+        check(flag_id!(save_total_limit), at_least_one(self.save_total_limit), "must be at least 1");
         let least = format!("must be at least {MIN_MAX_LENGTH}");
-        check("max_length", self.data.max_length >= MIN_MAX_LENGTH, &least);
-        check("ddp_bucket_cap_mb", positive(self.ddp.ddp_bucket_cap_mb), "must be a finite number above 0");
-        check("ddp_timeout", self.ddp.group.ddp_timeout >= 1, "must be at least 1 second");
-        check("verify_sync", at_least_one(self.ddp.verify_sync), "must be at least 1");
-        check("output_dir", !self.output_dir.is_file(), "is a file, not a directory");
+        check(flag_id!(data.max_length), self.data.max_length >= MIN_MAX_LENGTH, &least);
+        check(flag_id!(ddp.ddp_bucket_cap_mb), positive(self.ddp.ddp_bucket_cap_mb), "must be a finite number above 0");
+        check(flag_id!(ddp.group.ddp_timeout), self.ddp.group.ddp_timeout >= 1, "must be at least 1 second");
+        check(flag_id!(ddp.verify_sync), at_least_one(self.ddp.verify_sync), "must be at least 1");
+        check(flag_id!(output_dir), !self.output_dir.is_file(), "is a file, not a directory");
         check(
-            "metric_for_best_model",
+            flag_id!(metric_for_best_model),
             crate::eval::EvalResult::METRICS.contains(&self.best_metric()),
             "must be one of the evaluation's metrics: loss, accuracy (or eval_loss, eval_accuracy)",
         );
         check(
-            "save_strategy",
+            flag_id!(save_strategy),
             self.save_strategy() != IntervalStrategy::Steps || self.save_steps.is_some(),
             "steps needs --save-steps",
         );
@@ -366,7 +384,7 @@ impl TrainArgs {
             let positions = config.max_position_embeddings;
             if self.data.max_length as i64 > positions {
                 let message = format!("must not exceed the model's {positions} positions (max_position_embeddings)");
-                problems.push(Problem { arg: "max_length", message });
+                problems.push(Problem { arg: flag_id!(data.max_length), message });
             }
         }
         match problems.is_empty() {
