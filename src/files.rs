@@ -35,6 +35,11 @@ struct ShardIndex {
     weight_map: BTreeMap<String, String>,
 }
 
+/// Whether `path` is a sharded model's index (either format's).
+pub fn is_shard_index(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| WEIGHTS_FILES[2..].contains(&n))
+}
+
 /// The shards a sharded model's `index` names, each with the tensors it should hold; a shard
 /// named other than as a file beside the index is an error.
 pub fn read_shard_index(index: &Path) -> Result<BTreeMap<String, Vec<String>>> {

@@ -4,8 +4,8 @@
 
 use crate::error::{Error, Result};
 use crate::files::{
-    first_file, read_shard_index, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
-    VOCAB_FILE, WEIGHTS_FILES,
+    first_file, is_shard_index, read_shard_index, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE, VOCAB_FILE, WEIGHTS_FILES,
 };
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
@@ -153,7 +153,7 @@ fn download_model(spec: &str) -> Result<PathBuf> {
     tracing::info!(model = spec, "fetching from the hub");
     let dir = download(spec, RepoType::Model, &MODEL_FILES, &OPTIONAL_FILES)?;
     match first_file(&dir, &WEIGHTS_FILES) {
-        Some(index) if index.to_string_lossy().ends_with(".index.json") => {
+        Some(index) if is_shard_index(&index) => {
             let shards: Vec<String> = read_shard_index(&index)?.into_keys().collect();
             let names: Vec<&str> = shards.iter().map(String::as_str).collect();
             let groups: Vec<&[&str]> = names.iter().map(std::slice::from_ref).collect();

@@ -5,7 +5,7 @@
 
 use super::torch_pickle;
 use crate::error::{Error, Result};
-use crate::files::{first_file, read_shard_index, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE, WEIGHTS_FILES};
+use crate::files::{first_file, is_shard_index, read_shard_index, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE, WEIGHTS_FILES};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -52,7 +52,7 @@ const MAY_BE_MISSING: [&str; 2] = ["bert.pooler.", CLASSIFIER_PREFIX];
 /// The named tensors of a weights file, on the CPU: safetensors, what `torch.save` writes
 /// (`.bin`, `.pt`: a zip archive holding a pickled state dict), or a shard index's shards.
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".index.json")) {
+    if is_shard_index(path) {
         return read_shards(path);
     }
     let pickle = matches!(path.extension().and_then(|e| e.to_str()), Some("bin" | "pt"));
