@@ -146,8 +146,10 @@ pub struct TrainArgs {
     /// changes the data order (data, seed, max length, group-by-length, holdout; with
     /// group-by-length also batch size and accumulation) must match the saved
     /// training_args.json; other changes are allowed and listed. Another number of processes
-    /// or global batch goes on from the first question of the epoch's order no step took. A
-    /// run restarted by medbert-run --max-restarts resumes by itself when a checkpoint exists.
+    /// goes on from the first question of the epoch's order no step took, with the
+    /// checkpoint's global batch (the accumulation chosen for it) unless the batch flags differ
+    /// from the checkpoint's. A run restarted by medbert-run --max-restarts resumes by itself
+    /// when a checkpoint exists.
     #[arg(long, env = "MEDBERT_RESUME")]
     pub resume: bool,
     /// Continue from this checkpoint-<step> directory (as --resume, from a given checkpoint).

@@ -40,10 +40,10 @@ pub struct TrainerState {
     pub world_size: usize,
     #[serde(default)]
     pub global_batch: Option<usize>,
-    /// Optimizer steps per epoch as the run was first planned (its length in steps and its
-    /// learning-rate schedule stay those when it is resumed with another global batch).
+    /// Optimizer steps the run planned in all when this state was saved (a resume with
+    /// another global batch plans the rest of its epochs anew).
     #[serde(default)]
-    pub steps_per_epoch: Option<usize>,
+    pub total_steps: Option<usize>,
     /// Updates the optimizer applied (fewer than `step` when fp16 skipped some).
     #[serde(default)]
     pub optimizer_step: Option<usize>,
@@ -168,42 +168,49 @@ pub(crate) struct Reshard {
     pub to: (usize, usize),
 }
 
-/// Restores the trainer state, optimizer moments and loss scaler of checkpoint `dir` for a run
-/// of `world` processes taking `global_batch` questions per step. A checkpoint written by
-/// another number of processes or global batch is resharded: the epoch continues at the first
-/// question of its order that no optimizer step took, shared among this run's processes.
-pub(crate) fn restore(
-    dir: &Path,
-    world: usize,
-    global_batch: usize,
-    opt: &mut AdamW,
-    scaler: &mut GradScaler,
-) -> Result<(TrainerState, Option<Reshard>)> {
-    let (mut state, moments) = load_resumable(dir)?;
-    let before = match state.global_batch {
-        Some(batch) => batch,
-        None if state.world_size == world => global_batch,
-        None => {
-            return Err(Error::Input(format!(
+impl TrainerState {
+    /// The global batch the checkpoint `dir` holding this state trained with. A checkpoint
+    /// from before it was recorded resumes only on its own number of processes, where the
+    /// flags' batch (`flagged`) is taken to be its.
+    pub(crate) fn trained_batch(&self, dir: &Path, world: usize, flagged: usize) -> Result<usize> {
+        match self.global_batch {
+            Some(batch) => Ok(batch),
+            None if self.world_size == world => Ok(flagged),
+            None => Err(Error::Input(format!(
                 "--resume: {} was written by {} process(es) and records no global batch; resume it with as \
                  many processes and the same batch settings",
                 dir.display(),
-                state.world_size
-            )))
+                self.world_size
+            ))),
         }
-    };
-    let mut reshard = None;
-    if (state.world_size, before) != (world, global_batch) {
-        reshard = Some(Reshard { from: (state.world_size, before), to: (world, global_batch) });
-        state.epoch_start += state.group * before;
-        state.group = 0;
     }
-    (state.world_size, state.global_batch) = (world, Some(global_batch));
+
+    /// The state of a checkpoint written by another number of processes or global batch,
+    /// resharded for `world` processes taking `global_batch` questions per step: the epoch
+    /// continues at the first question of its order that no optimizer step took, shared
+    /// among this run's processes.
+    pub(crate) fn reshard(&mut self, trained_batch: usize, world: usize, global_batch: usize) -> Option<Reshard> {
+        let reshard = match (self.world_size, trained_batch) == (world, global_batch) {
+            true => None,
+            false => {
+                self.epoch_start += self.group * trained_batch;
+                self.group = 0;
+                Some(Reshard { from: (self.world_size, trained_batch), to: (world, global_batch) })
+            }
+        };
+        (self.world_size, self.global_batch) = (world, Some(global_batch));
+        reshard
+    }
+}
+
+/// Reads checkpoint `dir`'s trainer state and restores its optimizer moments and loss scaler.
+pub(crate) fn restore(dir: &Path, opt: &mut AdamW, scaler: &mut GradScaler) -> Result<TrainerState> {
+    let (state, moments) = load_resumable(dir)?;
     opt.load_state(&moments, state.optimizer_step.unwrap_or(state.step) as i64, &dir.join(OPTIMIZER_FILE))?;
     if let Some(s) = &state.scaler {
         *scaler = s.clone();
     }
-    Ok((state, reshard))
+    Ok(state)
 }
 
 /// The run's `checkpoint-<step>` directories that hold a trainer state, by step.

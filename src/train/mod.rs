@@ -109,7 +109,7 @@ impl<'a> Trainer<'a> {
     /// step that ends an epoch or the run evaluates (as do `--eval-steps`), and its checkpoint
     /// is written after that evaluation, so a resume neither repeats nor loses one.
     fn fit(&mut self) -> Result<Fit> {
-        let accumulation = self.args.gradient_accumulation_steps;
+        let accumulation = self.plan.layout.accumulation;
         while self.state.step < self.plan.total_steps {
             let from = self.state.epoch_start;
             let (batches, in_epoch) =

@@ -1,6 +1,7 @@
 //! What a run covers: the training questions and the evaluation set, this rank's share of
 //! each epoch, the number of optimizer steps and the learning-rate schedule.
 
+use super::checkpoint::TrainerState;
 use super::optim::Schedule;
 use super::report::Baseline;
 use super::{TrainArgs, TrainInputs};
@@ -86,34 +87,106 @@ impl Split {
     }
 }
 
+/// How the questions of one optimizer step are laid out: on each of `world` processes,
+/// `accumulation` micro-batches of `micro_batch` questions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub micro_batch: usize,
+    pub accumulation: usize,
+    pub world: usize,
+}
+
+/// Why a resumed run takes the global batch it does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BatchChoice {
+    /// The flags give the checkpoint's global batch on this many processes.
+    AsFlagged,
+    /// The checkpoint's global batch, by an accumulation (and micro-batch) chosen for this
+    /// number of processes.
+    Kept,
+    /// The checkpoint's global batch cannot be shared equally: the nearest that can.
+    Nearest,
+    /// This run's batch flags differ from the checkpoint's, and they give another global batch.
+    Flags,
+}
+
+impl Layout {
+    /// As the flags say: --per-device-train-batch-size x --gradient-accumulation-steps.
+    pub fn from_flags(args: &TrainArgs, world: usize) -> Layout {
+        Layout { micro_batch: args.per_device_train_batch_size, accumulation: args.gradient_accumulation_steps, world }
+    }
+
+    /// Questions per optimizer step over all processes.
+    pub fn global_batch(&self) -> usize {
+        self.micro_batch * self.accumulation * self.world
+    }
+
+    /// The layout of a run resumed on `world` processes from a checkpoint that took
+    /// `checkpoint_batch` questions per step. The global batch is a hyperparameter, the world
+    /// size is not: the checkpoint's is kept, each process taking `checkpoint_batch / world`
+    /// questions per step in equal micro-batches: the largest share that divides them and is
+    /// at most --per-device-train-batch-size (4 questions at 4, 6 questions at 3 x 2, 7 at
+    /// 1 x 7), as many as it takes. Where `world` does not divide it, each process takes the
+    /// nearest whole share instead. Batch flags that differ from the checkpoint's
+    /// (`flags_changed`) are the user's choice and win.
+    pub fn resumed(
+        args: &TrainArgs,
+        world: usize,
+        checkpoint_batch: usize,
+        flags_changed: bool,
+    ) -> (Layout, BatchChoice) {
+        let flagged = Layout::from_flags(args, world);
+        if flagged.global_batch() == checkpoint_batch {
+            return (flagged, BatchChoice::AsFlagged);
+        }
+        if flags_changed {
+            return (flagged, BatchChoice::Flags);
+        }
+        let (share, choice) = match checkpoint_batch % world {
+            0 => (checkpoint_batch / world, BatchChoice::Kept),
+            _ => (((checkpoint_batch as f64 / world as f64).round() as usize).max(1), BatchChoice::Nearest),
+        };
+        let cap = args.per_device_train_batch_size;
+        let micro_batch = (1..=cap.min(share)).rev().find(|m| share % m == 0).unwrap_or(1);
+        (Layout { micro_batch, accumulation: share / micro_batch, world }, choice)
+    }
+}
+
 /// The run's shape: this rank's sampler, optimizer steps per epoch and in all, learning rates.
 pub(crate) struct Plan {
     sampler: Sampler,
-    batch: usize,
-    accumulation: usize,
+    pub layout: Layout,
     /// Questions per optimizer step over all processes.
     pub global_batch: usize,
-    /// Optimizer steps in a whole epoch.
-    pub per_epoch: usize,
     pub total_steps: usize,
     pub schedule: Schedule,
 }
 
 impl Plan {
-    /// `first_per_epoch`: the steps per epoch the run was planned with when it started (a run
-    /// resumed by another number of processes keeps its number of steps and its schedule).
-    pub fn new(args: &TrainArgs, split: &Split, comm: &Comm, first_per_epoch: Option<usize>) -> Result<Plan> {
-        let (batch, world) = (args.per_device_train_batch_size, comm.world_size());
-        let accumulation = args.gradient_accumulation_steps;
-        // Batch size and accumulation are in range (`TrainArgs::problems`); the group's size
-        // is known only here.
+    /// The plan of a run laid out as `layout` that stands where `at` says: the steps taken,
+    /// then the rest of the epochs asked for (--num-train-epochs, counted from where the run
+    /// stands, so a run resumed with another global batch still trains every question of its
+    /// epochs), or --max-steps in all.
+    pub fn new(args: &TrainArgs, split: &Split, comm: &Comm, layout: Layout, at: &TrainerState) -> Result<Plan> {
+        let world = comm.world_size();
+        // Batch size and accumulation flags are in range (`TrainArgs::problems`); the group's
+        // size, and the accumulation a resume chooses, are known only here.
         if world > MAX_RANKS {
             return Err(Error::Input(format!("at most {MAX_RANKS} processes are supported, not {world}")));
         }
+        if layout.accumulation > MAX_MICRO_STEPS {
+            return Err(Error::Input(format!(
+                "{} micro-batches per optimizer step: at most {MAX_MICRO_STEPS} are supported",
+                layout.accumulation
+            )));
+        }
+        // The mega-batches of --group-by-length are sized by the flags (fixed on a resume), so
+        // the epoch's order does not depend on the layout.
         let group_by_length = match args.group_by_length {
             true => {
                 let lengths = question_lengths(&split.train)?;
-                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), batch * accumulation))
+                let mega = args.per_device_train_batch_size * args.gradient_accumulation_steps;
+                Some((split.train_idx.iter().map(|&q| lengths[q]).collect(), mega))
             }
             false => None,
         };
@@ -126,37 +199,63 @@ impl Plan {
             drop_last: false,
             group_by_length,
         };
-        let per_epoch = steps_per_epoch(sampler.num_samples(0), batch, accumulation);
-        let planned = first_per_epoch.unwrap_or(per_epoch);
-        let total_steps =
-            args.max_steps.unwrap_or_else(|| (args.num_train_epochs * planned as f64).ceil() as usize).max(1);
+        let mut plan = Plan {
+            sampler,
+            layout,
+            global_batch: layout.global_batch(),
+            total_steps: 0,
+            schedule: Schedule {
+                kind: args.lr_scheduler_type,
+                base_lr: args.learning_rate,
+                warmup_steps: 0,
+                total_steps: 0,
+            },
+        };
+        let (per_epoch, rest) = (plan.steps_in_epoch(0), plan.steps_in_epoch(at.epoch_start));
+        let left = || steps_left(args.num_train_epochs, at, per_epoch, rest, plan.global_batch);
+        let total_steps = args.max_steps.unwrap_or_else(|| at.step + left()).max(1);
         let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
-        let schedule =
-            Schedule { kind: args.lr_scheduler_type, base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
         if total_steps as u64 > MAX_STEPS {
             return Err(Error::Input(format!("{total_steps} optimizer steps: at most {MAX_STEPS} are supported")));
         }
-        let global_batch = args.global_batch(world);
-        Ok(Plan { sampler, batch, accumulation, global_batch, per_epoch, total_steps, schedule })
+        (plan.total_steps, plan.schedule.warmup_steps, plan.schedule.total_steps) = (total_steps, warmup, total_steps);
+        Ok(plan)
     }
 
     /// This rank's micro-batches of `epoch` from position `from` of its global order, as
     /// question indices of the training cache.
     pub fn batches(&self, split: &Split, epoch: u64, from: usize) -> Vec<Vec<usize>> {
         let shard = self.sampler.shard(epoch, from);
-        shard.chunks(self.batch).map(|c| c.iter().map(|s| split.train_idx[s.index]).collect()).collect()
+        shard.chunks(self.layout.micro_batch).map(|c| c.iter().map(|s| split.train_idx[s.index]).collect()).collect()
     }
 
     /// Optimizer steps in an epoch sharded from position `from` (as the HF Trainer counts
     /// them: an incomplete last accumulation group is left out).
     pub fn steps_in_epoch(&self, from: usize) -> usize {
-        steps_per_epoch(self.sampler.num_samples(from), self.batch, self.accumulation)
+        steps_per_epoch(self.sampler.num_samples(from), self.layout.micro_batch, self.layout.accumulation)
     }
 
     /// Training questions in an epoch.
     pub fn epoch_len(&self) -> usize {
         self.sampler.len
     }
+}
+
+/// Optimizer steps left until `epochs` from where `at` stands, `rest` steps before its epoch
+/// ends (`per_epoch` in a whole epoch at `global_batch` questions each): the rest of its epoch,
+/// the whole epochs after it, and the share of the last one. A fresh run plans
+/// `ceil(epochs x per_epoch)`, as the HF Trainer does.
+fn steps_left(epochs: f64, at: &TrainerState, per_epoch: usize, rest: usize, global_batch: usize) -> usize {
+    let rest = rest.saturating_sub(at.group);
+    let after = epochs - (at.epoch + 1) as f64;
+    if after >= 0.0 {
+        return rest + (after * per_epoch as f64).ceil() as usize;
+    }
+    // The run ends in this epoch: at its share `epochs - epoch` of the epoch's steps, of which
+    // the questions taken so far make up `done`.
+    let done = at.epoch_start as f64 / global_batch as f64 + at.group as f64;
+    let planned = (epochs - at.epoch as f64).max(0.0) * per_epoch as f64;
+    ((planned - done).ceil().max(0.0) as usize).min(rest)
 }
 
 /// The bounds that keep `dropout_seed` one-to-one.
@@ -202,6 +301,65 @@ mod tests {
         }
         assert_ne!(dropout_seed(42, 0, 64, 0), dropout_seed(42, 1, 0, 0), "64 micro-steps reach the next step");
         assert_ne!(dropout_seed(1, 0, 0, 0), dropout_seed(2, 0, 0, 0));
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    fn args(batch: usize, accumulation: usize) -> TrainArgs {
+        let (b, a) = (batch.to_string(), accumulation.to_string());
+        let flags = ["medbert", "--model", "m", "--train-file", "t", "--per-device-train-batch-size", &b];
+        <Cli as clap::Parser>::parse_from(flags.into_iter().chain(["--gradient-accumulation-steps", &a])).args
+    }
+
+    fn layout(micro_batch: usize, accumulation: usize, world: usize) -> Layout {
+        Layout { micro_batch, accumulation, world }
+    }
+
+    #[test]
+    fn a_resume_keeps_the_checkpoints_global_batch_unless_the_batch_flags_change_it() {
+        use BatchChoice::*;
+        // The shrink: 2 x 4 -> 1 process, the same flags: accumulation 2.
+        assert_eq!(Layout::resumed(&args(4, 1), 1, 8, false), (layout(4, 2, 1), Kept));
+        // A grow: 1 x 4 x 2 -> 2 processes: 4 each, one micro-batch.
+        assert_eq!(Layout::resumed(&args(4, 2), 2, 8, false), (layout(4, 1, 2), Kept));
+        // 1 x 8 -> 2 processes, 4 each: a smaller micro-batch, never a larger one.
+        assert_eq!(Layout::resumed(&args(8, 1), 2, 8, false), (layout(4, 1, 2), Kept));
+        // 6 questions per process at most 4 at a time: 2 x 3; 7 (prime): 7 x 1.
+        assert_eq!(Layout::resumed(&args(4, 1), 2, 12, false), (layout(3, 2, 2), Kept));
+        assert_eq!(Layout::resumed(&args(4, 1), 1, 7, false), (layout(1, 7, 1), Kept));
+        // 8 over 3 processes: 3 each (9), the nearest equal share.
+        assert_eq!(Layout::resumed(&args(4, 1), 3, 8, false), (layout(3, 1, 3), Nearest));
+        assert_eq!(Layout::resumed(&args(4, 1), 3, 2, false), (layout(1, 1, 3), Nearest));
+        // The flags already give it; the flags changed and give another.
+        assert_eq!(Layout::resumed(&args(4, 2), 1, 8, true), (layout(4, 2, 1), AsFlagged));
+        assert_eq!(Layout::resumed(&args(2, 1), 1, 8, true), (layout(2, 1, 1), Flags));
+    }
+
+    #[test]
+    fn the_steps_left_finish_the_epochs_asked_for() {
+        let at = |epoch: u64, epoch_start: usize, group: usize| TrainerState {
+            epoch,
+            epoch_start,
+            group,
+            ..TrainerState::default()
+        };
+        // Fresh: ceil(epochs x steps per epoch).
+        assert_eq!(steps_left(3.0, &at(0, 0, 0), 12, 12, 8), 36);
+        assert_eq!(steps_left(0.5, &at(0, 0, 0), 12, 12, 8), 6);
+        assert_eq!(steps_left(1.25, &at(0, 0, 0), 12, 12, 8), 15);
+        // Resumed where it stood: the same total.
+        assert_eq!(4 + steps_left(3.0, &at(0, 0, 4), 12, 12, 8), 36);
+        assert_eq!(steps_left(1.25, &at(1, 0, 4), 12, 12, 8), 0, "past the end: nothing left");
+        assert_eq!(13 + steps_left(1.25, &at(1, 0, 1), 12, 12, 8), 15);
+        // Resharded after 32 of 96 questions at 4 per step: 16 steps finish the epoch.
+        assert_eq!(steps_left(1.0, &at(0, 32, 0), 24, 16, 4), 16);
+        assert_eq!(steps_left(2.0, &at(0, 32, 0), 24, 16, 4), 40);
+        // Half an epoch planned, 32 of 96 questions taken: 16 more questions, 4 steps of 4.
+        assert_eq!(steps_left(0.5, &at(0, 32, 0), 24, 16, 4), 4);
     }
 
     #[test]

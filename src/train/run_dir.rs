@@ -139,9 +139,9 @@ macro_rules! saved_name {
 const FIXED_ON_RESUME: [&str; 4] =
     [saved_name!(seed), saved_name!(group_by_length), saved_name!(holdout), saved_name!(data.max_length)];
 
-/// Under --group-by-length these set the mega-batches' size, so the order depends on them.
-const FIXED_WHEN_GROUPED: [&str; 2] =
-    [saved_name!(per_device_train_batch_size), saved_name!(gradient_accumulation_steps)];
+/// The batch flags. Under --group-by-length they set the mega-batches' size, so the order
+/// depends on them; otherwise a resume that changes them changes the global batch.
+const BATCH_FLAGS: [&str; 2] = [saved_name!(per_device_train_batch_size), saved_name!(gradient_accumulation_steps)];
 
 /// The data's fingerprints among the compared settings (a resume must keep them).
 const TRAIN_DATA: &str = "train data";
@@ -209,6 +209,14 @@ pub struct Changes {
     pub allowed: Vec<String>,
 }
 
+impl Changes {
+    /// Whether --per-device-train-batch-size or --gradient-accumulation-steps differ.
+    pub fn batch_flags_changed(&self) -> bool {
+        let named = |line: &String| BATCH_FLAGS.iter().any(|f| line.split(':').next() == Some(f));
+        self.allowed.iter().chain(&self.refused).any(named)
+    }
+}
+
 pub fn compare(saved: &SavedArgs, now: &SavedArgs) -> Changes {
     let (before, after) = (saved.flat(), now.flat());
     let mut changes = Changes::default();
@@ -221,7 +229,7 @@ pub fn compare(saved: &SavedArgs, now: &SavedArgs) -> Changes {
         let line = format!("{name}: {a} -> {b}");
         let grouped = after.get(saved_name!(group_by_length)) == Some(&Value::Bool(true));
         let fixed = FIXED_ON_RESUME.contains(&name.as_str())
-            || (grouped && FIXED_WHEN_GROUPED.contains(&name.as_str()))
+            || (grouped && BATCH_FLAGS.contains(&name.as_str()))
             || [TRAIN_DATA, EVAL_DATA].contains(&name.as_str());
         match fixed {
             true => changes.refused.push(line),
@@ -233,13 +241,13 @@ pub fn compare(saved: &SavedArgs, now: &SavedArgs) -> Changes {
 
 /// Checks a resume from `checkpoint` against the arguments saved with it (or beside it in
 /// the run directory): differences that change the data order or the optimizer's meaning are
-/// refused, listed; the others are logged by rank 0.
-pub(crate) fn check_resume(checkpoint: &Path, run: &RunDir, now: &SavedArgs, is_main: bool) -> Result<()> {
+/// refused, listed; the others are logged by rank 0 and returned.
+pub(crate) fn check_resume(checkpoint: &Path, run: &RunDir, now: &SavedArgs, is_main: bool) -> Result<Changes> {
     let Some(path) = [checkpoint.join(ARGS_FILE), run.args()].into_iter().find(|p| p.is_file()) else {
         if is_main {
             tracing::warn!(checkpoint = %checkpoint.display(), "no {ARGS_FILE} to compare this resume with");
         }
-        return Ok(());
+        return Ok(Changes::default());
     };
     let changes = compare(&SavedArgs::read(&path)?, now);
     if !changes.refused.is_empty() {
@@ -254,7 +262,7 @@ pub(crate) fn check_resume(checkpoint: &Path, run: &RunDir, now: &SavedArgs, is_
     if is_main && !changes.allowed.is_empty() {
         tracing::warn!("resuming with changed settings:\n  {}", changes.allowed.join("\n  "));
     }
-    Ok(())
+    Ok(changes)
 }
 
 impl RunDir {

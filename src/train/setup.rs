@@ -4,7 +4,7 @@
 
 use super::checkpoint::{self, TrainerState};
 use super::optim::AdamW;
-use super::plan::{Plan, Split};
+use super::plan::{BatchChoice, Layout, Plan, Split};
 use super::report::{MetricsLog, QuestionLog, StepClock};
 use super::run_dir::{self, SavedArgs};
 use super::{Ddp, GradScaler, RunDir, TrainArgs, TrainInputs, Trainer};
@@ -30,11 +30,17 @@ impl<'a> Trainer<'a> {
         let resolved = serde_json::json!({"inputs": inputs, "precision": precision, "ddp_overlap": overlap,
             "ddp_backend": comm.backend().map(|b| b.name()), "tensorboard_dir": args.tensorboard_dir(),
             "progress": if on_terminal { "bar" } else { "a log line per logging step" }});
-        let (resume_from, saved_args) = resume_and_record(args, inputs, resolved, &run, &comm, &split)?;
+        let (resume_from, saved_args, batch_flags_changed) =
+            resume_and_record(args, inputs, resolved, &run, &comm, &split)?;
         let (model, mut opt, ddp) = build_model(args, inputs, resume_from.as_deref(), &comm, overlap)?;
-        let (mut state, scaler) = restore(args, resume_from.as_deref(), &comm, &mut opt, precision)?;
-        let plan = Plan::new(args, &split, &comm, state.steps_per_epoch)?;
-        state.steps_per_epoch.get_or_insert(plan.per_epoch);
+        let from = resume_from.as_deref();
+        let (mut state, scaler, layout, resumed) =
+            restore(args, from, &comm, &mut opt, precision, batch_flags_changed)?;
+        let plan = Plan::new(args, &split, &comm, layout, &state)?;
+        if let (Some(resumed), true) = (resumed, comm.is_main()) {
+            resumed.announce(args, &plan, &state);
+        }
+        state.total_steps = Some(plan.total_steps);
         let resumed_at = resume_from.as_ref().map(|_| state.step);
         let (metrics, questions) = open_logs(args, &run, &comm, resumed_at)?;
         let show_bar = comm.is_main() && on_terminal;
@@ -77,7 +83,8 @@ impl<'a> Trainer<'a> {
 
 /// Picks the checkpoint this run resumes from (checked against the arguments saved with it)
 /// and records the run's effective configuration: printed and saved as training_args.json by
-/// rank 0. Returns the checkpoint and that file's contents (saved in every checkpoint too).
+/// rank 0. Returns the checkpoint, that file's contents (saved in every checkpoint too), and
+/// whether the batch flags differ from the checkpoint's.
 fn resume_and_record(
     args: &TrainArgs,
     inputs: &TrainInputs,
@@ -85,41 +92,71 @@ fn resume_and_record(
     run: &RunDir,
     comm: &Comm,
     split: &Split,
-) -> Result<(Option<PathBuf>, Vec<u8>)> {
+) -> Result<(Option<PathBuf>, Vec<u8>, bool)> {
     let eval_data = split.eval_cache().map(|c| c.manifest.fingerprint.as_str());
     let saved = SavedArgs::new(args, resolved, comm.world_size(), &split.train.manifest.fingerprint, eval_data)?;
     let resume_from = checkpoint::to_resume(run, &inputs.resume, comm)?;
+    let mut batch_flags_changed = false;
     if let Some(dir) = &resume_from {
-        run_dir::check_resume(dir, run, &saved, comm.is_main())?;
+        batch_flags_changed = run_dir::check_resume(dir, run, &saved, comm.is_main())?.batch_flags_changed();
     }
     let saved_args = saved.to_json()?;
     if comm.is_main() {
         eprintln!("effective configuration:\n{}", String::from_utf8_lossy(&saved_args));
         crate::atomic::write_file(&run.args(), &saved_args)?;
     }
-    Ok((resume_from, saved_args))
+    Ok((resume_from, saved_args, batch_flags_changed))
 }
 
-/// Says how a resume by another number of processes or global batch goes on (rank 0).
-fn announce(reshard: &checkpoint::Reshard, args: &TrainArgs, epoch_start: usize) {
-    let ((world_was, batch_was), (world, batch)) = (reshard.from, reshard.to);
-    tracing::warn!(
-        "resuming on {world} process(es), the checkpoint was written by {world_was}: the epoch goes on from \
-         question {epoch_start} of its order, shared among {world}"
-    );
-    if batch_was != batch {
-        let per_step = args.per_device_train_batch_size * world;
-        let keep = match batch_was % per_step {
-            0 => format!("--gradient-accumulation-steps {} keeps it", batch_was / per_step),
-            _ => format!(
-                "no --gradient-accumulation-steps keeps it with --per-device-train-batch-size {} on {world}",
-                args.per_device_train_batch_size
+/// How a resumed run took over from its checkpoint: resharded or not, and its global batch.
+struct Resumed {
+    reshard: Option<checkpoint::Reshard>,
+    choice: BatchChoice,
+    /// The steps the checkpoint's run planned in all, where it recorded them.
+    planned: Option<usize>,
+}
+
+impl Resumed {
+    /// Says how the resume goes on (rank 0): on how many processes, from which question of
+    /// the epoch, with which global batch and why, and for how many steps.
+    fn announce(&self, args: &TrainArgs, plan: &Plan, state: &TrainerState) {
+        let Some(reshard) = &self.reshard else { return };
+        let ((world_was, batch_was), (world, batch)) = (reshard.from, reshard.to);
+        let layout = plan.layout;
+        if world_was != world {
+            tracing::warn!(
+                "resuming on {world} process(es), the checkpoint was written by {world_was}: the epoch goes on from \
+                 question {} of its order, shared among {world}",
+                state.epoch_start
+            );
+        }
+        let each = format!("{} micro-batch(es) of {} on each process", layout.accumulation, layout.micro_batch);
+        let steps = match (args.max_steps, self.planned) {
+            (Some(max), _) => format!("--max-steps keeps {max} steps in all"),
+            (None, Some(was)) if was != plan.total_steps => format!(
+                "the steps left are planned anew so that every question of the epochs is trained: {} in all, not \
+                 {was} (the learning-rate schedule spans them)",
+                plan.total_steps
             ),
+            (None, _) => format!("{} steps in all", plan.total_steps),
         };
-        tracing::warn!(
-            "the global batch changes from {batch_was} to {batch} questions per optimizer step ({keep}); \
-             the number of steps and the learning-rate schedule stay as planned"
-        );
+        let (b, a) = (args.per_device_train_batch_size, args.gradient_accumulation_steps);
+        match self.choice {
+            BatchChoice::AsFlagged => {}
+            BatchChoice::Kept => tracing::warn!(
+                "the global batch stays the checkpoint's {batch} questions per optimizer step: {each}, chosen for \
+                 {world} process(es) (batch flags that differ from the checkpoint's would win); {steps}"
+            ),
+            BatchChoice::Nearest => tracing::warn!(
+                "the checkpoint's {batch_was} questions per optimizer step cannot be shared equally among {world} \
+                 processes: the global batch changes from {batch_was} to {batch} ({each}); {steps}"
+            ),
+            BatchChoice::Flags => tracing::warn!(
+                "--per-device-train-batch-size {b} and --gradient-accumulation-steps {a} differ from the \
+                 checkpoint's: the global batch changes from {batch_was} to {batch} questions per optimizer step; \
+                 {steps}"
+            ),
+        }
     }
 }
 
@@ -165,26 +202,31 @@ fn build_model(
 }
 
 /// Where the run stands: at the start, or as the checkpoint `from` left it (the optimizer's
-/// and the loss scaler's state restored too), at this world size; rank 0 says so.
+/// and the loss scaler's state restored too) resharded for this world size, and the layout of
+/// its steps (the checkpoint's global batch kept unless `batch_flags_changed`).
 fn restore(
     args: &TrainArgs,
     from: Option<&Path>,
     comm: &Comm,
     opt: &mut AdamW,
     precision: Precision,
-) -> Result<(TrainerState, GradScaler)> {
+    batch_flags_changed: bool,
+) -> Result<(TrainerState, GradScaler, Layout, Option<Resumed>)> {
     let mut scaler = GradScaler::new(precision == Precision::Fp16);
-    let (world, global_batch) = (comm.world_size(), args.global_batch(comm.world_size()));
+    let world = comm.world_size();
+    let flagged = Layout::from_flags(args, world);
     let Some(dir) = from else {
-        let fresh = TrainerState { world_size: world, global_batch: Some(global_batch), ..TrainerState::default() };
-        return Ok((fresh, scaler));
+        let fresh =
+            TrainerState { world_size: world, global_batch: Some(flagged.global_batch()), ..TrainerState::default() };
+        return Ok((fresh, scaler, flagged, None));
     };
-    let (state, reshard) = checkpoint::restore(dir, world, global_batch, opt, &mut scaler)?;
+    let mut state = checkpoint::restore(dir, opt, &mut scaler)?;
     if comm.is_main() {
         tracing::info!(checkpoint = %dir.display(), step = state.step, epoch = state.epoch, "resuming");
-        if let Some(r) = reshard {
-            announce(&r, args, state.epoch_start);
-        }
     }
-    Ok((state, scaler))
+    let trained = state.trained_batch(dir, world, flagged.global_batch())?;
+    let (layout, choice) = Layout::resumed(args, world, trained, batch_flags_changed);
+    let planned = state.total_steps;
+    let reshard = state.reshard(trained, world, layout.global_batch());
+    Ok((state, scaler, layout, Some(Resumed { reshard, choice, planned })))
 }
