@@ -77,6 +77,13 @@ pub enum Error {
         step.map(|s| format!(" at step {s} on rank {rank}")).unwrap_or_else(|| " on another rank".into()))]
     NonFinite { step: Option<usize>, rank: usize },
 
+    /// A warning signal stopped training at a saved checkpoint (the process exits with
+    /// `train::preempt::PREEMPTED`).
+    #[error("stopped by {} after step {step}: {} is saved; --resume goes on at its next batch",
+        signal.map_or_else(|| "a warning signal to another process of the group".to_string(), crate::train::preempt::name),
+        checkpoint.display())]
+    Preempted { step: usize, signal: Option<i32>, checkpoint: PathBuf },
+
     /// The tokenizer failed on text it was given.
     #[error("tokenizer: {0}")]
     Encoding(String),

@@ -715,6 +715,50 @@ fn an_elastic_grow_keeps_the_global_batch_and_trains_the_whole_epoch() {
     assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
 }
 
+/// A node of a `--nnodes 1:2` job preempted (SIGTERM to its launcher) mid-epoch: the group
+/// saves a checkpoint at the step it agrees on, that node leaves with 75, and the other goes
+/// on from the checkpoint alone with the same global batch: the epoch's 12 steps, every
+/// question once, the weights of that checkpoint resumed by hand.
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
+#[test]
+fn a_preempted_node_of_an_elastic_job_saves_with_the_others_and_leaves() {
+    let hosts = common::Hosts::create(2);
+    let out = common::scratch("elastic-preempted");
+    let mut nodes: Vec<_> =
+        (0..2).map(|h| elastic_node_with(&hosts, h, "1:2", ELASTIC_CONF, &epoch_flags(&out))).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while questions_trained(&out, 0, 2..=2).len() < 2 * 4 {
+        assert!(Instant::now() < deadline, "step 2 not recorded by both ranks");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(nodes[1].id() as i32, nix::sys::signal::Signal::SIGTERM);
+    let leaving = nodes.pop().unwrap().wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&leaving.stderr);
+    assert_eq!(leaving.status.code(), Some(75), "{said}");
+    let step = preempted_at(&said);
+    let stderr = wait_all(nodes);
+    for said in [
+        "the workers stopped at a checkpoint on another node's signal",
+        "round 1: 1 node(s), world size 1",
+        "the global batch stays the checkpoint's 8",
+    ] {
+        assert!(stderr[0].contains(said), "{said:?} not said:\n{}", stderr[0]);
+    }
+    assert_eq!(last_resumed_checkpoint(&stderr[0]), format!("checkpoint-{step}"));
+    assert_eq!(common::summary(&out)["steps"], 12);
+    assert_epoch_once(&out, step as u64, &out, 12, 96);
+
+    let checkpoint = format!("checkpoint-{step}");
+    let by_hand = copy_checkpoint(&out, &checkpoint, "elastic-preempted-by-hand");
+    let flags = [with_flag(epoch_flags(&by_hand), "--gradient-accumulation-steps", "2"), vec!["--resume".into()]];
+    let mut launch = vec!["--standalone", "--nproc-per-node", "1"];
+    let flags = flags.concat();
+    launch.extend(flags.iter().map(String::as_str));
+    common::assert_success(&launcher(&launch).output().unwrap());
+    let (diff, name) = max_diff(&weights(&out), &weights(&by_hand));
+    assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
+}
+
 /// Two nodes of a 2:3 job; a third launcher starts mid-epoch and is admitted at the group's
 /// next checkpoint; the epoch stays exact and the join uses no restart.
 #[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
@@ -763,4 +807,139 @@ fn a_job_below_its_minimum_fails_after_the_join_timeout_naming_the_count() {
     );
     // Lost after 2 s, then 4 s of waiting; the rest is the workers' teardown.
     assert!(killed.elapsed() < Duration::from_secs(20), "failed {:?} after the loss", killed.elapsed());
+}
+
+/// Starts the 2-process epoch run (no checkpoint of its own: `--save-steps` left out) in
+/// `out`, and returns the launcher once rank 0 has recorded step `step`.
+fn start_epoch_run_until_step(out: &Path, step: usize) -> std::process::Child {
+    let flags = epoch_flags(out);
+    let at = flags.iter().position(|f| f == "--save-steps").unwrap();
+    let flags = [&flags[..at], &flags[at + 2..]].concat();
+    let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
+    launch.extend(flags.iter().map(String::as_str));
+    let mut child =
+        launcher(&launch).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let record = out.join("questions-rank0.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while std::fs::read_to_string(&record).map_or(0, |t| t.lines().count()) < step {
+        assert!(Instant::now() < deadline, "step {step} not recorded after 300 s");
+        if child.try_wait().unwrap().is_some() {
+            let output = child.wait_with_output().unwrap();
+            panic!("the run ended before step {step}:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
+
+/// The step of the checkpoint a preempted run says it saved.
+fn preempted_at(stderr: &str) -> usize {
+    let line = stderr.lines().find(|l| l.contains("is saved; --resume goes on")).unwrap_or_else(|| panic!("{stderr}"));
+    line.split("after step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap()
+}
+
+/// A run preempted mid-epoch (by `send` to its launcher), resumed with --resume: the
+/// checkpoint is at the step the launcher said, the launcher exited with 75, and the resumed
+/// run trains each question of the epoch once and ends at the uninterrupted run's weights.
+fn preempt_and_resume(name: &str, send: impl FnOnce(&std::process::Child)) -> String {
+    let out = common::scratch(name);
+    let child = start_epoch_run_until_step(&out, 3);
+    send(&child);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    let step = preempted_at(&stderr);
+    assert!((3..12).contains(&step), "saved after step {step}:\n{stderr}");
+    assert!(out.join(format!("checkpoint-{step}/trainer_state.json")).is_file(), "{stderr}");
+    assert!(!out.join("final").exists(), "a preempted run wrote final/");
+
+    let flags = epoch_flags(&out);
+    let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
+    launch.extend(flags.iter().map(String::as_str).chain(["--resume"]));
+    let resumed = common::assert_success(&launcher(&launch).output().unwrap());
+    assert!(resumed.contains(&format!("checkpoint-{step}")), "{resumed}");
+    assert_eq!(questions_trained(&out, 0, 1..=12), (0..96).collect::<Vec<u64>>(), "the epoch's questions, each once");
+    let (diff, tensor) = max_diff(&weights(&out), &weights(two_process_epoch()));
+    assert!(
+        diff == 0.0,
+        "preempted and resumed, the weights differ from an uninterrupted run's by {diff:e} at {tensor}"
+    );
+    stderr
+}
+
+#[test]
+fn sigterm_to_the_launcher_saves_a_checkpoint_that_resumes_to_the_uninterrupted_weights() {
+    let stderr = preempt_and_resume("preempt-launcher", |launcher| {
+        signal(launcher.id() as i32, nix::sys::signal::Signal::SIGTERM)
+    });
+    assert!(stderr.contains("stopped by SIGTERM after step"), "{stderr}");
+    assert!(stderr.contains("saved a checkpoint on signal 15"), "{stderr}");
+}
+
+/// Slurm's `--signal USR1@90` reaches one task; here it reaches one worker only: it tells
+/// the others, they stop at the same step, and the launcher ends as preempted, not failed.
+#[test]
+fn sigusr1_to_one_worker_saves_a_checkpoint_for_the_whole_group() {
+    let stderr = preempt_and_resume("preempt-worker", |launcher| {
+        signal(worker_of_rank(launcher.id(), 1), nix::sys::signal::Signal::SIGUSR1)
+    });
+    assert!(stderr.contains("stopped by SIGUSR1 after step"), "rank 1 names its signal:\n{stderr}");
+    assert!(stderr.contains("a worker's warning signal"), "{stderr}");
+    assert!(!stderr.contains("failed"), "{stderr}");
+}
+
+/// A second signal to the launcher ends the run at once, as a signal did before: the exit
+/// status says so, and whatever checkpoint exists is whole (written aside, renamed in place).
+#[test]
+fn a_second_signal_ends_the_run_at_once_and_leaves_no_checkpoint_half_written() {
+    let out = common::scratch("preempt-twice");
+    let child = start_epoch_run_until_step(&out, 3);
+    signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(20));
+    let sent = Instant::now();
+    signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(128 + 15), "{stderr}");
+    assert!(sent.elapsed() < Duration::from_secs(10), "stopped {:?} after the second signal", sent.elapsed());
+    for entry in std::fs::read_dir(&*out).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("checkpoint-") {
+            for file in ["trainer_state.json", "optimizer.safetensors", "model.safetensors", "config.json"] {
+                assert!(path.join(file).is_file(), "{} lacks {file}", path.display());
+            }
+        }
+    }
+}
+
+/// With --no-save-on-signal a signal ends `medbert train` at once, as before, and nothing is
+/// saved.
+#[test]
+fn without_save_on_signal_a_signal_ends_the_run_at_once() {
+    let out = common::scratch("preempt-off");
+    let flags = [epoch_flags(&out), vec!["--no-save-on-signal".to_string()]].concat();
+    let mut child = Command::new(common::medbert_bin())
+        .arg("train")
+        .args(&flags)
+        .env("OMP_NUM_THREADS", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let record = out.join("questions-rank0.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while std::fs::read_to_string(&record).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(Instant::now() < deadline, "no step recorded after 300 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+    let saved =
+        std::fs::read_dir(&*out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("checkpoint-"));
+    assert!(!saved, "a checkpoint was saved");
 }

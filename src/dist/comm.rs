@@ -62,6 +62,14 @@ impl Comm {
         Ok(flag[0] > 0.0)
     }
 
+    /// Returns once every rank has called it.
+    pub fn barrier(&self) -> Result<()> {
+        match &self.pg {
+            Some(pg) => pg.barrier(),
+            None => Ok(()),
+        }
+    }
+
     /// Rank 0's `value`, on every rank.
     pub fn from_rank0(&self, value: f64) -> Result<f64> {
         let Some(pg) = &self.pg else { return Ok(value) };

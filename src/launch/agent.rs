@@ -7,7 +7,7 @@ use super::rendezvous::{Next, Rendezvous};
 use super::{exit, LaunchConfig};
 use crate::dist::{var, DistEnv};
 use crate::error::Result;
-use std::sync::atomic::AtomicUsize;
+use crate::launch::Signals;
 
 /// The shape of the job across nodes and where its rendezvous lives (torchrun's
 /// `WorkerSpec` with its rendezvous settings); an elastic rendezvous decides the node count
@@ -69,7 +69,7 @@ impl WorkerSpec {
 
 /// Runs rounds of this node's workers until `rdzv` ends the launch; returns the launcher's
 /// exit code ([`exit`]).
-pub(super) fn run(rdzv: &mut dyn Rendezvous, config: &LaunchConfig, signal: &AtomicUsize) -> Result<i32> {
+pub(super) fn run(rdzv: &mut dyn Rendezvous, config: &LaunchConfig, signal: &Signals) -> Result<i32> {
     loop {
         let round = match rdzv.next_round(signal)? {
             Next::Run(round) => round,
@@ -79,8 +79,11 @@ pub(super) fn run(rdzv: &mut dyn Rendezvous, config: &LaunchConfig, signal: &Ato
         let group = WorkerGroup::start(&config.program, &workers, round.number, &config.supervision)?;
         let outcome = group.supervise(signal, &|| rdzv.superseded(round.number))?;
         outcome.say();
-        if let Outcome::Interrupted(sig) = outcome {
-            return Ok(exit::interrupted(sig));
+        match outcome {
+            Outcome::Interrupted(sig) => return Ok(exit::interrupted(sig)),
+            // This launcher's signal: the job (or this node, in an elastic job) stops here.
+            Outcome::Preempted { signal: Some(_) } => return Ok(exit::PREEMPTED),
+            _ => {}
         }
         if let Some(code) = rdzv.record(round.number, outcome)? {
             return Ok(code);
@@ -140,7 +143,7 @@ mod tests {
     }
 
     impl Rendezvous for Scripted {
-        fn next_round(&mut self, _signal: &AtomicUsize) -> Result<Next> {
+        fn next_round(&mut self, _signal: &Signals) -> Result<Next> {
             Ok(self.next.remove(0))
         }
         fn superseded(&self, _round: usize) -> bool {
@@ -157,6 +160,7 @@ mod tests {
         let supervision = Supervision {
             monitor_interval: Duration::from_millis(10),
             term_timeout: Duration::from_secs(5),
+            signal_timeout: Duration::from_secs(5),
             log_dir: None,
         };
         let spec = WorkerSpec { nnodes: 1, node_rank: 0, nproc_per_node: 2, ..spec() };
@@ -174,7 +178,7 @@ mod tests {
         let config = config(&["sh", "-c", r#"[ "$TORCHELASTIC_RESTART_COUNT$RANK" = 11 ] && exit 3; exit 0"#]);
         let next = vec![round(0, &config), round(1, &config), Next::Exit(7)];
         let mut rdzv = Scripted { next, recorded: Vec::new() };
-        assert_eq!(run(&mut rdzv, &config, &AtomicUsize::new(0)).unwrap(), 7);
+        assert_eq!(run(&mut rdzv, &config, &Signals::default()).unwrap(), 7);
         let failed = Outcome::Failed { rank: 1, exit: Exit::Code(3) };
         assert_eq!(rdzv.recorded, [(0, Outcome::Succeeded), (1, failed)]);
     }
@@ -183,8 +187,45 @@ mod tests {
     fn a_signal_ends_the_launch_with_128_plus_its_number_and_records_nothing() {
         let config = config(&["sleep", "30"]);
         let mut rdzv = Scripted { next: vec![round(0, &config)], recorded: Vec::new() };
-        assert_eq!(run(&mut rdzv, &config, &AtomicUsize::new(15)).unwrap(), 128 + 15);
+        assert_eq!(run(&mut rdzv, &config, &signalled(1)).unwrap(), 128 + 15);
         assert!(rdzv.recorded.is_empty());
+    }
+
+    /// Signals as if SIGTERM had come `times` times.
+    fn signalled(times: usize) -> Signals {
+        let signals = Signals::default();
+        (0..times).for_each(|_| signals.note(15));
+        signals
+    }
+
+    /// Workers that save a checkpoint on SIGTERM, as medbert train does, in `seconds`.
+    const SAVING: &str = r#"trap 'sleep "$SAVE_SECONDS"; exit 75' TERM; sleep 30 & wait"#;
+
+    #[test]
+    fn workers_that_save_on_the_launchers_signal_end_the_launch_as_preempted() {
+        let config = config(&["sh", "-c", &SAVING.replace("$SAVE_SECONDS", "0.2")]);
+        let mut rdzv = Scripted { next: vec![round(0, &config)], recorded: Vec::new() };
+        assert_eq!(run(&mut rdzv, &config, &signalled(1)).unwrap(), exit::PREEMPTED);
+        assert!(rdzv.recorded.is_empty(), "the launcher's own signal ends the launch");
+    }
+
+    #[test]
+    fn a_second_signal_kills_the_workers_without_waiting_for_their_checkpoint() {
+        let config = config(&["sh", "-c", &SAVING.replace("$SAVE_SECONDS", "20")]);
+        let mut rdzv = Scripted { next: vec![round(0, &config)], recorded: Vec::new() };
+        let started = std::time::Instant::now();
+        assert_eq!(run(&mut rdzv, &config, &signalled(2)).unwrap(), 128 + 15);
+        assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn workers_that_stop_at_a_checkpoint_on_their_own_signal_are_recorded_as_preempted() {
+        // Rank 0 stops at once, rank 1 a moment later: neither is a failure.
+        let config = config(&["sh", "-c", r#"[ "$RANK" = 1 ] && sleep 0.3; exit 75"#]);
+        let next = vec![round(0, &config), Next::Exit(exit::PREEMPTED)];
+        let mut rdzv = Scripted { next, recorded: Vec::new() };
+        assert_eq!(run(&mut rdzv, &config, &Signals::default()).unwrap(), exit::PREEMPTED);
+        assert_eq!(rdzv.recorded, [(0, Outcome::Preempted { signal: None })]);
     }
 
     #[test]

@@ -24,8 +24,9 @@ pub const DEFAULT_RDZV_PORT: u16 = 29400;
 /// With only training flags it runs `medbert train FLAGS` in every worker; anything after
 /// `--` is run instead, e.g. `medbert-run --standalone --nproc-per-node 2 -- medbert dist-check`.
 /// The group is all-or-nothing: when a worker fails, the others get SIGTERM, then SIGKILL
-/// after --term-timeout, and the first failing rank is reported. SIGINT and SIGTERM sent to
-/// the launcher are forwarded to the workers.
+/// after --term-timeout, and the first failing rank is reported. SIGTERM, SIGUSR1 and SIGINT
+/// sent to the launcher are forwarded to the workers: `medbert train` saves a checkpoint at
+/// the end of its step and exits with 75, and so does the launcher (README: Preemption).
 #[derive(Parser, Debug)]
 #[command(name = "medbert-run", version, verbatim_doc_comment)]
 pub struct RunArgs {
@@ -62,9 +63,15 @@ pub struct RunArgs {
     /// Seconds between checks of the workers' state.
     #[arg(long, default_value_t = 0.1)]
     monitor_interval: f64,
-    /// Seconds between SIGTERM and SIGKILL when stopping the group.
+    /// Seconds between SIGTERM and SIGKILL when stopping the group after a failure.
     #[arg(long, default_value_t = 5.0)]
     term_timeout: f64,
+    /// Seconds the workers have, after a signal to the launcher (forwarded to them) or to a
+    /// worker, to save a checkpoint and exit before SIGKILL; a second signal to the launcher
+    /// kills them at once. Above the workers' --save-on-signal-timeout (25 s), so that they
+    /// give up first.
+    #[arg(long, default_value_t = 30.0)]
+    signal_timeout: f64,
     /// Also write each worker's output to DIR/attempt<K>_rank<R>.log.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -232,6 +239,7 @@ pub fn config_from_args(args: RunArgs, host: &Host) -> Result<LaunchConfig> {
         supervision: Supervision {
             monitor_interval: Duration::from_secs_f64(args.monitor_interval.max(0.001)),
             term_timeout: Duration::from_secs_f64(args.term_timeout.max(0.0)),
+            signal_timeout: Duration::from_secs_f64(args.signal_timeout.max(0.0)),
             log_dir: args.log_dir,
         },
         omp_threads: (!host.omp_threads_set).then(|| threads_per_worker(host.cores, nproc)),

@@ -3,6 +3,7 @@
 
 use super::Worker;
 use crate::error::{Error, Result};
+use crate::launch::Signals;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::fs::File;
@@ -10,7 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -56,6 +56,10 @@ pub enum Outcome {
     Interrupted(i32),
     /// Another node's launcher restarted the job; this node's workers were stopped.
     Superseded,
+    /// The workers saved a checkpoint on a warning signal and exited with
+    /// [`exit::PREEMPTED`](super::exit::PREEMPTED): the launcher's own signal (forwarded to
+    /// them), or None where a worker got one directly.
+    Preempted { signal: Option<i32> },
 }
 
 impl Outcome {
@@ -70,6 +74,10 @@ impl Outcome {
             Outcome::Superseded => {
                 eprintln!("medbert-run: the group restarts in a new round; stopped this node's workers")
             }
+            Outcome::Preempted { signal } => eprintln!(
+                "medbert-run: the workers saved a checkpoint on {} and stopped",
+                signal.map_or_else(|| "a worker's warning signal".to_string(), |s| format!("signal {s}"))
+            ),
         }
     }
 }
@@ -78,8 +86,11 @@ impl Outcome {
 #[derive(Clone, Debug)]
 pub struct Supervision {
     pub monitor_interval: Duration,
-    /// Time between SIGTERM and SIGKILL when tearing the group down.
+    /// Time between SIGTERM and SIGKILL when tearing the group down after a failure.
     pub term_timeout: Duration,
+    /// Time the workers have, after the launcher forwards a signal to them (or a worker
+    /// stopped on one), to save a checkpoint and exit before SIGKILL.
+    pub signal_timeout: Duration,
     /// Directory for per-rank log files (`attempt<K>_rank<R>.log`), beside the prefixed output.
     pub log_dir: Option<PathBuf>,
 }
@@ -134,7 +145,7 @@ impl<'a> WorkerGroup<'a> {
             let mut child = match cmd.spawn() {
                 Ok(child) => child,
                 Err(source) => {
-                    group.tear_down();
+                    group.tear_down(Signal::SIGTERM, sup.term_timeout, &|| false);
                     return Err(Error::Spawn { program: exe.clone(), rank: w.rank, source });
                 }
             };
@@ -157,34 +168,45 @@ impl<'a> WorkerGroup<'a> {
         Ok(group)
     }
 
-    /// Watches the workers until they all succeed, one fails, the launcher gets a signal
-    /// (`signal` holds its number once set) or `superseded` says a newer round began; in all
-    /// but the first case the group is torn down.
-    pub fn supervise(mut self, signal: &AtomicUsize, superseded: &dyn Fn() -> bool) -> Result<Outcome> {
+    /// Watches the workers until they all succeed, one fails, the launcher gets a signal,
+    /// the workers stop at a checkpoint on a worker's warning signal, or `superseded` says a
+    /// newer round began; in all but the first case the group is torn down.
+    pub fn supervise(mut self, signal: &Signals, superseded: &dyn Fn() -> bool) -> Result<Outcome> {
+        // When the first worker stopped at a checkpoint on a warning signal.
+        let mut preempting: Option<Instant> = None;
         let outcome = loop {
-            let sig = signal.load(Ordering::SeqCst);
-            if sig != 0 {
-                self.tear_down();
-                break Outcome::Interrupted(sig as i32);
+            if let Some(sig) = signal.first() {
+                break self.stop_on_signal(sig, signal);
             }
             // The first failure by time; within one check, by rank.
             let mut failed = None;
             for w in self.workers.iter_mut().filter(|w| w.status.is_none()) {
                 if let Some(status) = w.reap()? {
-                    if !status.success() && failed.is_none() {
+                    if preempted(status) {
+                        preempting.get_or_insert_with(Instant::now);
+                    } else if !status.success() && failed.is_none() {
                         failed = Some(Outcome::Failed { rank: w.rank, exit: status.into() });
                     }
                 }
             }
             if let Some(outcome) = failed {
-                self.tear_down();
+                self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
                 break outcome;
             }
             if self.workers.iter().all(|w| w.status.is_some()) {
-                break Outcome::Succeeded;
+                break match preempting {
+                    Some(_) => Outcome::Preempted { signal: None },
+                    None => Outcome::Succeeded,
+                };
+            }
+            // The checkpoint is whole once one worker stopped (they leave together): the
+            // others get the signal timeout to follow.
+            if preempting.is_some_and(|since| since.elapsed() >= self.sup.signal_timeout) {
+                self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
+                break Outcome::Preempted { signal: None };
             }
             if superseded() {
-                self.tear_down();
+                self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
                 break Outcome::Superseded;
             }
             std::thread::sleep(self.sup.monitor_interval);
@@ -198,15 +220,27 @@ impl<'a> WorkerGroup<'a> {
         Ok(outcome)
     }
 
-    /// SIGTERM to every worker's process group (also of workers that have exited: what they
-    /// started may live on), then SIGKILL to the groups with a process left after the
-    /// deadline; returns once every worker is reaped and every group is empty.
-    fn tear_down(&mut self) {
+    /// The launcher's signal `sig`, forwarded to every worker: they have the signal timeout
+    /// to save a checkpoint and exit (a second signal to the launcher cuts it short), then
+    /// SIGKILL. Preempted when every worker exited saying it saved one.
+    fn stop_on_signal(&mut self, sig: i32, signal: &Signals) -> Outcome {
+        let forwarded = Signal::try_from(sig).unwrap_or(Signal::SIGTERM);
+        self.tear_down(forwarded, self.sup.signal_timeout, &|| signal.repeated());
+        match self.workers.iter().all(|w| w.status.is_some_and(preempted)) {
+            true => Outcome::Preempted { signal: Some(sig) },
+            false => Outcome::Interrupted(sig),
+        }
+    }
+
+    /// `first` to every worker's process group (also of workers that have exited: what they
+    /// started may live on), then SIGKILL to the groups with a process left after `grace` (or
+    /// once `cut_short` says so); returns once every worker is reaped and every group is empty.
+    fn tear_down(&mut self, first: Signal, grace: Duration, cut_short: &dyn Fn() -> bool) {
         let alive = |g: Pid| killpg(g, None).is_ok();
         for w in &self.workers {
-            let _ = killpg(w.group(), Signal::SIGTERM);
+            let _ = killpg(w.group(), first);
         }
-        let until = Instant::now() + self.sup.term_timeout;
+        let until = Instant::now() + grace;
         loop {
             for w in self.workers.iter_mut() {
                 let _ = w.reap();
@@ -215,7 +249,7 @@ impl<'a> WorkerGroup<'a> {
             if left.is_empty() {
                 return;
             }
-            if Instant::now() >= until {
+            if Instant::now() >= until || cut_short() {
                 for g in left {
                     let _ = killpg(g, Signal::SIGKILL);
                 }
@@ -233,6 +267,11 @@ impl<'a> WorkerGroup<'a> {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Whether a worker exited saying it saved a checkpoint on a warning signal.
+fn preempted(status: ExitStatus) -> bool {
+    status.code() == Some(super::exit::PREEMPTED)
 }
 
 /// Copies a worker's stream line by line to ours (and its log file), prefixed with its rank.

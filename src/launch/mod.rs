@@ -15,8 +15,9 @@ pub use agent::{Worker, WorkerSpec};
 pub use group::{Exit, Outcome, Supervision};
 pub use rendezvous::elastic::{Elastic, RdzvConf};
 
-use crate::error::Result;
-use std::sync::atomic::AtomicUsize;
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// The launcher's exit statuses, as README's Clusters section documents them.
 pub mod exit {
@@ -26,6 +27,10 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     /// Nothing ran: the flags or the rendezvous refused this launcher, or an error.
     pub const INVALID: i32 = 2;
+
+    /// The workers saved a checkpoint on a warning signal and stopped: requeue the job and it
+    /// resumes from there.
+    pub const PREEMPTED: i32 = crate::train::preempt::PREEMPTED;
 
     /// The launcher stopped the workers on this signal (the shell's convention).
     pub fn interrupted(signal: i32) -> i32 {
@@ -45,10 +50,51 @@ pub struct LaunchConfig {
     pub omp_threads: Option<usize>,
 }
 
+/// The signals the launcher got: the first one's number, and how many.
+#[derive(Debug, Default)]
+pub struct Signals {
+    first: AtomicUsize,
+    count: AtomicUsize,
+}
+
+impl Signals {
+    /// Starts noting the warning signals (SIGTERM, SIGUSR1, SIGINT) as they come.
+    pub fn listen() -> Result<Arc<Signals>> {
+        let signals = Arc::new(Signals::default());
+        let mut incoming = signal_hook::iterator::Signals::new(crate::train::preempt::SIGNALS)
+            .map_err(|e| Error::Input(format!("installing signal handlers: {e}")))?;
+        let noted = Arc::clone(&signals);
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || incoming.forever().for_each(|sig| noted.note(sig)))
+            .map_err(|e| Error::Input(format!("starting the signal thread: {e}")))?;
+        Ok(signals)
+    }
+
+    /// One more signal.
+    pub fn note(&self, sig: i32) {
+        let _ = self.first.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst);
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The first signal, once one came.
+    pub fn first(&self) -> Option<i32> {
+        match self.first.load(Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig as i32),
+        }
+    }
+
+    /// Whether more than one came.
+    pub fn repeated(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > 1
+    }
+}
+
 /// torchrun's `elastic_launch` in small: the rendezvous the config asks for, and the agent's
 /// loop over its rounds until the job succeeds, fails for good or the launcher gets a signal
-/// (`signal` holds its number once set). Returns the launcher's exit status ([`exit`]).
-pub fn launch(config: &LaunchConfig, signal: &AtomicUsize) -> Result<i32> {
+/// (`signal`). Returns the launcher's exit status ([`exit`]).
+pub fn launch(config: &LaunchConfig, signal: &Signals) -> Result<i32> {
     match &config.elastic {
         None => agent::run(&mut rendezvous::fixed::StaticRendezvous::open(config.spec.clone())?, config, signal),
         Some(elastic) => rendezvous::elastic::launch(config, elastic, signal),

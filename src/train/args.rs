@@ -159,6 +159,17 @@ pub struct TrainArgs {
     /// (metrics, checkpoints, best/, final/, summary); prepared caches are kept.
     #[arg(long, env = "MEDBERT_OVERWRITE_OUTPUT_DIR")]
     pub overwrite_output_dir: bool,
+    /// On SIGTERM, SIGUSR1 or SIGINT (a cluster's warning before it stops the job) the run
+    /// finishes its optimizer step, saves a checkpoint-<step> where every process agrees to
+    /// stop, and exits with status 75, for --resume to go on at the next batch; a second signal
+    /// ends it at once. This flag turns that off: the first signal ends the run at once.
+    #[arg(long, env = "MEDBERT_NO_SAVE_ON_SIGNAL")]
+    pub no_save_on_signal: bool,
+    /// Seconds after the first signal within which that checkpoint must be saved; past them the
+    /// run ends without it, as on a second signal (below Kubernetes' default grace period of
+    /// 30 s, after which it sends SIGKILL).
+    #[arg(long, env = "MEDBERT_SAVE_ON_SIGNAL_TIMEOUT", default_value_t = 25.0, value_name = "SECONDS")]
+    pub save_on_signal_timeout: f64,
     #[command(flatten)]
     #[serde(flatten)]
     pub arithmetic: PrecisionArg,
@@ -351,6 +362,11 @@ impl TrainArgs {
         );
         check(flag_id!(warmup_ratio), (0.0..=1.0).contains(&self.warmup_ratio), "must be between 0 and 1");
         check(flag_id!(max_grad_norm), positive(self.max_grad_norm), "must be a finite number above 0");
+        check(
+            flag_id!(save_on_signal_timeout),
+            positive(self.save_on_signal_timeout),
+            "must be a finite number above 0",
+        );
         check(flag_id!(holdout), at_least_one(self.holdout), "must be at least 1");
         check(flag_id!(patience), at_least_one(self.patience), "must be at least 1");
         check(flag_id!(eval_steps), at_least_one(self.eval_steps), "must be at least 1");

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod ddp;
 pub mod optim;
 mod plan;
+pub mod preempt;
 pub mod report;
 mod run;
 mod run_dir;
@@ -26,6 +27,7 @@ pub use ddp::Ddp;
 use optim::{clip_grad_norm, AdamW};
 pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
+use preempt::Preemption;
 pub use report::TrainSummary;
 use report::{MetricsLog, MetricsRecord, Phase, QuestionLog, StepClock};
 pub use run::run;
@@ -51,6 +53,8 @@ enum Fit {
     Done,
     /// At a checkpoint, for the launcher to admit a node.
     StoppedAtCheckpoint,
+    /// At the checkpoint of this step, on a warning signal (this process's, if it got one).
+    Preempted { step: usize, signal: Option<i32> },
 }
 
 /// A run: what set-up built, and `state`, where the run stands (what a checkpoint saves).
@@ -93,6 +97,8 @@ struct Trainer<'a> {
     clock: Option<StepClock>,
     /// `--fixed-shapes`.
     fixed_shapes: Option<FixedShapes>,
+    /// The warning signals' handlers (None with --no-save-on-signal).
+    preemption: Option<Preemption>,
 }
 
 /// What one optimizer step leaves on the device, read only when the step is logged.
@@ -126,7 +132,8 @@ impl<'a> Trainer<'a> {
                     self.next_epoch();
                 }
                 self.verify_sync()?;
-                if self.args.save_due(step, epoch_done) {
+                let saved = self.args.save_due(step, epoch_done);
+                if saved {
                     self.save_checkpoint()?;
                     if !(stop || finished) && self.stop_for_a_joining_node()? {
                         return Ok(Fit::StoppedAtCheckpoint);
@@ -135,12 +142,30 @@ impl<'a> Trainer<'a> {
                 if stop || finished {
                     return Ok(Fit::Done);
                 }
+                if self.signalled()? {
+                    if !saved {
+                        self.save_checkpoint()?;
+                    }
+                    // No process exits before the checkpoint is whole.
+                    self.comm.barrier()?;
+                    let signal = self.preemption.as_ref().and_then(Preemption::received);
+                    return Ok(Fit::Preempted { step, signal });
+                }
             }
             if self.state.group != 0 || self.state.epoch_start != 0 {
                 self.next_epoch();
             }
         }
         Ok(Fit::Done)
+    }
+
+    /// Whether any rank got a warning signal (every rank asks at every step, so every rank
+    /// gets the same answer at the same step).
+    fn signalled(&self) -> Result<bool> {
+        match &self.preemption {
+            Some(p) => self.comm.any(p.received().is_some()),
+            None => Ok(false),
+        }
     }
 
     /// Whether the launcher asked the group to stop at this checkpoint to admit a node; if so

@@ -30,6 +30,10 @@ pub fn run(args: &TrainArgs) -> Result<Option<TrainSummary>> {
     let is_main = trainer.comm.is_main();
     let summary = match trainer.fit()? {
         Fit::Done => trainer.finish()?,
+        Fit::Preempted { step, signal } => {
+            trainer.bar.finish_and_clear();
+            return Err(Error::Preempted { step, signal, checkpoint: trainer.run.checkpoint(step) });
+        }
         Fit::StoppedAtCheckpoint => {
             trainer.bar.finish_and_clear();
             return Ok(None);

@@ -148,8 +148,13 @@ const TRAIN_DATA: &str = "train data";
 const EVAL_DATA: &str = "evaluation data";
 
 /// Flags that say how to start, not what the run is.
-const NOT_COMPARED: [&str; 3] =
-    [saved_name!(resume), saved_name!(resume_from_checkpoint), saved_name!(overwrite_output_dir)];
+const NOT_COMPARED: [&str; 5] = [
+    saved_name!(resume),
+    saved_name!(resume_from_checkpoint),
+    saved_name!(overwrite_output_dir),
+    saved_name!(no_save_on_signal),
+    saved_name!(save_on_signal_timeout),
+];
 
 impl SavedArgs {
     pub fn new(

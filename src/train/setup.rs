@@ -5,6 +5,7 @@
 use super::checkpoint::{self, TrainerState};
 use super::optim::AdamW;
 use super::plan::{BatchChoice, Layout, Plan, Split};
+use super::preempt::Preemption;
 use super::report::{MetricsLog, QuestionLog, StepClock};
 use super::run_dir::{self, SavedArgs};
 use super::{Ddp, GradScaler, RunDir, TrainArgs, TrainInputs, Trainer};
@@ -77,6 +78,10 @@ impl<'a> Trainer<'a> {
             shapes: Default::default(),
             clock: args.step_breakdown.then(|| StepClock::new(inputs.device)),
             fixed_shapes,
+            preemption: match args.no_save_on_signal {
+                true => None,
+                false => Some(Preemption::install(Duration::from_secs_f64(args.save_on_signal_timeout))?),
+            },
         })
     }
 }

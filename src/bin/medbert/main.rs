@@ -76,6 +76,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = dotenv.map_err(anyhow::Error::from).and_then(|_| run()) {
+        if let Some(preempted @ medbert::Error::Preempted { .. }) = err.downcast_ref() {
+            eprintln!("medbert: {preempted}");
+            std::process::exit(medbert::train::preempt::PREEMPTED);
+        }
         eprintln!("medbert: error: {err:#}");
         std::process::exit(2);
     }

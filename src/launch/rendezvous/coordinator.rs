@@ -7,8 +7,9 @@ use super::Rounds;
 use crate::dist::keys::{self, launcher, worker};
 use crate::dist::Store;
 use crate::error::Result;
+use crate::launch::Signals;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long the host keeps the store up for launchers that have not left the job yet
@@ -225,7 +226,7 @@ pub(super) fn wait_for_the_others_to_leave(
     me: i64,
     mut beats: Heartbeats,
     conf: &RdzvConf,
-    signal: &AtomicUsize,
+    signal: &Signals,
 ) -> Result<()> {
     let (started, mut said) = (Instant::now(), false);
     loop {
@@ -236,7 +237,7 @@ pub(super) fn wait_for_the_others_to_leave(
                 staying.push(id);
             }
         }
-        if staying.is_empty() || signal.load(Ordering::SeqCst) != 0 {
+        if staying.is_empty() || signal.first().is_some() {
             return Ok(());
         }
         let waited = started.elapsed();

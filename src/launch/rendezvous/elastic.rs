@@ -15,9 +15,10 @@ use super::{connect, host, Next, Outcome, Rendezvous, Round, Rounds};
 use crate::dist::keys::{self, launcher, worker};
 use crate::dist::Store;
 use crate::error::{Error, Result};
+use crate::launch::Signals;
 use crate::launch::{agent, exit, LaunchConfig, WorkerSpec};
 use std::net::{TcpListener, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// `--nnodes MIN:MAX` and the rendezvous settings of `--rdzv-conf`.
@@ -131,7 +132,7 @@ enum Admission {
     Refused(String),
     /// The job finished.
     Done,
-    Interrupted(usize),
+    Interrupted(i32),
 }
 
 /// A launcher of an elastic job: its id in the store and the rounds it took part in.
@@ -148,7 +149,7 @@ struct ElasticRendezvous {
 }
 
 impl ElasticRendezvous {
-    fn join(&self, round: usize, signal: &AtomicUsize) -> Result<Admission> {
+    fn join(&self, round: usize, signal: &Signals) -> Result<Admission> {
         let slot = self.store.add(&launcher::registered(round), 1)? - 1;
         let me = format!("{} {}", self.id, self.spec.nproc_per_node);
         self.store.set(&launcher::registration(round, slot), me.as_bytes())?;
@@ -173,9 +174,9 @@ impl ElasticRendezvous {
             if self.store.contains(launcher::DONE)? {
                 return Ok(Admission::Done);
             }
-            match signal.load(Ordering::SeqCst) {
-                0 => std::thread::sleep(POLL),
-                sig => return Ok(Admission::Interrupted(sig)),
+            match signal.first() {
+                None => std::thread::sleep(POLL),
+                Some(sig) => return Ok(Admission::Interrupted(sig)),
             }
         }
     }
@@ -216,7 +217,7 @@ impl ElasticRendezvous {
 }
 
 impl Rendezvous for ElasticRendezvous {
-    fn next_round(&mut self, signal: &AtomicUsize) -> Result<Next> {
+    fn next_round(&mut self, signal: &Signals) -> Result<Next> {
         let mut number = self.rounds.current()?;
         let (node_rank, nnodes, restarts) = loop {
             match self.join(number, signal)? {
@@ -234,7 +235,7 @@ impl Rendezvous for ElasticRendezvous {
                     eprintln!("medbert-run: the job finished before this node was admitted");
                     return Ok(Next::Exit(exit::SUCCEEDED));
                 }
-                Admission::Interrupted(sig) => return Ok(Next::Exit(exit::interrupted(sig as i32))),
+                Admission::Interrupted(sig) => return Ok(Next::Exit(exit::interrupted(sig))),
             }
         };
         let round = Round { number, spec: WorkerSpec { nnodes, node_rank, ..self.spec.clone() } };
@@ -260,6 +261,12 @@ impl Rendezvous for ElasticRendezvous {
                 self.store.set(&launcher::failed(round), b"1")?;
                 self.rounds.advance_past(round)?;
             }
+            // Another node's warning signal: it leaves with the checkpoint saved, the others
+            // go on from it in the next round.
+            Outcome::Preempted { .. } => {
+                eprintln!("medbert-run: the workers stopped at a checkpoint on another node's signal");
+                self.rounds.advance_past(round)?;
+            }
             Outcome::Superseded | Outcome::Interrupted(_) => {}
         }
         Ok(None)
@@ -269,7 +276,7 @@ impl Rendezvous for ElasticRendezvous {
 /// An elastic launch (module docs): this launcher in the job, a heartbeat thread, the
 /// coordinator's thread on the host, and the agent's loop over this launcher's rounds.
 /// Returns the launcher's exit code.
-pub(crate) fn launch(config: &LaunchConfig, elastic: &Elastic, signal: &AtomicUsize) -> Result<i32> {
+pub(crate) fn launch(config: &LaunchConfig, elastic: &Elastic, signal: &Signals) -> Result<i32> {
     let (mut rdzv, hosted) = enter(config, elastic)?;
     let (addr, port, id) = (rdzv.spec.master_addr.clone(), rdzv.spec.master_port, rdzv.id);
     // The store's errors name it; others (a worker that cannot start) are as they came.
@@ -303,7 +310,7 @@ pub(crate) fn launch(config: &LaunchConfig, elastic: &Elastic, signal: &AtomicUs
                 let beats = coordinator.run(stop);
                 if let Err(e) = &beats {
                     eprintln!("medbert-run: error: the rendezvous coordinator stopped: {e}; stopping the workers");
-                    signal.store(signal_hook::consts::SIGTERM as usize, Ordering::SeqCst);
+                    signal.note(signal_hook::consts::SIGTERM);
                 }
                 beats
             })
@@ -312,7 +319,7 @@ pub(crate) fn launch(config: &LaunchConfig, elastic: &Elastic, signal: &AtomicUs
         rdzv.leave();
         stop.store(true, Ordering::SeqCst);
         if let Some(Ok(Ok(beats))) = coordinating.map(|c| c.join()) {
-            if signal.load(Ordering::SeqCst) == 0 {
+            if signal.first().is_none() {
                 wait_for_the_others_to_leave(&rdzv.store, id, beats, &elastic.conf, signal).map_err(lost_store)?;
             }
         }

@@ -6,8 +6,8 @@
 use super::{connect, host, Next, Outcome, Rendezvous, Round, Rounds};
 use crate::dist::Store;
 use crate::error::Result;
+use crate::launch::Signals;
 use crate::launch::{exit, WorkerSpec};
-use std::sync::atomic::AtomicUsize;
 
 pub struct StaticRendezvous {
     spec: WorkerSpec,
@@ -47,7 +47,7 @@ impl StaticRendezvous {
 }
 
 impl Rendezvous for StaticRendezvous {
-    fn next_round(&mut self, _signal: &AtomicUsize) -> Result<Next> {
+    fn next_round(&mut self, _signal: &Signals) -> Result<Next> {
         let number = self.rounds.current()?;
         if std::mem::replace(&mut self.restarting, true) {
             let max = self.spec.max_restarts;
@@ -68,6 +68,8 @@ impl Rendezvous for StaticRendezvous {
         match outcome {
             Outcome::Succeeded => Ok(Some(exit::SUCCEEDED)),
             Outcome::Failed { .. } => self.rounds.advance_past(round).map(|_| None),
+            // A worker's warning signal: the job stops, for its scheduler to requeue.
+            Outcome::Preempted { .. } => Ok(Some(exit::PREEMPTED)),
             Outcome::Superseded | Outcome::Interrupted(_) => Ok(None),
         }
     }

@@ -12,7 +12,7 @@ use super::WorkerSpec;
 use crate::dist::keys::{self, launcher};
 use crate::dist::Store;
 use crate::error::{Error, Result};
-use std::sync::atomic::AtomicUsize;
+use crate::launch::Signals;
 use std::time::Duration;
 
 /// One round this node's workers run in: its number (TORCHELASTIC_RESTART_COUNT, the prefix
@@ -32,12 +32,13 @@ pub enum Next {
 /// What the agent asks of a rendezvous (torchrun's `RendezvousHandler`, as far as it is used).
 pub trait Rendezvous {
     /// The next round this node's workers run in, or the end of the launch (the reason said).
-    fn next_round(&mut self, signal: &AtomicUsize) -> Result<Next>;
+    fn next_round(&mut self, signal: &Signals) -> Result<Next>;
     /// Whether a newer round has replaced `round` (another node failed or was lost): this
     /// node's workers stop. A store that cannot be read (the host finished) says no.
     fn superseded(&self, round: usize) -> bool;
-    /// Records how this node's workers ended `round` (never `Interrupted`: the agent ends on
-    /// that); the exit code when the launch ends with it.
+    /// Records how this node's workers ended `round` (never `Interrupted`, nor `Preempted` by
+    /// this launcher's own signal: the agent ends on those); the exit code when the launch
+    /// ends with it.
     fn record(&mut self, round: usize, outcome: Outcome) -> Result<Option<i32>>;
 }
 
