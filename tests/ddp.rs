@@ -943,3 +943,60 @@ fn without_save_on_signal_a_signal_ends_the_run_at_once() {
         std::fs::read_dir(&*out).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("checkpoint-"));
     assert!(!saved, "a checkpoint was saved");
 }
+
+/// The position file the launcher gave worker `pid`.
+fn position_file(pid: i32) -> PathBuf {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let var = environ.split(|&b| b == 0).find_map(|v| v.strip_prefix(b"MEDBERT_POSITION_FILE=")).unwrap();
+    PathBuf::from(String::from_utf8_lossy(var).into_owned())
+}
+
+/// A worker that stops mid-step (SIGSTOP: a hung process keeps its sockets open and says
+/// nothing): with --hang-timeout the launcher prints where every worker is, names the
+/// stopped rank and its phase and the others' wait, and brings the group down, nothing left
+/// running.
+#[test]
+fn a_hung_worker_is_named_with_its_phase_and_the_group_comes_down() {
+    use medbert::dist::position::{Phase, Position};
+    let out = common::scratch("hang-stopped");
+    let flags = with_flag(epoch_flags(&out), "--num-train-epochs", "5");
+    let mut launch = vec!["--standalone", "--nproc-per-node", "3", "--hang-timeout", "3"];
+    launch.extend(flags.iter().map(String::as_str));
+    let child =
+        launcher(&launch).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (victim, file) = loop {
+        assert!(Instant::now() < deadline, "no worker found");
+        if let Some(pid) = worker_in_round(child.id(), 1, None) {
+            break (pid, position_file(pid));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let workers: Vec<i32> = (0..3).map(|rank| worker_of_rank(child.id(), rank)).collect();
+    // Stopped in its forward pass of a step after the first.
+    loop {
+        assert!(Instant::now() < deadline, "rank 1 never seen in forward");
+        let at = Position::read(&file);
+        if at.is_some_and(|p| p.phase == Phase::Forward && p.step >= 2) {
+            signal(victim, nix::sys::signal::Signal::SIGSTOP);
+            if Position::read(&file) == at {
+                break;
+            }
+            signal(victim, nix::sys::signal::Signal::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let stopped = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stopped.elapsed() < Duration::from_secs(30), "came down {:?} after the stop", stopped.elapsed());
+    let named = format!("rank 1 (node 0, pid {victim}) has been in forward of step");
+    for said in [named.as_str(), "ranks 0, 2 wait in the all-reduce of bucket", "no step finished for 3 s"] {
+        assert!(stderr.contains(said), "{said:?} not said:\n{stderr}");
+    }
+    for pid in workers {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        assert!(!alive, "worker {pid} still running");
+    }
+}

@@ -7,6 +7,7 @@ mod env;
 mod ffi;
 mod join;
 pub mod keys;
+pub mod position;
 pub mod slurm;
 
 pub use check::{check_collectives, CollectiveCheck};

@@ -28,6 +28,8 @@ pub struct WorkerSpec {
 pub struct Worker {
     pub rank: usize,
     pub local_rank: usize,
+    /// This node's rank in the round.
+    pub node: usize,
     pub env: Vec<(String, String)>,
 }
 
@@ -61,7 +63,7 @@ impl WorkerSpec {
                 if let Some(n) = omp_threads {
                     env.push((var::OMP_NUM_THREADS.to_string(), n.to_string()));
                 }
-                Worker { rank, local_rank, env }
+                Worker { rank, local_rank, node: self.node_rank, env }
             })
             .collect()
     }
@@ -161,6 +163,8 @@ mod tests {
             monitor_interval: Duration::from_millis(10),
             term_timeout: Duration::from_secs(5),
             signal_timeout: Duration::from_secs(5),
+            hang_timeout: None,
+            positions: None,
             log_dir: None,
         };
         let spec = WorkerSpec { nnodes: 1, node_rank: 0, nproc_per_node: 2, ..spec() };

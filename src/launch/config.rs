@@ -72,6 +72,13 @@ pub struct RunArgs {
     /// give up first.
     #[arg(long, default_value_t = 30.0)]
     signal_timeout: f64,
+    /// When no worker of this node has finished an optimizer step for this many seconds
+    /// (set-up, evaluation and saving not counted), print where every worker is and stop the
+    /// group as after a failure [default: off: a healthy step can take minutes on a large
+    /// model; the workers' --ddp-timeout (30 min) bounds a hang in a collective, and the same
+    /// table is printed then]. A few times the slowest step is a good value.
+    #[arg(long, value_name = "SECONDS")]
+    hang_timeout: Option<f64>,
     /// Also write each worker's output to DIR/attempt<K>_rank<R>.log.
     #[arg(long)]
     log_dir: Option<PathBuf>,
@@ -240,6 +247,8 @@ pub fn config_from_args(args: RunArgs, host: &Host) -> Result<LaunchConfig> {
             monitor_interval: Duration::from_secs_f64(args.monitor_interval.max(0.001)),
             term_timeout: Duration::from_secs_f64(args.term_timeout.max(0.0)),
             signal_timeout: Duration::from_secs_f64(args.signal_timeout.max(0.0)),
+            hang_timeout: args.hang_timeout.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            positions: None,
             log_dir: args.log_dir,
         },
         omp_threads: (!host.omp_threads_set).then(|| threads_per_worker(host.cores, nproc)),

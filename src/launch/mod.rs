@@ -95,6 +95,11 @@ impl Signals {
 /// loop over its rounds until the job succeeds, fails for good or the launcher gets a signal
 /// (`signal`). Returns the launcher's exit status ([`exit`]).
 pub fn launch(config: &LaunchConfig, signal: &Signals) -> Result<i32> {
+    // The workers' position files, for the table printed when the group hangs or fails.
+    let positions = tempfile::Builder::new().prefix("medbert-run-").tempdir().map_err(|e| Error::io("$TMPDIR", e))?;
+    let mut config = config.clone();
+    config.supervision.positions = Some(positions.path().to_path_buf());
+    let config = &config;
     match &config.elastic {
         None => agent::run(&mut rendezvous::fixed::StaticRendezvous::open(config.spec.clone())?, config, signal),
         Some(elastic) => rendezvous::elastic::launch(config, elastic, signal),

@@ -251,7 +251,8 @@ impl Reducer {
             return Err(e);
         }
         tch::no_grad(|| -> Result<()> {
-            for ((work, flat), bucket) in launched.into_iter().zip(&s.buckets) {
+            for (k, ((work, flat), bucket)) in launched.into_iter().zip(&s.buckets).enumerate() {
+                crate::dist::position::waiting_for(k);
                 work.wait()?;
                 copy_from_flat(&flat, bucket.iter().map(|&i| (self.params[i].numel(), self.params[i].grad())));
             }

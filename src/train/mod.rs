@@ -16,6 +16,7 @@ mod setup;
 
 use crate::batch::{collate_to, FixedShapes};
 use crate::device::Precision;
+use crate::dist::position::{self, Phase as At};
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
@@ -199,7 +200,9 @@ impl<'a> Trainer<'a> {
         if let Some(clock) = &mut self.clock {
             clock.start();
         }
+        let step = self.state.step + 1;
         for (m, micro) in group.iter().enumerate() {
+            position::enter(step, At::Data);
             tch::manual_seed(dropout_seed(self.args.seed, self.state.step, m, self.comm.rank()));
             // Collated on the CPU; the model and `upload` move it without waiting.
             let (x, y) = collate_to(&self.split.train, micro, pad_to)?;
@@ -213,8 +216,10 @@ impl<'a> Trainer<'a> {
             if m + 1 == group.len() {
                 self.ddp.prepare_sync();
             }
+            position::enter(step, At::Forward);
             let (micro_loss, _) = self.precision.autocast(|| batch_loss(&self.model, &x, &y, true))?;
             self.lap(Phase::Forward);
+            position::enter(step, At::Backward);
             self.scaler.scale(&(&micro_loss / n)).backward();
             self.lap(Phase::Backward);
             loss += micro_loss.detach().to_kind(Kind::Float) / n;
@@ -224,8 +229,10 @@ impl<'a> Trainer<'a> {
             let bad = loss.isfinite().logical_not().logical_and(&first.lt(0));
             *first = first.full_like(self.state.step as i64 + 1).where_self(&bad, first);
         }
+        position::enter(step, At::AllReduce);
         self.ddp.average_gradients()?;
         self.lap(Phase::AllReduce);
+        position::enter(step, At::Optimizer);
         let skipped = self.scaler.unscale(self.params.iter())?;
         let grad_norm = clip_grad_norm(self.params.iter(), self.args.max_grad_norm)?;
         let lr = self.plan.schedule.lr(self.state.step);
@@ -303,6 +310,7 @@ impl<'a> Trainer<'a> {
         if !self.comm.is_main() {
             return Ok(());
         }
+        position::enter(step, At::Saving);
         let started = Instant::now();
         let state = TrainerState {
             optimizer_step: Some(self.opt.step as usize),
@@ -322,6 +330,7 @@ impl<'a> Trainer<'a> {
     /// checkpoint in `best/`, and says whether patience ran out (the same answer on every rank).
     fn evaluate_and_track_best(&mut self) -> Result<bool> {
         let Some((cache, questions)) = self.split.eval_set() else { return Ok(false) };
+        position::enter(self.state.step, At::Evaluation);
         let started = Instant::now();
         let batch = self.args.per_device_eval_batch_size;
         let r = evaluate(&self.model, cache, questions, batch, self.precision, &self.comm)?;

@@ -21,6 +21,8 @@ use tch::{Kind, Tensor};
 
 impl<'a> Trainer<'a> {
     pub(super) fn set_up(args: &'a TrainArgs, inputs: &'a TrainInputs, comm: Comm) -> Result<Self> {
+        crate::dist::position::open_from_env()?;
+        crate::dist::position::enter(0, crate::dist::position::Phase::SettingUp);
         let precision = args.arithmetic.precision.resolve(inputs.device)?;
         tch::manual_seed(args.seed as i64);
         let (run, split) = open_run_dir(args, inputs, &comm)?;
