@@ -1000,3 +1000,48 @@ fn a_hung_worker_is_named_with_its_phase_and_the_group_comes_down() {
         assert!(!alive, "worker {pid} still running");
     }
 }
+
+/// A worker slowed down (SIGSTOP and SIGCONT in turn, 60 ms stopped in every 100) is named
+/// as the straggler by rank 0, and summary.json's per-rank step times show it.
+#[test]
+fn a_slowed_worker_is_named_as_the_straggler() {
+    let out = common::scratch("straggler");
+    let flags = with_flag(with_flag(epoch_flags(&out), "--num-train-epochs", "2"), "--logging-steps", "2");
+    let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
+    launch.extend(flags.iter().map(String::as_str));
+    let child =
+        launcher(&launch).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let file = out.join("questions-rank1.jsonl");
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "rank 1 trained no step");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let slowed = worker_of_rank(child.id(), 1);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slowing = {
+        let done = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let send = |s| nix::sys::signal::kill(nix::unistd::Pid::from_raw(slowed), s).is_ok();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && send(nix::sys::signal::Signal::SIGSTOP) {
+                std::thread::sleep(Duration::from_millis(60));
+                send(nix::sys::signal::Signal::SIGCONT);
+                std::thread::sleep(Duration::from_millis(40));
+            }
+        })
+    };
+    let output = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    slowing.join().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("rank 1 (node 0) is a straggler: its compute takes"), "{stderr}");
+    assert!(!stderr.contains("rank 0 (node 0) is a straggler"), "{stderr}");
+    let ranks = common::summary(&out)["per_rank_step_ms"].clone();
+    let compute = |r: usize| ranks[r]["compute_ms_median"].as_f64().unwrap();
+    assert!(compute(1) > 1.2 * compute(0), "{ranks}");
+    assert!(
+        ranks[0]["allreduce_wait_ms_median"].as_f64().unwrap() > ranks[1]["allreduce_wait_ms_median"].as_f64().unwrap(),
+        "rank 0 waits for rank 1: {ranks}"
+    );
+}

@@ -30,7 +30,7 @@ pub use plan::steps_per_epoch;
 use plan::{dropout_seed, Plan, Split};
 use preempt::Preemption;
 pub use report::TrainSummary;
-use report::{MetricsLog, MetricsRecord, Phase, QuestionLog, StepClock};
+use report::{MetricsLog, MetricsRecord, Phase, QuestionLog, RankTimes, StepClock};
 pub use run::run;
 pub use run_dir::{RunDir, ARGS_FILE, METRICS_FILE, PLOT_FILE, SUMMARY_FILE};
 use std::time::{Duration, Instant};
@@ -98,6 +98,8 @@ struct Trainer<'a> {
     clock: Option<StepClock>,
     /// `--fixed-shapes`.
     fixed_shapes: Option<FixedShapes>,
+    /// This rank's step times, for stragglers.
+    rank_times: RankTimes,
     /// The warning signals' handlers (None with --no-save-on-signal).
     preemption: Option<Preemption>,
 }
@@ -201,6 +203,7 @@ impl<'a> Trainer<'a> {
             clock.start();
         }
         let step = self.state.step + 1;
+        self.rank_times.step_started();
         for (m, micro) in group.iter().enumerate() {
             position::enter(step, At::Data);
             tch::manual_seed(dropout_seed(self.args.seed, self.state.step, m, self.comm.rank()));
@@ -230,7 +233,9 @@ impl<'a> Trainer<'a> {
             *first = first.full_like(self.state.step as i64 + 1).where_self(&bad, first);
         }
         position::enter(step, At::AllReduce);
+        self.rank_times.wait_started();
         self.ddp.average_gradients()?;
+        self.rank_times.wait_ended();
         self.lap(Phase::AllReduce);
         position::enter(step, At::Optimizer);
         let skipped = self.scaler.unscale(self.params.iter())?;
@@ -265,12 +270,19 @@ impl<'a> Trainer<'a> {
             let mut loss = [out.loss.double_value(&[]) / self.comm.world_size() as f64];
             self.comm.sum(&mut loss)?;
             let qps = self.questions_per_second();
+            let spread = match self.rank_times.window(&self.comm)? {
+                Some(w) => format!(
+                    " compute {:.0}-{:.0} ms/step (slowest rank {})",
+                    w.fastest_ms, w.slowest_ms, w.slowest_rank
+                ),
+                None => String::new(),
+            };
             self.last_loss = Some(loss[0]);
             self.bar.set_message(format!("loss {:.4} lr {:.2e} {qps:.1} q/s", loss[0], out.lr));
             if self.bar.is_hidden() && self.comm.is_main() {
                 let grad_norm = out.grad_norm.double_value(&[]);
                 tracing::info!(
-                    "step {step}/{} epoch {:.2} loss {:.4} lr {:.2e} grad_norm {grad_norm:.3} {qps:.1} q/s eta {}",
+                    "step {step}/{} epoch {:.2} loss {:.4} lr {:.2e} grad_norm {grad_norm:.3} {qps:.1} q/s{spread} eta {}",
                     self.plan.total_steps,
                     self.epoch(),
                     loss[0],
@@ -412,6 +424,7 @@ impl<'a> Trainer<'a> {
             ..MetricsRecord::default()
         })?;
         let communication = self.ddp.exposed_communication();
+        let per_rank_step_ms = self.rank_times.summary(&self.comm)?;
         let checkpoint = self.run.last();
         let mut plot = None;
         let best = self.run.best();
@@ -447,6 +460,7 @@ impl<'a> Trainer<'a> {
             plot,
             ddp_buckets: communication.map(|(b, _)| b),
             ddp_exposed_ms_per_step: communication.map(|(_, t)| t.as_secs_f64() * 1e3),
+            per_rank_step_ms,
             batch_shapes: self.shapes.len(),
             step_breakdown_ms: self.clock.as_ref().map(StepClock::means),
         })

@@ -6,7 +6,7 @@ use super::checkpoint::{self, TrainerState};
 use super::optim::AdamW;
 use super::plan::{BatchChoice, Layout, Plan, Split};
 use super::preempt::Preemption;
-use super::report::{MetricsLog, QuestionLog, StepClock};
+use super::report::{MetricsLog, QuestionLog, RankTimes, StepClock};
 use super::run_dir::{self, SavedArgs};
 use super::{Ddp, GradScaler, RunDir, TrainArgs, TrainInputs, Trainer};
 use crate::batch::FixedShapes;
@@ -52,6 +52,7 @@ impl<'a> Trainer<'a> {
         let params = opt.variables().map(|(_, v)| v.shallow_clone()).collect();
         let max_length = split.train.manifest.encoding.max_length;
         let fixed_shapes = args.fixed_shapes.then(|| FixedShapes::new(args.per_device_train_batch_size, max_length));
+        let rank_times = RankTimes::new(comm.world_size(), inputs.local_world_size);
         Ok(Trainer {
             args,
             inputs,
@@ -80,6 +81,7 @@ impl<'a> Trainer<'a> {
             shapes: Default::default(),
             clock: args.step_breakdown.then(|| StepClock::new(inputs.device)),
             fixed_shapes,
+            rank_times,
             preemption: match args.no_save_on_signal {
                 true => None,
                 false => Some(Preemption::install(Duration::from_secs_f64(args.save_on_signal_timeout))?),

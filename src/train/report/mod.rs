@@ -4,6 +4,7 @@
 mod clock;
 mod log;
 mod plot;
+mod ranks;
 mod summary;
 
 pub use clock::StepTimes;
@@ -11,4 +12,6 @@ pub(crate) use clock::{Phase, StepClock};
 pub use log::MetricsRecord;
 pub(crate) use log::{MetricsLog, QuestionLog};
 pub use plot::{plot, Baseline, Curves};
+pub use ranks::RankStepTimes;
+pub(crate) use ranks::RankTimes;
 pub use summary::TrainSummary;

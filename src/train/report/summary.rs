@@ -35,6 +35,9 @@ pub struct TrainSummary {
     /// all-reduce after backward (the communication that overlap did not hide).
     pub ddp_buckets: Option<usize>,
     pub ddp_exposed_ms_per_step: Option<f64>,
+    /// Under DDP: each rank's compute time per step (until the gradient all-reduce) and its
+    /// wait in that all-reduce, median and 95th percentile, for stragglers.
+    pub per_rank_step_ms: Option<Vec<super::RankStepTimes>>,
     /// Distinct shapes of this rank's training micro-batches (questions, tokens per sequence,
     /// real tokens): what kernels and CUDA graphs meet (`--fixed-shapes` keeps it small).
     pub batch_shapes: usize,
