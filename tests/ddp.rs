@@ -1045,3 +1045,21 @@ fn a_slowed_worker_is_named_as_the_straggler() {
         "rank 0 waits for rank 1: {ranks}"
     );
 }
+
+/// Slurm signals every process of a job step: the launcher and its workers get SIGTERM at
+/// once, and each worker a second time as the launcher forwards it. That is one warning: the
+/// checkpoint is saved and the launcher exits with 75.
+#[test]
+fn a_signal_to_every_process_at_once_is_one_warning() {
+    let out = common::scratch("preempt-everyone");
+    let child = start_epoch_run_until_step(&out, 2);
+    let workers: Vec<i32> = (0..2).map(|rank| worker_of_rank(child.id(), rank)).collect();
+    for pid in workers.into_iter().chain([child.id() as i32]) {
+        signal(pid, nix::sys::signal::Signal::SIGTERM);
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(75), "{stderr}");
+    let step = preempted_at(&stderr);
+    assert!(out.join(format!("checkpoint-{step}/trainer_state.json")).is_file(), "{stderr}");
+}

@@ -42,7 +42,7 @@ impl SlurmTask {
     /// but malformed, or missing from a step, is an error naming it.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<SlurmTask>> {
         let step = get(var::STEP_ID).and_then(|s| s.trim().parse::<u64>().ok());
-        if !step.is_some_and(|s| s < FIRST_SPECIAL_STEP) || get(var::PROCID).is_none() {
+        if step.is_none_or(|s| s >= FIRST_SPECIAL_STEP) || get(var::PROCID).is_none() {
             return Ok(None);
         }
         let num = |name: &'static str| -> Result<usize> {

@@ -464,7 +464,7 @@ mod tests {
         let c = config(&["--master-port", "777", "--run-id", "mine"], &h).unwrap();
         assert_eq!((c.spec.master_port, c.spec.run_id.as_str()), (777, "mine"));
         let several = Host { slurm: Some(slurm(2, 1, 4)), ..host() };
-        let err = config(&[], &several).err().expect("refused").to_string();
+        let err = config(&[], &several).expect_err("refused").to_string();
         assert!(err.contains("one of 4 tasks on this node") && err.contains("--ntasks-per-node 1"), "{err}");
     }
 }

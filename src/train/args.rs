@@ -246,7 +246,7 @@ pub enum ReportTo {
 fn due(strategy: IntervalStrategy, every: usize, step: usize, epoch_done: bool, finished: bool) -> bool {
     match strategy {
         IntervalStrategy::No => false,
-        IntervalStrategy::Steps => step % every.max(1) == 0 || finished,
+        IntervalStrategy::Steps => step.is_multiple_of(every.max(1)) || finished,
         IntervalStrategy::Epoch => epoch_done || finished,
     }
 }

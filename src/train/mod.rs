@@ -264,7 +264,7 @@ impl<'a> Trainer<'a> {
 
     fn log_step(&mut self, out: StepOutput) -> Result<()> {
         let step = self.state.step;
-        if step % self.args.logging_steps.max(1) == 0 || step == self.plan.total_steps {
+        if step.is_multiple_of(self.args.logging_steps.max(1)) || step == self.plan.total_steps {
             self.check_finite()?;
             // Every rank takes this collective: whether a step logs depends on its number alone.
             let mut loss = [out.loss.double_value(&[]) / self.comm.world_size() as f64];
@@ -308,7 +308,7 @@ impl<'a> Trainer<'a> {
     /// `--verify-sync`, when this step is due for it.
     fn verify_sync(&self) -> Result<()> {
         let step = self.state.step;
-        match self.args.ddp.verify_sync.is_some_and(|n| step % n == 0) {
+        match self.args.ddp.verify_sync.is_some_and(|n| step.is_multiple_of(n)) {
             true => self.ddp.verify_sync(step, &self.opt.variables().collect::<Vec<_>>()),
             false => Ok(()),
         }

@@ -7,7 +7,9 @@
 //! the same step boundary, the first that all of them can still reach, save a checkpoint
 //! there and exit with [`PREEMPTED`]. A second signal, or no checkpoint within the timeout,
 //! ends the process as the signal would have without this (a checkpoint is written into a
-//! temporary directory and renamed into place, so none is left half-written).
+//! temporary directory and renamed into place, so none is left half-written). Signals within
+//! [`SAME_WARNING`] of the first count as that one: Slurm signals every process of a step, so
+//! a worker under medbert-run gets the signal both from Slurm and forwarded by its launcher.
 
 use crate::error::{Error, Result};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
@@ -22,6 +24,9 @@ pub const PREEMPTED: i32 = 75;
 /// The warning signals.
 pub const SIGNALS: [i32; 3] = [SIGTERM, SIGUSR1, SIGINT];
 
+/// How long after the first signal another counts as the same warning, not a second one.
+pub const SAME_WARNING: Duration = Duration::from_secs(2);
+
 /// The handlers of the warning signals, for this process's lifetime.
 pub(crate) struct Preemption {
     /// The first signal's number; 0 before one came.
@@ -29,16 +34,15 @@ pub(crate) struct Preemption {
 }
 
 impl Preemption {
-    /// Installs the handlers: the first signal is noted, a second runs the signal's default
-    /// action, and `timeout` after the first a watchdog does the same.
+    /// Installs the handlers: the first signal is noted, a second (once [`SAME_WARNING`] has
+    /// passed) runs the signal's default action, and `timeout` after the first a watchdog does
+    /// the same.
     pub fn install(timeout: Duration) -> Result<Preemption> {
         let received = Arc::new(AtomicUsize::new(0));
         let armed = Arc::new(AtomicBool::new(false));
         let failed = |e: std::io::Error| Error::Input(format!("installing the signal handlers: {e}"));
         for sig in SIGNALS {
-            // Registered before the flag, so that the first signal finds it unset.
             signal_hook::flag::register_conditional_default(sig, Arc::clone(&armed)).map_err(failed)?;
-            signal_hook::flag::register(sig, Arc::clone(&armed)).map_err(failed)?;
             let first = Arc::clone(&received);
             // SAFETY: the action only touches an atomic, which is async-signal-safe.
             unsafe {
@@ -58,7 +62,9 @@ impl Preemption {
                         sig => break sig as i32,
                     }
                 };
-                std::thread::sleep(timeout);
+                std::thread::sleep(SAME_WARNING.min(timeout));
+                armed.store(true, Ordering::SeqCst);
+                std::thread::sleep(timeout.saturating_sub(SAME_WARNING));
                 eprintln!(
                     "medbert: no checkpoint within --save-on-signal-timeout {}s of {}: stopping without one",
                     timeout.as_secs_f64(),
