@@ -202,6 +202,19 @@ mod tests {
         signals
     }
 
+    /// Runs `rdzv`'s rounds with SIGTERM coming `times` times once the workers have had time to
+    /// set their traps.
+    fn run_signalled_later(rdzv: &mut Scripted, config: &LaunchConfig, times: usize) -> i32 {
+        let signals = Signals::default();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(500));
+                (0..times).for_each(|_| signals.note(15));
+            });
+            run(rdzv, config, &signals).unwrap()
+        })
+    }
+
     /// Workers that save a checkpoint on SIGTERM, as medbert train does, in `seconds`.
     const SAVING: &str = r#"trap 'sleep "$SAVE_SECONDS"; exit 75' TERM; sleep 30 & wait"#;
 
@@ -209,7 +222,7 @@ mod tests {
     fn workers_that_save_on_the_launchers_signal_end_the_launch_as_preempted() {
         let config = config(&["sh", "-c", &SAVING.replace("$SAVE_SECONDS", "0.2")]);
         let mut rdzv = Scripted { next: vec![round(0, &config)], recorded: Vec::new() };
-        assert_eq!(run(&mut rdzv, &config, &signalled(1)).unwrap(), exit::PREEMPTED);
+        assert_eq!(run_signalled_later(&mut rdzv, &config, 1), exit::PREEMPTED);
         assert!(rdzv.recorded.is_empty(), "the launcher's own signal ends the launch");
     }
 
@@ -218,7 +231,7 @@ mod tests {
         let config = config(&["sh", "-c", &SAVING.replace("$SAVE_SECONDS", "20")]);
         let mut rdzv = Scripted { next: vec![round(0, &config)], recorded: Vec::new() };
         let started = std::time::Instant::now();
-        assert_eq!(run(&mut rdzv, &config, &signalled(2)).unwrap(), 128 + 15);
+        assert_eq!(run_signalled_later(&mut rdzv, &config, 2), 128 + 15);
         assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
     }
 
