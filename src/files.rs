@@ -23,10 +23,15 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const VOCAB_FILE: &str = "vocab.txt";
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
+/// Tokens added after the vocabulary, with their ids (older save_pretrained).
+pub const ADDED_TOKENS_FILE: &str = "added_tokens.json";
 
 /// The tokenizer's files: one of [`TOKENIZER_FILE`] and [`VOCAB_FILE`] is needed, the rest
 /// are carried on from the model into every checkpoint when present.
-pub const TOKENIZER_FILES: [&str; 4] = [TOKENIZER_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE];
+pub const TOKENIZER_FILES: [&str; 5] =
+    [TOKENIZER_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE];
+/// The files beside vocab.txt that change how it tokenizes.
+pub const VOCAB_SETTINGS_FILES: [&str; 3] = [TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE];
 
 /// A sharded model's index as save_pretrained writes it; only the map is read.
 #[derive(serde::Deserialize)]

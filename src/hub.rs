@@ -4,8 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::files::{
-    first_file, is_shard_index, read_shard_index, CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, TOKENIZER_CONFIG_FILE,
-    TOKENIZER_FILE, VOCAB_FILE, WEIGHTS_FILES,
+    first_file, is_shard_index, read_shard_index, CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE, WEIGHTS_FILES,
 };
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
@@ -14,7 +13,7 @@ use std::path::{Path, PathBuf};
 /// Files a model needs, in order of preference within each group; one of each group is required.
 const MODEL_FILES: [&[&str]; 3] = [&[CONFIG_FILE], &WEIGHTS_FILES, &[TOKENIZER_FILE, VOCAB_FILE]];
 /// Tokenizer settings fetched when present, so checkpoints carry them on.
-const OPTIONAL_FILES: [&str; 2] = [TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE];
+const OPTIONAL_FILES: [&str; 3] = crate::files::VOCAB_SETTINGS_FILES;
 
 /// Whether `spec` reads as a hub id (`name` or `owner/name`, optionally `@revision`) rather than
 /// a path.

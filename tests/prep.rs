@@ -95,6 +95,35 @@ fn token_ids_match_the_python_tokenizer() {
     }
 }
 
+/// Model directories with a vocab.txt and no tokenizer.json, as most medical BERTs of
+/// 2019-2021 were uploaded, with the settings files such directories carry (added tokens,
+/// special tokens, case, accents, CJK; tests/reference/bert_tokenizer_layouts.py makes them
+/// and says what each imitates): medbert's tokenizer gives the ids transformers'
+/// BertTokenizer gives, on every 41st question of the real dev split with each option and on
+/// texts with special tokens written out, accents and CJK characters.
+#[cfg_attr(not(medmcqa_dir), ignore = "MEDMCQA_DIR is not set: needs the real MedMCQA data (scripts/test.sh sets it)")]
+#[test]
+fn vocab_txt_directories_tokenize_as_transformers_bert_tokenizer() {
+    let data = common::medmcqa_dir();
+    let dir = common::scratch("bert_tokenizer_layouts");
+    let vocab = common::default_model().join("vocab.txt");
+    common::run_reference("bert_tokenizer_layouts.py", &[&vocab, &data.join("dev.json"), Path::new("41"), &dir]);
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(texts.len() > 400, "sample too small");
+    let layouts = reference["layouts"].as_object().unwrap();
+    assert_eq!(layouts.len(), 5);
+    for (name, expected) in layouts {
+        let tokenizer = medbert::encode::load_tokenizer(&dir.join(name), 512).unwrap();
+        for (k, text) in texts.iter().enumerate() {
+            let ours: Vec<u64> = tokenizer.encode(*text, true).unwrap().get_ids().iter().map(|&i| i.into()).collect();
+            let theirs: Vec<u64> = expected[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(ours, theirs, "layout {name}, text {k}: {text:?}");
+        }
+    }
+}
+
 const GOOD: &str = r#"{"id": "q1", "question": "Which vitamin deficiency causes scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D", "cop": 3}
 {"id": "q2", "question": "Drug of choice for absence seizures", "opa": "Ethosuximide", "opb": "Phenytoin", "opc": "Valproate", "opd": "Valproate", "cop": 1, "choice_type": "multi", "subject_name": "Pharmacology"}
 "#;

@@ -67,20 +67,19 @@ pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Loads a model directory's tokenizer, truncating longest-first at `max_length`.
-/// tokenizer.json is used as it is; a bare vocab.txt becomes the standard BERT WordPiece
-/// pipeline, lower-casing unless tokenizer_config.json says `"do_lower_case": false`
-/// ([`lowercase`]).
+/// tokenizer.json is used as it is; a bare vocab.txt becomes the tokenizer transformers'
+/// `BertTokenizer` builds from it and the files beside it ([`VocabSettings`]).
 pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> {
     let path = tokenizer_source(model_dir)?;
     let err = |message: String| Error::TokenizerFile { path: path.clone(), message };
     let mut tokenizer = if path.ends_with(TOKENIZER_FILE) {
         Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?
     } else {
-        let set = do_lower_case(model_dir)?;
-        if set.is_none() {
+        let settings = VocabSettings::read(model_dir)?;
+        if settings.do_lower_case.is_none() {
             warn_if_cased(model_dir, &path)?;
         }
-        wordpiece_tokenizer(&path, set.unwrap_or(true)).map_err(err)?
+        settings.tokenizer(&path)?
     };
     tokenizer.with_padding(None);
     tokenizer
@@ -100,24 +99,177 @@ pub fn lowercase(model_dir: &Path) -> Result<Option<bool>> {
     if tokenizer_source(model_dir)?.ends_with(TOKENIZER_FILE) {
         return Ok(None);
     }
-    Ok(Some(do_lower_case(model_dir)?.unwrap_or(true)))
+    Ok(Some(VocabSettings::read(model_dir)?.do_lower_case.unwrap_or(true)))
 }
 
-/// tokenizer_config.json's `do_lower_case`, None when the file or the key is absent.
-fn do_lower_case(model_dir: &Path) -> Result<Option<bool>> {
-    let path = model_dir.join(TOKENIZER_CONFIG_FILE);
-    let text = match std::fs::read_to_string(&path) {
+/// A hash of what decides the tokenizer: tokenizer.json, or vocab.txt with the files beside it
+/// that `BertTokenizer` reads.
+pub fn tokenizer_sha256(model_dir: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let source = tokenizer_source(model_dir)?;
+    let mut files = vec![source.clone()];
+    if !source.ends_with(TOKENIZER_FILE) {
+        files.extend(crate::files::VOCAB_SETTINGS_FILES.iter().map(|f| model_dir.join(f)).filter(|p| p.is_file()));
+    }
+    let mut hasher = Sha256::new();
+    for (k, path) in files.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // A single file hashes as itself (caches made before the other files counted keep
+        // their fingerprint); the others are framed by name and length.
+        if k > 0 {
+            hasher.update(format!("\n{} {}\n", path.file_name().unwrap_or_default().to_string_lossy(), bytes.len()));
+        }
+        hasher.update(&bytes);
+    }
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// What transformers' `BertTokenizer` (5.x, the reference) reads beside a vocab.txt:
+/// tokenizer_config.json's `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` and the
+/// special tokens' names, special_tokens_map.json's names and additional special tokens
+/// (the map wins), and added_tokens.json's tokens with their ids. `never_split`, which only
+/// transformers 4's Python tokenizer read, is ignored as transformers 5 ignores it.
+#[derive(Debug, Default)]
+struct VocabSettings {
+    do_lower_case: Option<bool>,
+    strip_accents: Option<bool>,
+    tokenize_chinese_chars: Option<bool>,
+    /// unk, cls, sep, pad and mask, as named in the files.
+    names: std::collections::HashMap<&'static str, String>,
+    additional_special: Vec<String>,
+    /// added_tokens.json, by id.
+    added: Vec<(String, u32)>,
+}
+
+const SPECIAL_NAMES: [(&str, &str); 5] = [
+    ("unk_token", "[UNK]"),
+    ("cls_token", "[CLS]"),
+    ("sep_token", "[SEP]"),
+    ("pad_token", "[PAD]"),
+    ("mask_token", "[MASK]"),
+];
+
+impl VocabSettings {
+    fn read(model_dir: &Path) -> Result<VocabSettings> {
+        let mut settings = VocabSettings::default();
+        for file in [TOKENIZER_CONFIG_FILE, crate::files::SPECIAL_TOKENS_MAP_FILE] {
+            let Some((path, json)) = read_json(&model_dir.join(file))? else { continue };
+            let err = |key: &str, what: &str, found: &serde_json::Value| Error::TokenizerFile {
+                path: path.clone(),
+                message: format!("field `{key}`: expected {what}, found {found}"),
+            };
+            let flag = |key: &str| match json.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
+                Some(other) => Err(err(key, "true, false or null", other)),
+            };
+            settings.do_lower_case = flag("do_lower_case")?.or(settings.do_lower_case);
+            settings.strip_accents = flag("strip_accents")?.or(settings.strip_accents);
+            settings.tokenize_chinese_chars = flag("tokenize_chinese_chars")?.or(settings.tokenize_chinese_chars);
+            for (key, _) in SPECIAL_NAMES {
+                if let Some(value) = json.get(key).filter(|v| !v.is_null()) {
+                    let name = token_content(value).ok_or_else(|| err(key, "a token", value))?;
+                    settings.names.insert(key, name);
+                }
+            }
+            if let Some(list) = json.get("additional_special_tokens").filter(|v| !v.is_null()) {
+                let tokens = list.as_array().ok_or_else(|| err("additional_special_tokens", "a list", list))?;
+                settings.additional_special = tokens
+                    .iter()
+                    .map(|t| token_content(t).ok_or_else(|| err("additional_special_tokens", "tokens", t)))
+                    .collect::<Result<_>>()?;
+            }
+        }
+        if let Some((path, json)) = read_json(&model_dir.join(crate::files::ADDED_TOKENS_FILE))? {
+            let map = json.as_object().ok_or_else(|| Error::TokenizerFile {
+                path: path.clone(),
+                message: format!("expected an object of tokens and their ids, found {json}"),
+            })?;
+            for (token, id) in map {
+                let id = id.as_u64().and_then(|i| u32::try_from(i).ok()).ok_or_else(|| Error::TokenizerFile {
+                    path: path.clone(),
+                    message: format!("token {token:?}: expected an id, found {id}"),
+                })?;
+                settings.added.push((token.clone(), id));
+            }
+            settings.added.sort_by_key(|(_, id)| *id);
+        }
+        Ok(settings)
+    }
+
+    fn name(&self, key: &str) -> &str {
+        let default = SPECIAL_NAMES.iter().find(|(k, _)| *k == key).map_or("", |(_, d)| d);
+        self.names.get(key).map_or(default, String::as_str)
+    }
+
+    /// The WordPiece pipeline `BertTokenizer` builds: BERT's normalizer and pre-tokenizer,
+    /// `[CLS] A [SEP] B [SEP]`, the special tokens kept whole wherever they appear in the text,
+    /// then added_tokens.json's tokens (matched on the normalized text, each at its id) and
+    /// the additional special tokens.
+    fn tokenizer(&self, vocab: &Path) -> Result<Tokenizer> {
+        use tokenizers::models::wordpiece::WordPiece;
+        use tokenizers::normalizers::BertNormalizer;
+        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+        use tokenizers::processors::bert::BertProcessing;
+        use tokenizers::{AddedToken, Model};
+        let err = |message: String| Error::TokenizerFile { path: vocab.to_path_buf(), message };
+        let model = WordPiece::from_file(&vocab.to_string_lossy())
+            .unk_token(self.name("unk_token").into())
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let id = |token: &str| model.token_to_id(token).ok_or_else(|| err(format!("{token} is not in the vocabulary")));
+        let (cls, sep) = (self.name("cls_token").to_string(), self.name("sep_token").to_string());
+        let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
+        let mut tokenizer = Tokenizer::new(model);
+        let lowercase = self.do_lower_case.unwrap_or(true);
+        let chinese = self.tokenize_chinese_chars.unwrap_or(true);
+        tokenizer
+            .with_normalizer(Some(BertNormalizer::new(true, chinese, self.strip_accents, lowercase)))
+            .with_pre_tokenizer(Some(BertPreTokenizer))
+            .with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
+        let special: Vec<AddedToken> =
+            SPECIAL_NAMES.iter().map(|(key, _)| AddedToken::from(self.name(key).to_string(), true)).collect();
+        tokenizer.add_special_tokens(&special);
+        let added_file = || vocab.with_file_name(crate::files::ADDED_TOKENS_FILE);
+        for (token, expected) in &self.added {
+            tokenizer.add_tokens(&[AddedToken::from(token.clone(), false)]);
+            let given = tokenizer.token_to_id(token);
+            if given != Some(*expected) {
+                return Err(Error::TokenizerFile {
+                    path: added_file(),
+                    message: format!(
+                        "token {token:?} has id {expected}, but after the vocabulary and the tokens before it it                          takes {}",
+                        given.map_or("none".to_string(), |g| g.to_string())
+                    ),
+                });
+            }
+        }
+        let additional: Vec<AddedToken> =
+            self.additional_special.iter().map(|t| AddedToken::from(t.clone(), true)).collect();
+        tokenizer.add_special_tokens(&additional);
+        Ok(tokenizer)
+    }
+}
+
+/// A special token as the files write it: a string, or `{"content": ...}`.
+fn token_content(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// A JSON file, None when it does not exist.
+fn read_json(path: &Path) -> Result<Option<(PathBuf, serde_json::Value)>> {
+    let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
+        Err(e) => return Err(Error::io(path, e)),
     };
-    let err = |message: String| Error::TokenizerFile { path: path.clone(), message };
-    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    match config.get("do_lower_case") {
-        None => Ok(None),
-        Some(serde_json::Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(err(format!("field `do_lower_case`: expected true or false, found {other}"))),
-    }
+    let json = serde_json::from_str(&text)
+        .map_err(|e| Error::TokenizerFile { path: path.to_path_buf(), message: format!("invalid JSON: {e}") })?;
+    Ok(Some((path.to_path_buf(), json)))
 }
 
 /// Warns that a cased vocabulary is being lowercased, for a directory whose tokenizer config
@@ -136,24 +288,6 @@ fn warn_if_cased(model_dir: &Path, vocab: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn wordpiece_tokenizer(vocab: &Path, lowercase: bool) -> std::result::Result<Tokenizer, String> {
-    use tokenizers::models::wordpiece::WordPiece;
-    use tokenizers::normalizers::BertNormalizer;
-    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-    use tokenizers::processors::bert::BertProcessing;
-    use tokenizers::Model;
-    let model =
-        WordPiece::from_file(&vocab.to_string_lossy()).unk_token("[UNK]".into()).build().map_err(|e| e.to_string())?;
-    let id = |token: &str| model.token_to_id(token).ok_or_else(|| format!("{token} is not in the vocabulary"));
-    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
-    let mut tokenizer = Tokenizer::new(model);
-    tokenizer
-        .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
-        .with_pre_tokenizer(Some(BertPreTokenizer))
-        .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
-    Ok(tokenizer)
 }
 
 /// Unpadded token arrays: sequence `s` is `input_ids[offsets[s]..offsets[s + 1]]`, and

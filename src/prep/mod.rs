@@ -160,7 +160,7 @@ fn decide(opts: &PrepOptions) -> Result<Decision> {
     }
     let tokenizer_path = encode::tokenizer_source(&opts.model_dir)?;
     let settings = EncodeSettings {
-        tokenizer_sha256: sha256_file(&tokenizer_path)?,
+        tokenizer_sha256: encode::tokenizer_sha256(&opts.model_dir)?,
         tokenizer: tokenizer_path,
         max_length: opts.max_length,
         pair: opts.pair,
