@@ -965,14 +965,15 @@ fn a_hung_worker_is_named_with_its_phase_and_the_group_comes_down() {
     let child =
         launcher(&launch).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
-    let (victim, file) = loop {
-        assert!(Instant::now() < deadline, "no worker found");
-        if let Some(pid) = worker_in_round(child.id(), 1, None) {
-            break (pid, position_file(pid));
+    let workers: Vec<i32> = loop {
+        assert!(Instant::now() < deadline, "the 3 workers not found");
+        let found: Vec<i32> = (0..3).filter_map(|rank| worker_in_round(child.id(), rank, None)).collect();
+        if found.len() == 3 {
+            break found;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let workers: Vec<i32> = (0..3).map(|rank| worker_of_rank(child.id(), rank)).collect();
+    let (victim, file) = (workers[1], position_file(workers[1]));
     // Stopped in its forward pass of a step after the first.
     loop {
         assert!(Instant::now() < deadline, "rank 1 never seen in forward");
