@@ -1064,3 +1064,43 @@ fn a_signal_to_every_process_at_once_is_one_warning() {
     let step = preempted_at(&stderr);
     assert!(out.join(format!("checkpoint-{step}/trainer_state.json")).is_file(), "{stderr}");
 }
+
+/// Two nodes, a worker of the second stopped mid-forward: the first node's launcher, whose
+/// own worker only waits, prints the whole job's table (the rows the second shares through
+/// the store) and names the stopped rank on the other node.
+#[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
+#[test]
+fn the_hang_table_covers_every_node_of_the_job() {
+    use medbert::dist::position::{Phase, Position};
+    let hosts = common::Hosts::create(2);
+    let out = common::scratch("hang-two-nodes");
+    let nodes = start_two_nodes(&hosts, &out, &["--hang-timeout", "3"]);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let victim = loop {
+        assert!(Instant::now() < deadline, "no worker on node 1");
+        if let Some(pid) = worker_in_round(nodes[1].id(), 1, None) {
+            break pid;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let file = position_file(victim);
+    loop {
+        assert!(Instant::now() < deadline, "rank 1 never seen in forward");
+        let at = Position::read(&file);
+        if at.is_some_and(|p| p.phase == Phase::Forward && p.step >= 2) {
+            signal(victim, nix::sys::signal::Signal::SIGSTOP);
+            if Position::read(&file) == at {
+                break;
+            }
+            signal(victim, nix::sys::signal::Signal::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let outputs: Vec<Output> = nodes.into_iter().map(|n| n.wait_with_output().unwrap()).collect();
+    let stderr = String::from_utf8_lossy(&outputs[0].stderr);
+    assert_eq!(outputs[0].status.code(), Some(1), "{stderr}");
+    let named = format!("rank 1 (node 1, pid {victim}) has been in forward of step");
+    for said in [named.as_str(), "rank 0 waits in the all-reduce of bucket"] {
+        assert!(stderr.contains(said), "{said:?} not said by node 0:\n{stderr}");
+    }
+}

@@ -41,6 +41,10 @@ pub mod launcher {
     pub fn refused(id: i64) -> String {
         format!("refused/{id}")
     }
+    /// Node `node`'s rows of the position table, when `round` hung or failed.
+    pub fn positions(round: usize, node: usize) -> String {
+        format!("round{round}/positions/{node}")
+    }
     /// Set when the launcher with this id has left the job (the host's exit barrier).
     pub fn left(id: i64) -> String {
         format!("left/{id}")

@@ -19,7 +19,7 @@ const FIELDS: usize = 4;
 const SIZE: u64 = (FIELDS * 8) as u64;
 
 /// A phase of a worker's work, in the order a step goes through them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Phase {
     SettingUp = 1,
     Data,
@@ -58,7 +58,7 @@ impl Phase {
 }
 
 /// What a position file says.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// The optimizer step worked on (1 for the first).
     pub step: u64,

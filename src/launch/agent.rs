@@ -79,7 +79,9 @@ pub(super) fn run(rdzv: &mut dyn Rendezvous, config: &LaunchConfig, signal: &Sig
         };
         let workers = round.spec.workers(round.number, config.omp_threads);
         let group = WorkerGroup::start(&config.program, &workers, round.number, &config.supervision)?;
-        let outcome = group.supervise(signal, &|| rdzv.superseded(round.number))?;
+        let shared: &dyn Rendezvous = rdzv;
+        let share = |rows: &str| shared.share_rows(&round, rows);
+        let outcome = group.supervise(signal, &|| shared.superseded(round.number), &share)?;
         outcome.say();
         match outcome {
             Outcome::Interrupted(sig) => return Ok(exit::interrupted(sig)),

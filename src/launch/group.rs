@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How a worker ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exit {
     Code(i32),
     Signal(i32),
@@ -183,7 +183,14 @@ impl<'a> WorkerGroup<'a> {
     /// Watches the workers until they all succeed, one fails, the launcher gets a signal,
     /// the workers stop at a checkpoint on a worker's warning signal, or `superseded` says a
     /// newer round began; in all but the first case the group is torn down.
-    pub fn supervise(mut self, signal: &Signals, superseded: &dyn Fn() -> bool) -> Result<Outcome> {
+    /// `share` gives this node's rows of the position table to the other nodes and returns
+    /// every node's, for one table of the whole job.
+    pub fn supervise(
+        mut self,
+        signal: &Signals,
+        superseded: &dyn Fn() -> bool,
+        share: &dyn Fn(&str) -> Vec<String>,
+    ) -> Result<Outcome> {
         // When the first worker stopped at a checkpoint on a warning signal.
         let mut preempting: Option<Instant> = None;
         let mut progress = Progress::default();
@@ -203,12 +210,12 @@ impl<'a> WorkerGroup<'a> {
                 }
             }
             if let Some(outcome) = failed {
-                self.report_positions();
+                self.report_positions(share);
                 self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
                 break outcome;
             }
             if let Some(stalled) = self.sup.hang_timeout.and_then(|t| progress.stalled(&self.positions(), t)) {
-                let behind = self.report_positions();
+                let behind = self.report_positions(share);
                 self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
                 let rank = behind.or_else(|| self.workers.first().map(|w| w.rank)).unwrap_or(0);
                 break Outcome::Failed { rank, exit: Exit::Hung(stalled.as_secs()) };
@@ -258,9 +265,9 @@ impl<'a> WorkerGroup<'a> {
         self.workers.iter().map(|w| dir.and_then(|d| Position::read(&position_file(d, w.rank)))).collect()
     }
 
-    /// Prints where every worker of this node is, and which rank(s) the others wait for;
-    /// returns the first of those.
-    fn report_positions(&mut self) -> Option<usize> {
+    /// Prints where every worker of the job is (this node's, and the rows the other nodes
+    /// share), and which rank(s) the others wait for; returns the first of those.
+    fn report_positions(&mut self, share: &dyn Fn(&str) -> Vec<String>) -> Option<usize> {
         for w in self.workers.iter_mut() {
             let _ = w.reap();
         }
@@ -273,6 +280,10 @@ impl<'a> WorkerGroup<'a> {
         if rows.iter().all(|r| r.at.is_none()) {
             return None;
         }
+        let mine = serde_json::to_string(&rows).unwrap_or_default();
+        let mut rows: Vec<Row> =
+            share(&mine).iter().flat_map(|json| serde_json::from_str::<Vec<Row>>(json).unwrap_or_default()).collect();
+        rows.sort_by_key(|r| r.rank);
         let (table, behind) = position_table(&rows, position::now_ms());
         eprint!("{table}");
         behind
@@ -343,6 +354,7 @@ impl Progress {
 }
 
 /// One worker in the position table.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Row {
     rank: usize,
     node: usize,

@@ -247,6 +247,10 @@ impl Rendezvous for ElasticRendezvous {
         self.rounds.superseded(round)
     }
 
+    fn share_rows(&self, round: &Round, rows: &str) -> Vec<String> {
+        self.rounds.share_rows(round, rows)
+    }
+
     fn record(&mut self, round: usize, outcome: Outcome) -> Result<Option<i32>> {
         match outcome {
             Outcome::Succeeded if self.stopped_at_checkpoint(round) => {

@@ -36,11 +36,20 @@ pub trait Rendezvous {
     /// Whether a newer round has replaced `round` (another node failed or was lost): this
     /// node's workers stop. A store that cannot be read (the host finished) says no.
     fn superseded(&self, round: usize) -> bool;
+    /// Shares this node's rows of the position table of `round` (JSON) with the other nodes;
+    /// returns every node's that arrive within a short wait, this node's included.
+    fn share_rows(&self, round: &Round, rows: &str) -> Vec<String> {
+        let _ = round;
+        vec![rows.to_string()]
+    }
     /// Records how this node's workers ended `round` (never `Interrupted`, nor `Preempted` by
     /// this launcher's own signal: the agent ends on those); the exit code when the launch
     /// ends with it.
     fn record(&mut self, round: usize, outcome: Outcome) -> Result<Option<i32>>;
 }
+
+/// How long a launcher waits for the other nodes' rows of the position table.
+const ROWS_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a launcher waits for the host's store to be up.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -85,6 +94,25 @@ impl Rounds {
     /// Whether a round after `round` has begun; a store that cannot be read says no.
     fn superseded(&self, round: usize) -> bool {
         self.current().is_ok_and(|r| r > round)
+    }
+
+    /// Publishes node `node`'s rows of `round`'s position table and gathers every node's
+    /// that come within [`ROWS_WAIT`] (the others report the same hang or failure at about
+    /// the same time); a store that cannot be read gives this node's alone.
+    fn share_rows(&self, round: &Round, rows: &str) -> Vec<String> {
+        let (number, spec) = (round.number, &round.spec);
+        let _ = self.0.set(&launcher::positions(number, spec.node_rank), rows.as_bytes());
+        let until = std::time::Instant::now() + ROWS_WAIT;
+        loop {
+            let found: Vec<String> = (0..spec.nnodes)
+                .filter_map(|node| self.0.try_get(&launcher::positions(number, node)).ok().flatten())
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .collect();
+            if found.len() == spec.nnodes || std::time::Instant::now() >= until {
+                return if found.is_empty() { vec![rows.to_string()] } else { found };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Moves the job past `round` unless another launcher already did.
