@@ -644,6 +644,19 @@ fn a_hung_node_is_dropped_when_its_heartbeat_stops() {
     assert!(stderr[0].contains("sent no heartbeat for 2s: it is lost"), "{}", stderr[0]);
 }
 
+/// Resumes a copy of the elastic run `out`'s `checkpoint` by hand on `nproc` processes, with
+/// the epoch flags and `flag` set to `value`, and asserts the elastic run ended at its weights
+/// bit for bit.
+fn assert_resumed_by_hand_alike(out: &Path, checkpoint: &str, nproc: &str, (flag, value): (&str, &str)) {
+    let by_hand = copy_checkpoint(out, checkpoint, &format!("{}-by-hand", out.file_name().unwrap().to_string_lossy()));
+    let flags = [with_flag(epoch_flags(&by_hand), flag, value), vec!["--resume".into()]].concat();
+    let mut launch = vec!["--standalone", "--nproc-per-node", nproc];
+    launch.extend(flags.iter().map(String::as_str));
+    common::assert_success(&launcher(&launch).output().unwrap());
+    let (diff, name) = max_diff(&weights(out), &weights(&by_hand));
+    assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
+}
+
 /// The shrink: a `--nnodes 1:2` job of one epoch (96 questions, 8 per step on two
 /// nodes) loses a node after checkpoint-4. The survivor goes on alone with the checkpoint's
 /// global batch (accumulation 2, chosen by itself): the epoch's 12 steps, every question once,
@@ -670,14 +683,7 @@ fn an_elastic_shrink_keeps_the_global_batch_and_trains_the_whole_epoch() {
     // Steps after the checkpoint that the lost node recorded were taken again by the survivor.
     assert_epoch_once(&out, at, &out, 12, 96);
 
-    let by_hand = copy_checkpoint(&out, &checkpoint, "elastic-shrink-by-hand");
-    let flags = [with_flag(epoch_flags(&by_hand), "--gradient-accumulation-steps", "2"), vec!["--resume".into()]];
-    let mut launch = vec!["--standalone", "--nproc-per-node", "1"];
-    let flags = flags.concat();
-    launch.extend(flags.iter().map(String::as_str));
-    common::assert_success(&launcher(&launch).output().unwrap());
-    let (diff, name) = max_diff(&weights(&out), &weights(&by_hand));
-    assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
+    assert_resumed_by_hand_alike(&out, &checkpoint, "1", ("--gradient-accumulation-steps", "2"));
 }
 
 /// The grow: a `--nnodes 1:2` job starts alone (4 questions per step); a second node joins
@@ -705,14 +711,7 @@ fn an_elastic_grow_keeps_the_global_batch_and_trains_the_whole_epoch() {
     let at: u64 = checkpoint.trim_start_matches("checkpoint-").parse().unwrap();
     assert_epoch_once(&out, at, &out, 24, 96);
 
-    let by_hand = copy_checkpoint(&out, &checkpoint, "elastic-grow-by-hand");
-    let flags = [with_flag(epoch_flags(&by_hand), "--per-device-train-batch-size", "2"), vec!["--resume".into()]];
-    let mut launch = vec!["--standalone", "--nproc-per-node", "2"];
-    let flags = flags.concat();
-    launch.extend(flags.iter().map(String::as_str));
-    common::assert_success(&launcher(&launch).output().unwrap());
-    let (diff, name) = max_diff(&weights(&out), &weights(&by_hand));
-    assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
+    assert_resumed_by_hand_alike(&out, &checkpoint, "2", ("--per-device-train-batch-size", "2"));
 }
 
 /// A node of a `--nnodes 1:2` job preempted (SIGTERM to its launcher) mid-epoch: the group
@@ -748,15 +747,7 @@ fn a_preempted_node_of_an_elastic_job_saves_with_the_others_and_leaves() {
     assert_eq!(common::summary(&out)["steps"], 12);
     assert_epoch_once(&out, step as u64, &out, 12, 96);
 
-    let checkpoint = format!("checkpoint-{step}");
-    let by_hand = copy_checkpoint(&out, &checkpoint, "elastic-preempted-by-hand");
-    let flags = [with_flag(epoch_flags(&by_hand), "--gradient-accumulation-steps", "2"), vec!["--resume".into()]];
-    let mut launch = vec!["--standalone", "--nproc-per-node", "1"];
-    let flags = flags.concat();
-    launch.extend(flags.iter().map(String::as_str));
-    common::assert_success(&launcher(&launch).output().unwrap());
-    let (diff, name) = max_diff(&weights(&out), &weights(&by_hand));
-    assert!(diff == 0.0, "the elastic run differs from {checkpoint} resumed by hand by {diff:e} at {name}");
+    assert_resumed_by_hand_alike(&out, &format!("checkpoint-{step}"), "1", ("--gradient-accumulation-steps", "2"));
 }
 
 /// Two nodes of a 2:3 job; a third launcher starts mid-epoch and is admitted at the group's
