@@ -39,14 +39,10 @@ impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Exit::Code(c) => write!(f, "exit code {c}"),
-            Exit::Signal(s) => write!(f, "signal {s} ({})", signal_name(*s)),
+            Exit::Signal(s) => write!(f, "signal {s} ({})", crate::train::preempt::name(*s)),
             Exit::Hung(s) => write!(f, "stopped by the launcher: no step finished for {s} s (--hang-timeout)"),
         }
     }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    Signal::try_from(sig).map_or("signal", Signal::as_str)
 }
 
 /// The end of one round of the group.
@@ -157,7 +153,7 @@ impl<'a> WorkerGroup<'a> {
             let mut child = match cmd.spawn() {
                 Ok(child) => child,
                 Err(source) => {
-                    group.tear_down(Signal::SIGTERM, sup.term_timeout, &|| false);
+                    group.stop();
                     return Err(Error::Spawn { program: exe.clone(), rank: w.rank, source });
                 }
             };
@@ -211,12 +207,12 @@ impl<'a> WorkerGroup<'a> {
             }
             if let Some(outcome) = failed {
                 self.report_positions(share);
-                self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
+                self.stop();
                 break outcome;
             }
             if let Some(stalled) = self.sup.hang_timeout.and_then(|t| progress.stalled(&self.positions(), t)) {
                 let behind = self.report_positions(share);
-                self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
+                self.stop();
                 let rank = behind.or_else(|| self.workers.first().map(|w| w.rank)).unwrap_or(0);
                 break Outcome::Failed { rank, exit: Exit::Hung(stalled.as_secs()) };
             }
@@ -229,11 +225,11 @@ impl<'a> WorkerGroup<'a> {
             // The checkpoint is whole once one worker stopped (they leave together): the
             // others get the signal timeout to follow.
             if preempting.is_some_and(|since| since.elapsed() >= self.sup.signal_timeout) {
-                self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
+                self.stop();
                 break Outcome::Preempted { signal: None };
             }
             if superseded() {
-                self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
+                self.stop();
                 break Outcome::Superseded;
             }
             std::thread::sleep(self.sup.monitor_interval);
@@ -287,6 +283,11 @@ impl<'a> WorkerGroup<'a> {
         let (table, behind) = position_table(&rows, position::now_ms());
         eprint!("{table}");
         behind
+    }
+
+    /// Stops the group after a failure: SIGTERM, then SIGKILL after `--term-timeout`.
+    fn stop(&mut self) {
+        self.tear_down(Signal::SIGTERM, self.sup.term_timeout, &|| false);
     }
 
     /// `first` to every worker's process group (also of workers that have exited: what they

@@ -394,7 +394,7 @@ impl<'a> Trainer<'a> {
         let (from, len) = (self.state.epoch_start, self.plan.epoch_len().max(1));
         let fraction = match self.state.group == self.plan.steps_in_epoch(from) {
             true => 1.0,
-            false => (from + self.state.group * self.plan.global_batch).min(len) as f64 / len as f64,
+            false => (from + self.state.group * self.plan.layout.global_batch()).min(len) as f64 / len as f64,
         };
         self.state.epoch as f64 + fraction
     }

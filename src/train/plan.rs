@@ -156,8 +156,6 @@ impl Layout {
 pub(crate) struct Plan {
     sampler: Sampler,
     pub layout: Layout,
-    /// Questions per optimizer step over all processes.
-    pub global_batch: usize,
     pub total_steps: usize,
     pub schedule: Schedule,
 }
@@ -199,27 +197,16 @@ impl Plan {
             drop_last: false,
             group_by_length,
         };
-        let mut plan = Plan {
-            sampler,
-            layout,
-            global_batch: layout.global_batch(),
-            total_steps: 0,
-            schedule: Schedule {
-                kind: args.lr_scheduler_type,
-                base_lr: args.learning_rate,
-                warmup_steps: 0,
-                total_steps: 0,
-            },
-        };
-        let (per_epoch, rest) = (plan.steps_in_epoch(0), plan.steps_in_epoch(at.epoch_start));
-        let left = || steps_left(args.num_train_epochs, at, per_epoch, rest, plan.global_batch);
+        let (per_epoch, rest) = (steps_in(&sampler, layout, 0), steps_in(&sampler, layout, at.epoch_start));
+        let left = || steps_left(args.num_train_epochs, at, per_epoch, rest, layout.global_batch());
         let total_steps = args.max_steps.unwrap_or_else(|| at.step + left()).max(1);
         let warmup = args.warmup_steps.unwrap_or_else(|| (args.warmup_ratio * total_steps as f64).ceil() as usize);
         if total_steps as u64 > MAX_STEPS {
             return Err(Error::Input(format!("{total_steps} optimizer steps: at most {MAX_STEPS} are supported")));
         }
-        (plan.total_steps, plan.schedule.warmup_steps, plan.schedule.total_steps) = (total_steps, warmup, total_steps);
-        Ok(plan)
+        let schedule =
+            Schedule { kind: args.lr_scheduler_type, base_lr: args.learning_rate, warmup_steps: warmup, total_steps };
+        Ok(Plan { sampler, layout, total_steps, schedule })
     }
 
     /// This rank's micro-batches of `epoch` from position `from` of its global order, as
@@ -232,13 +219,18 @@ impl Plan {
     /// Optimizer steps in an epoch sharded from position `from` (as the HF Trainer counts
     /// them: an incomplete last accumulation group is left out).
     pub fn steps_in_epoch(&self, from: usize) -> usize {
-        steps_per_epoch(self.sampler.num_samples(from), self.layout.micro_batch, self.layout.accumulation)
+        steps_in(&self.sampler, self.layout, from)
     }
 
     /// Training questions in an epoch.
     pub fn epoch_len(&self) -> usize {
         self.sampler.len
     }
+}
+
+/// Optimizer steps in an epoch sharded by `sampler` from position `from`, laid out as `layout`.
+fn steps_in(sampler: &Sampler, layout: Layout, from: usize) -> usize {
+    steps_per_epoch(sampler.num_samples(from), layout.micro_batch, layout.accumulation)
 }
 
 /// Optimizer steps left until `epochs` from where `at` stands, `rest` steps before its epoch
