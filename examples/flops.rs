@@ -5,7 +5,7 @@
 //!
 //! usage: cargo run --release --example flops [-- STEPS]
 
-use medbert::model::{BertConfig, ChoiceBatch, MultipleChoiceModel};
+use medbert::model::{ChoiceBatch, ModelConfig, MultipleChoiceModel};
 use medbert::train::batch_loss;
 use medbert::train::optim::AdamW;
 use std::time::Instant;
@@ -38,7 +38,7 @@ fn matmul_flops_per_second() -> f64 {
 fn main() -> anyhow::Result<()> {
     let steps: usize = std::env::args().nth(1).map_or(Ok(3), |s| s.parse())?;
     tch::manual_seed(0);
-    let config = BertConfig::default();
+    let config = ModelConfig::default();
     let (layers, hidden) = (config.num_hidden_layers as f64, config.hidden_size as f64);
     let model = MultipleChoiceModel::new(config, Device::Cpu)?;
     let mut opt = AdamW::new(&model.vs, 0.0, (0.9, 0.999), 1e-8);
@@ -110,7 +110,7 @@ struct Shape {
 }
 
 fn config_shape() -> Shape {
-    let c = BertConfig::default();
+    let c = ModelConfig::default();
     Shape {
         tokens: QUESTIONS * CHOICES * SEQ,
         sequences: QUESTIONS * CHOICES,

@@ -107,7 +107,7 @@ fn arch_supported(archs: &[String], major: i32, minor: i32) -> bool {
     })
 }
 
-/// Loads the model in `dir` and runs `BertForMultipleChoice` on the sample question.
+/// Loads the model in `dir` and runs its multiple-choice model on the sample question.
 pub fn forward_report(dir: &Path) -> Result<String> {
     let mut out = String::new();
     tch::manual_seed(0);

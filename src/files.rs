@@ -19,18 +19,32 @@ pub const PICKLE_WEIGHTS_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 pub const WEIGHTS_FILES: [&str; 4] = [WEIGHTS_FILE, PICKLE_WEIGHTS_FILE, WEIGHTS_INDEX_FILE, PICKLE_WEIGHTS_INDEX_FILE];
 /// The fast tokenizer (the whole pipeline in one JSON file).
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
-/// BERT's WordPiece vocabulary, read when a directory has no tokenizer.json.
+/// BERT's and ELECTRA's WordPiece vocabulary, read when a directory has no tokenizer.json.
 pub const VOCAB_FILE: &str = "vocab.txt";
+/// RoBERTa's byte-level BPE vocabulary, with its merges, read when a directory has neither
+/// tokenizer.json nor vocab.txt.
+pub const BPE_VOCAB_FILE: &str = "vocab.json";
+pub const MERGES_FILE: &str = "merges.txt";
+/// Where a model directory's tokenizer comes from, in order of preference (transformers'
+/// `from_pretrained` prefers tokenizer.json too).
+pub const TOKENIZER_SOURCES: [&str; 3] = [TOKENIZER_FILE, VOCAB_FILE, BPE_VOCAB_FILE];
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
 pub const SPECIAL_TOKENS_MAP_FILE: &str = "special_tokens_map.json";
 /// Tokens added after the vocabulary, with their ids (older save_pretrained).
 pub const ADDED_TOKENS_FILE: &str = "added_tokens.json";
 
-/// The tokenizer's files: one of [`TOKENIZER_FILE`] and [`VOCAB_FILE`] is needed, the rest
-/// are carried on from the model into every checkpoint when present.
-pub const TOKENIZER_FILES: [&str; 5] =
-    [TOKENIZER_FILE, VOCAB_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE];
-/// The files beside vocab.txt that change how it tokenizes.
+/// The tokenizer's files: one of [`TOKENIZER_SOURCES`] is needed (vocab.json with
+/// merges.txt), the rest are carried on from the model into every checkpoint when present.
+pub const TOKENIZER_FILES: [&str; 7] = [
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    BPE_VOCAB_FILE,
+    MERGES_FILE,
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    ADDED_TOKENS_FILE,
+];
+/// The files beside vocab.txt or vocab.json that change how they tokenize.
 pub const VOCAB_SETTINGS_FILES: [&str; 3] = [TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, ADDED_TOKENS_FILE];
 
 /// A sharded model's index as save_pretrained writes it; only the map is read.

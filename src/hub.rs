@@ -4,16 +4,20 @@
 
 use crate::error::{Error, Result};
 use crate::files::{
-    first_file, is_shard_index, read_shard_index, CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE, WEIGHTS_FILES,
+    first_file, is_shard_index, read_shard_index, CONFIG_FILE, MERGES_FILE, TOKENIZER_SOURCES, WEIGHTS_FILES,
 };
 use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
 use hf_hub::{Cache, Repo, RepoType};
 use std::path::{Path, PathBuf};
 
 /// Files a model needs, in order of preference within each group; one of each group is required.
-const MODEL_FILES: [&[&str]; 3] = [&[CONFIG_FILE], &WEIGHTS_FILES, &[TOKENIZER_FILE, VOCAB_FILE]];
-/// Tokenizer settings fetched when present, so checkpoints carry them on.
-const OPTIONAL_FILES: [&str; 3] = crate::files::VOCAB_SETTINGS_FILES;
+const MODEL_FILES: [&[&str]; 3] = [&[CONFIG_FILE], &WEIGHTS_FILES, &TOKENIZER_SOURCES];
+/// Fetched when present: the merges a vocab.json needs, and the tokenizer settings, so that
+/// checkpoints carry them on.
+const OPTIONAL_FILES: [&str; 4] = {
+    let [a, b, c] = crate::files::VOCAB_SETTINGS_FILES;
+    [MERGES_FILE, a, b, c]
+};
 
 /// Whether `spec` reads as a hub id (`name` or `owner/name`, optionally `@revision`) rather than
 /// a path.

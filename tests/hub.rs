@@ -47,6 +47,15 @@ fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory
     }
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
     std::fs::write(sharded.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    // A RoBERTa as allenai/biomed_roberta_base is uploaded: its tokenizer is vocab.json with
+    // merges.txt, no tokenizer.json (tests/reference/hub_layouts.py builds the replica).
+    let layouts = dir.join("layouts");
+    common::run_reference("hub_layouts.py", &[Path::new("build"), &layouts, Path::new("biomed_roberta_base")]);
+    let roberta = dir.join("server/acme/biomed-roberta");
+    std::fs::create_dir_all(&roberta).unwrap();
+    for file in ["config.json", "vocab.json", "merges.txt", "pytorch_model.bin"] {
+        std::fs::copy(layouts.join("biomed_roberta_base").join(file), roberta.join(file)).unwrap();
+    }
     std::fs::create_dir_all(dir.join("server/acme/empty")).unwrap();
     std::fs::copy(common::default_model().join("config.json"), dir.join("server/acme/empty/config.json")).unwrap();
     let data = dir.join("questions.json");
@@ -63,6 +72,10 @@ fn a_model_by_hub_id_is_downloaded_cached_and_evaluates_like_the_local_directory
 
     let from_shards = eval_with("acme/sharded", &data, &hf_home, &server.endpoint);
     common::assert_success(&from_shards);
+    common::assert_success(&eval_with("acme/biomed-roberta", &data, &hf_home, &server.endpoint));
+    let snapshots = hf_home.join("hub/models--acme--biomed-roberta/snapshots");
+    let snapshot = std::fs::read_dir(&snapshots).unwrap().next().unwrap().unwrap().path();
+    assert!(snapshot.join("merges.txt").is_file(), "vocab.json's merges were not fetched: {}", snapshot.display());
     let missing = eval_with("acme/empty", &data, &hf_home, &server.endpoint);
     let text = String::from_utf8_lossy(&missing.stderr);
     assert_eq!(missing.status.code(), Some(2), "{text}");

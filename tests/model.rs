@@ -434,24 +434,102 @@ fn damaged_legacy_checkpoints_are_errors_naming_the_file() {
     assert!(load_err(&dir).to_string().contains("8 bytes after the last storage"));
 }
 
-/// Encoder families other than BERT (tests/reference/other_families.py: a bare RobertaModel,
-/// whose unprefixed tensor names a BERT loader would take, and ELECTRA and DeBERTa-v2
-/// multiple-choice checkpoints) are refused by their config's model_type before any tensor is
-/// read or anything is written, by train and by eval.
+/// The config.json of a checkpoint medbert wrote.
+fn final_config(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("out/final").join(CONFIG_FILE)).unwrap()).unwrap()
+}
+
+/// Every tensor of a checkpoint under the family's prefix or in its head: no `bert.*` left in a
+/// RoBERTa or ELECTRA checkpoint (transformers would load such a one with every weight missing).
+fn assert_named_for(family: &str, saved: &HashMap<String, Tensor>) {
+    let prefix = format!("{family}.");
+    let stray: Vec<&String> = saved
+        .keys()
+        .filter(|k| !k.starts_with(&prefix) && !k.starts_with("classifier.") && !k.starts_with("sequence_summary."))
+        .collect();
+    assert!(stray.is_empty(), "tensors outside {prefix}*: {stray:?}");
+}
+
+/// RoBERTa, as allenai/biomed_roberta_base ships it (a masked-LM checkpoint, a byte-level BPE
+/// as vocab.json + merges.txt): positions after the padding index, token type 0, the pooler
+/// initialised, the LM head unused; the checkpoint is a `RobertaForMultipleChoice` that
+/// transformers' Auto classes load (`conforms` compares their logits).
+#[test]
+fn biomed_roberta_masked_lm_with_a_bpe_vocabulary_conforms() {
+    let (log, saved, run) = conforms("biomed_roberta_base");
+    for initialised in ["roberta.pooler.dense.weight", "roberta.pooler.dense.bias", "classifier.weight"] {
+        assert!(log.contains(initialised), "{initialised} not reported as initialised:\n{log}");
+    }
+    assert!(log.contains("RobertaForMultipleChoice") && log.contains("lm_head.dense.* (2 tensors)"), "{log}");
+    assert_named_for("roberta", &saved);
+    let config = final_config(&run);
+    assert_eq!(
+        (config["model_type"].as_str(), config["architectures"][0].as_str()),
+        (Some("roberta"), Some("RobertaForMultipleChoice"))
+    );
+    assert!(run.join("out/final/merges.txt").is_file(), "the BPE's merges travel with the checkpoint");
+    // 514 positions hold 512 tokens: the first real position is pad_token_id + 1.
+    let model = hub_layouts().join("biomed_roberta_base");
+    let too_long = common::train_command(&model, &hub_layouts().join("train.jsonl"), &run.join("long"))
+        .args(["--max-length", "513"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&too_long.stderr);
+    assert_eq!(too_long.status.code(), Some(2), "{text}");
+    assert!(text.contains("--max-length") && text.contains("512 positions"), "{text}");
+}
+
+/// The silent case: a bare RobertaModel (unprefixed names a BERT loader would take,
+/// tokenizer.json) was trained as a BERT, its logits 2.4 off transformers'. Now read as RoBERTa.
+#[test]
+fn a_bare_roberta_encoder_is_read_as_roberta_not_as_bert() {
+    let (log, saved, _run) = conforms("all-roberta-bare");
+    assert!(!log.contains("roberta.pooler"), "the bare encoder's pooler is loaded:\n{log}");
+    assert_named_for("roberta", &saved);
+}
+
+/// An ELECTRA discriminator as BioM-ELECTRA ships it: the discriminator head unused, the
+/// sequence summary and the classifier initialised, no pooler anywhere.
+#[test]
+fn biom_electra_discriminator_conforms() {
+    let (log, saved, run) = conforms("BioM-ELECTRA-Base-Discriminator");
+    for initialised in ["sequence_summary.summary.weight", "sequence_summary.summary.bias", "classifier.weight"] {
+        assert!(log.contains(initialised), "{initialised} not reported as initialised:\n{log}");
+    }
+    assert!(log.contains("discriminator_predictions.dense.* (2 tensors)"), "{log}");
+    assert!(!saved.keys().any(|k| k.contains("pooler") || k.contains("embeddings_project")), "{:?}", saved.keys());
+    assert_named_for("electra", &saved);
+    assert_eq!(final_config(&run)["architectures"][0], "ElectraForMultipleChoice");
+}
+
+/// An ELECTRA fine-tuned for multiple choice from ELECTRA-small: embeddings narrower than the
+/// hidden size, projected; its sequence summary and classifier load from the checkpoint.
+#[test]
+fn electra_multiple_choice_with_an_embedding_projection_loads_whole() {
+    let (log, saved, _run) = conforms("electra-small-mc");
+    assert!(!log.contains("newly initialised"), "{log}");
+    assert_eq!(saved["electra.embeddings.word_embeddings.weight"].size()[1], 16);
+    assert_eq!(saved["electra.embeddings_project.weight"].size(), [32, 16]);
+    assert!(saved.contains_key("sequence_summary.summary.weight"));
+}
+
+/// Encoder families medbert does not build (tests/reference/other_families.py: DeBERTa-v2 and
+/// ALBERT multiple-choice checkpoints, whose missing tensors a BERT loader would otherwise
+/// name) are refused by their config's model_type before any tensor is read or anything is
+/// written, by train and by eval.
 #[test]
 fn other_encoder_families_are_refused_by_model_type_before_anything_is_done() {
     let dir = common::scratch("other-families");
     common::run_reference("other_families.py", &[dir.as_ref()]);
     let data = dir.join("questions.json");
     common::synthetic_task(&data, 8, 5);
-    for (name, model_type) in [("roberta-bare", "roberta"), ("electra-mc", "electra"), ("deberta-v2-mc", "deberta-v2")]
-    {
+    for (name, model_type) in [("deberta-v2-mc", "deberta-v2"), ("albert-mc", "albert")] {
         let model = dir.join(name);
         let out = dir.join(format!("run-{name}"));
         let trained = common::train_command(&model, &data, &out).output().unwrap();
         let text = String::from_utf8_lossy(&trained.stderr);
         assert_eq!(trained.status.code(), Some(2), "{name}: {text}");
-        let said = format!("model_type \"{model_type}\" is not supported (supported: bert)");
+        let said = format!("model_type \"{model_type}\" is not supported (supported: bert, roberta, electra)");
         assert!(text.contains(&said) && text.contains("config.json"), "{name}: {text}");
         assert!(!out.exists(), "{name}: a refused run wrote {}", out.display());
         let cache = dir.join(format!("cache-{name}"));

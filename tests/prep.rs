@@ -124,6 +124,33 @@ fn vocab_txt_directories_tokenize_as_transformers_bert_tokenizer() {
     }
 }
 
+/// Byte-level BPE directories without tokenizer.json (tests/reference/bpe_tokenizer_layouts.py
+/// builds them, a vocabulary trained on the dev split, and says what each imitates): medbert's
+/// tokenizer gives the ids transformers' RobertaTokenizer gives, on every 41st question of the
+/// real dev split with each option and on texts with special tokens, accents, CJK characters
+/// and odd spacing.
+#[cfg_attr(not(medmcqa_dir), ignore = "MEDMCQA_DIR is not set: needs the real MedMCQA data (scripts/test.sh sets it)")]
+#[test]
+fn vocab_json_directories_tokenize_as_transformers_roberta_tokenizer() {
+    let data = common::medmcqa_dir();
+    let dir = common::scratch("bpe_tokenizer_layouts");
+    common::run_reference("bpe_tokenizer_layouts.py", &[&data.join("dev.json"), Path::new("41"), &dir]);
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(texts.len() > 400, "sample too small");
+    let layouts = reference["layouts"].as_object().unwrap();
+    assert_eq!(layouts.len(), 3);
+    for (name, expected) in layouts {
+        let tokenizer = medbert::encode::load_tokenizer(&dir.join(name), 512).unwrap();
+        for (k, text) in texts.iter().enumerate() {
+            let ours: Vec<u64> = tokenizer.encode(*text, true).unwrap().get_ids().iter().map(|&i| i.into()).collect();
+            let theirs: Vec<u64> = expected[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            assert_eq!(ours, theirs, "layout {name}, text {k}: {text:?}");
+        }
+    }
+}
+
 const GOOD: &str = r#"{"id": "q1", "question": "Which vitamin deficiency causes scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D", "cop": 3}
 {"id": "q2", "question": "Drug of choice for absence seizures", "opa": "Ethosuximide", "opb": "Phenytoin", "opc": "Valproate", "opd": "Valproate", "cop": 1, "choice_type": "multi", "subject_name": "Pharmacology"}
 "#;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use medbert::model::{BertConfig, ChoiceBatch, MultipleChoiceModel, CONFIG_FILE, WEIGHTS_FILE};
+use medbert::model::{ChoiceBatch, ModelConfig, MultipleChoiceModel, CONFIG_FILE, WEIGHTS_FILE};
 use medbert::train::batch_loss;
 use medbert::train::optim::{clip_grad_norm, AdamW};
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use tch::{Device, Tensor};
 
 /// MiniLM without dropout, from the pretrained weights and the reference's classifier.
 fn reference_model(model_dir: &Path, start: &HashMap<String, Tensor>) -> MultipleChoiceModel {
-    let config = BertConfig::from_file(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
+    let config = ModelConfig::from_file(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
     let mut model = MultipleChoiceModel::new(config, Device::Cpu).unwrap();
     model.load_weights(&model_dir.join(WEIGHTS_FILE)).unwrap();
     let vars = model.vs.variables();
@@ -345,7 +345,7 @@ fn a_killed_and_resumed_run_matches_an_uninterrupted_one_bitwise() {
 #[test]
 fn fixed_shapes_give_the_logits_loss_and_gradients_of_the_batch_as_it_came() {
     let model_dir = common::default_model();
-    let config = BertConfig::from_file(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
+    let config = ModelConfig::from_file(&model_dir.join(CONFIG_FILE)).unwrap().without_dropout();
     let mut model = MultipleChoiceModel::new(config, Device::Cpu).unwrap();
     model.load_weights(&model_dir.join(WEIGHTS_FILE)).unwrap();
     tch::manual_seed(7);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
-pub use crate::files::{TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE};
+pub use crate::files::{BPE_VOCAB_FILE, MERGES_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, VOCAB_FILE};
 /// The shortest `--max-length`: room for [CLS], [SEP] and a few tokens of each text.
 pub const MIN_MAX_LENGTH: usize = 8;
 /// `--max-length` when not given: MedMCQA's questions with an option fit in it nearly always.
@@ -58,28 +58,40 @@ impl EncodeSettings {
     }
 }
 
-/// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt.
+/// The file a model directory's tokenizer comes from: tokenizer.json, else vocab.txt, else
+/// vocab.json (an error where merges.txt is not beside it).
 pub fn tokenizer_source(model_dir: &Path) -> Result<PathBuf> {
-    crate::files::first_file(model_dir, &[TOKENIZER_FILE, VOCAB_FILE]).ok_or_else(|| Error::TokenizerFile {
-        path: model_dir.to_path_buf(),
-        message: format!("neither {TOKENIZER_FILE} nor {VOCAB_FILE} found"),
-    })
+    let source =
+        crate::files::first_file(model_dir, &crate::files::TOKENIZER_SOURCES).ok_or_else(|| Error::TokenizerFile {
+            path: model_dir.to_path_buf(),
+            message: format!("none of {} found", crate::files::TOKENIZER_SOURCES.join(", ")),
+        })?;
+    let merges = model_dir.join(MERGES_FILE);
+    if Vocab::of(&source) == Some(Vocab::ByteLevelBpe) && !merges.is_file() {
+        return Err(Error::TokenizerFile {
+            path: merges,
+            message: format!("not found: a byte-level BPE needs the merges beside its {BPE_VOCAB_FILE}"),
+        });
+    }
+    Ok(source)
 }
 
 /// Loads a model directory's tokenizer, truncating longest-first at `max_length`.
 /// tokenizer.json is used as it is; a bare vocab.txt becomes the tokenizer transformers'
-/// `BertTokenizer` builds from it and the files beside it ([`VocabSettings`]).
+/// `BertTokenizer` builds from it and the files beside it, a bare vocab.json and merges.txt
+/// the one `RobertaTokenizer` builds ([`VocabSettings`]).
 pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> {
     let path = tokenizer_source(model_dir)?;
     let err = |message: String| Error::TokenizerFile { path: path.clone(), message };
-    let mut tokenizer = if path.ends_with(TOKENIZER_FILE) {
-        Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?
-    } else {
-        let settings = VocabSettings::read(model_dir)?;
-        if settings.do_lower_case.is_none() {
-            warn_if_cased(model_dir, &path)?;
+    let mut tokenizer = match Vocab::of(&path) {
+        None => Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?,
+        Some(vocab) => {
+            let settings = VocabSettings::read(model_dir, vocab)?;
+            if vocab == Vocab::WordPiece && settings.do_lower_case.is_none() {
+                warn_if_cased(model_dir, &path)?;
+            }
+            settings.tokenizer(&path)?
         }
-        settings.tokenizer(&path)?
     };
     tokenizer.with_padding(None);
     tokenizer
@@ -94,21 +106,27 @@ pub fn load_tokenizer(model_dir: &Path, max_length: usize) -> Result<Tokenizer> 
 
 /// Whether the model directory's bare vocab.txt lowercases text, as transformers'
 /// `BertTokenizer` decides: tokenizer_config.json's `do_lower_case`, true when the file or the
-/// key is absent. None when the directory has tokenizer.json (its normalizer decides).
+/// key is absent. None when the directory has tokenizer.json (its normalizer decides) or a
+/// byte-level BPE (which never lowercases).
 pub fn lowercase(model_dir: &Path) -> Result<Option<bool>> {
-    if tokenizer_source(model_dir)?.ends_with(TOKENIZER_FILE) {
-        return Ok(None);
+    match Vocab::of(&tokenizer_source(model_dir)?) {
+        Some(Vocab::WordPiece) => {
+            Ok(Some(VocabSettings::read(model_dir, Vocab::WordPiece)?.do_lower_case.unwrap_or(true)))
+        }
+        _ => Ok(None),
     }
-    Ok(Some(VocabSettings::read(model_dir)?.do_lower_case.unwrap_or(true)))
 }
 
-/// A hash of what decides the tokenizer: tokenizer.json, or vocab.txt with the files beside it
-/// that `BertTokenizer` reads.
+/// A hash of what decides the tokenizer: tokenizer.json, or vocab.txt (vocab.json and
+/// merges.txt) with the files beside it that transformers reads.
 pub fn tokenizer_sha256(model_dir: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
     let source = tokenizer_source(model_dir)?;
     let mut files = vec![source.clone()];
-    if !source.ends_with(TOKENIZER_FILE) {
+    if let Some(vocab) = Vocab::of(&source) {
+        if vocab == Vocab::ByteLevelBpe {
+            files.push(model_dir.join(MERGES_FILE));
+        }
         files.extend(crate::files::VOCAB_SETTINGS_FILES.iter().map(|f| model_dir.join(f)).filter(|p| p.is_file()));
     }
     let mut hasher = Sha256::new();
@@ -124,34 +142,84 @@ pub fn tokenizer_sha256(model_dir: &Path) -> Result<String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// What transformers' `BertTokenizer` (5.x, the reference) reads beside a vocab.txt:
-/// tokenizer_config.json's `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` and the
-/// special tokens' names, special_tokens_map.json's names and additional special tokens
-/// (the map wins), and added_tokens.json's tokens with their ids. `never_split`, which only
-/// transformers 4's Python tokenizer read, is ignored as transformers 5 ignores it.
-#[derive(Debug, Default)]
+/// A vocabulary file without a tokenizer.json, by the tokenizer transformers builds from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vocab {
+    /// vocab.txt: `BertTokenizer` (BERT's, ELECTRA's).
+    WordPiece,
+    /// vocab.json and merges.txt: `RobertaTokenizer`.
+    ByteLevelBpe,
+}
+
+impl Vocab {
+    /// None for tokenizer.json.
+    fn of(source: &Path) -> Option<Vocab> {
+        match source.file_name()?.to_str()? {
+            VOCAB_FILE => Some(Vocab::WordPiece),
+            BPE_VOCAB_FILE => Some(Vocab::ByteLevelBpe),
+            _ => None,
+        }
+    }
+
+    /// The special tokens the tokenizer class knows, by key, with its default names, in the
+    /// order transformers adds them.
+    fn special_names(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Vocab::WordPiece => &[
+                ("unk_token", "[UNK]"),
+                ("cls_token", "[CLS]"),
+                ("sep_token", "[SEP]"),
+                ("pad_token", "[PAD]"),
+                ("mask_token", "[MASK]"),
+            ],
+            Vocab::ByteLevelBpe => &[
+                ("bos_token", "<s>"),
+                ("eos_token", "</s>"),
+                ("unk_token", "<unk>"),
+                ("sep_token", "</s>"),
+                ("pad_token", "<pad>"),
+                ("cls_token", "<s>"),
+                ("mask_token", "<mask>"),
+            ],
+        }
+    }
+}
+
+/// What transformers 5's tokenizers read beside a vocabulary, the reference:
+/// - for vocab.txt, `BertTokenizer`: tokenizer_config.json's `do_lower_case`, `strip_accents`,
+///   `tokenize_chinese_chars`; `never_split`, which only transformers 4's Python tokenizer
+///   read, is ignored as transformers 5 ignores it;
+/// - for vocab.json and merges.txt, `RobertaTokenizer`: `add_prefix_space` and `trim_offsets`;
+/// - for both: the special tokens' names (tokenizer_config.json, then special_tokens_map.json,
+///   which wins) and additional special tokens, and added_tokens.json's tokens with their ids.
+#[derive(Debug)]
 struct VocabSettings {
+    vocab: Vocab,
     do_lower_case: Option<bool>,
     strip_accents: Option<bool>,
     tokenize_chinese_chars: Option<bool>,
-    /// unk, cls, sep, pad and mask, as named in the files.
+    add_prefix_space: Option<bool>,
+    trim_offsets: Option<bool>,
+    /// The special tokens, as named in the files.
     names: std::collections::HashMap<&'static str, String>,
     additional_special: Vec<String>,
     /// added_tokens.json, by id.
     added: Vec<(String, u32)>,
 }
 
-const SPECIAL_NAMES: [(&str, &str); 5] = [
-    ("unk_token", "[UNK]"),
-    ("cls_token", "[CLS]"),
-    ("sep_token", "[SEP]"),
-    ("pad_token", "[PAD]"),
-    ("mask_token", "[MASK]"),
-];
-
 impl VocabSettings {
-    fn read(model_dir: &Path) -> Result<VocabSettings> {
-        let mut settings = VocabSettings::default();
+    fn read(model_dir: &Path, vocab: Vocab) -> Result<VocabSettings> {
+        let mut settings = VocabSettings {
+            vocab,
+            do_lower_case: None,
+            strip_accents: None,
+            tokenize_chinese_chars: None,
+            add_prefix_space: None,
+            trim_offsets: None,
+            names: Default::default(),
+            additional_special: Vec::new(),
+            added: Vec::new(),
+        };
         for file in [TOKENIZER_CONFIG_FILE, crate::files::SPECIAL_TOKENS_MAP_FILE] {
             let Some((path, json)) = read_json(&model_dir.join(file))? else { continue };
             let err = |key: &str, what: &str, found: &serde_json::Value| Error::TokenizerFile {
@@ -166,8 +234,10 @@ impl VocabSettings {
             settings.do_lower_case = flag("do_lower_case")?.or(settings.do_lower_case);
             settings.strip_accents = flag("strip_accents")?.or(settings.strip_accents);
             settings.tokenize_chinese_chars = flag("tokenize_chinese_chars")?.or(settings.tokenize_chinese_chars);
-            for (key, _) in SPECIAL_NAMES {
-                if let Some(value) = json.get(key).filter(|v| !v.is_null()) {
+            settings.add_prefix_space = flag("add_prefix_space")?.or(settings.add_prefix_space);
+            settings.trim_offsets = flag("trim_offsets")?.or(settings.trim_offsets);
+            for (key, _) in vocab.special_names() {
+                if let Some(value) = json.get(*key).filter(|v| !v.is_null()) {
                     let name = token_content(value).ok_or_else(|| err(key, "a token", value))?;
                     settings.names.insert(key, name);
                 }
@@ -198,37 +268,25 @@ impl VocabSettings {
     }
 
     fn name(&self, key: &str) -> &str {
-        let default = SPECIAL_NAMES.iter().find(|(k, _)| *k == key).map_or("", |(_, d)| d);
+        let default = self.vocab.special_names().iter().find(|(k, _)| *k == key).map_or("", |(_, d)| d);
         self.names.get(key).map_or(default, String::as_str)
     }
 
-    /// The WordPiece pipeline `BertTokenizer` builds: BERT's normalizer and pre-tokenizer,
-    /// `[CLS] A [SEP] B [SEP]`, the special tokens kept whole wherever they appear in the text,
-    /// then added_tokens.json's tokens (matched on the normalized text, each at its id) and
-    /// the additional special tokens.
+    /// The tokenizer transformers builds from `vocab` and these settings, then the special
+    /// tokens kept whole wherever they appear in the text, added_tokens.json's tokens (each at
+    /// its id) and the additional special tokens.
     fn tokenizer(&self, vocab: &Path) -> Result<Tokenizer> {
-        use tokenizers::models::wordpiece::WordPiece;
-        use tokenizers::normalizers::BertNormalizer;
-        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
-        use tokenizers::processors::bert::BertProcessing;
-        use tokenizers::{AddedToken, Model};
-        let err = |message: String| Error::TokenizerFile { path: vocab.to_path_buf(), message };
-        let model = WordPiece::from_file(&vocab.to_string_lossy())
-            .unk_token(self.name("unk_token").into())
-            .build()
-            .map_err(|e| err(e.to_string()))?;
-        let id = |token: &str| model.token_to_id(token).ok_or_else(|| err(format!("{token} is not in the vocabulary")));
-        let (cls, sep) = (self.name("cls_token").to_string(), self.name("sep_token").to_string());
-        let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
-        let mut tokenizer = Tokenizer::new(model);
-        let lowercase = self.do_lower_case.unwrap_or(true);
-        let chinese = self.tokenize_chinese_chars.unwrap_or(true);
-        tokenizer
-            .with_normalizer(Some(BertNormalizer::new(true, chinese, self.strip_accents, lowercase)))
-            .with_pre_tokenizer(Some(BertPreTokenizer))
-            .with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
-        let special: Vec<AddedToken> =
-            SPECIAL_NAMES.iter().map(|(key, _)| AddedToken::from(self.name(key).to_string(), true)).collect();
+        use tokenizers::AddedToken;
+        let mut tokenizer = match self.vocab {
+            Vocab::WordPiece => self.word_piece(vocab)?,
+            Vocab::ByteLevelBpe => self.byte_level_bpe(vocab)?,
+        };
+        let special: Vec<AddedToken> = self
+            .vocab
+            .special_names()
+            .iter()
+            .map(|(key, _)| AddedToken::from(self.name(key).to_string(), true))
+            .collect();
         tokenizer.add_special_tokens(&special);
         let added_file = || vocab.with_file_name(crate::files::ADDED_TOKENS_FILE);
         for (token, expected) in &self.added {
@@ -238,7 +296,8 @@ impl VocabSettings {
                 return Err(Error::TokenizerFile {
                     path: added_file(),
                     message: format!(
-                        "token {token:?} has id {expected}, but after the vocabulary and the tokens before it it                          takes {}",
+                        "token {token:?} has id {expected}, but after the vocabulary and the tokens before it it \
+                         takes {}",
                         given.map_or("none".to_string(), |g| g.to_string())
                     ),
                 });
@@ -247,6 +306,62 @@ impl VocabSettings {
         let additional: Vec<AddedToken> =
             self.additional_special.iter().map(|t| AddedToken::from(t.clone(), true)).collect();
         tokenizer.add_special_tokens(&additional);
+        Ok(tokenizer)
+    }
+
+    /// The id of a special token in the tokenizer's vocabulary, or an error naming the file.
+    fn special_id(&self, model: &impl tokenizers::Model, key: &str, vocab: &Path) -> Result<(String, u32)> {
+        let token = self.name(key).to_string();
+        match model.token_to_id(&token) {
+            Some(id) => Ok((token, id)),
+            None => Err(Error::TokenizerFile {
+                path: vocab.to_path_buf(),
+                message: format!("{token} ({key}) is not in the vocabulary"),
+            }),
+        }
+    }
+
+    /// `BertTokenizer`'s WordPiece pipeline: BERT's normalizer and pre-tokenizer,
+    /// `[CLS] A [SEP] B [SEP]`.
+    fn word_piece(&self, vocab: &Path) -> Result<Tokenizer> {
+        use tokenizers::models::wordpiece::WordPiece;
+        use tokenizers::normalizers::BertNormalizer;
+        use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+        use tokenizers::processors::bert::BertProcessing;
+        let model = WordPiece::from_file(&vocab.to_string_lossy())
+            .unk_token(self.name("unk_token").into())
+            .build()
+            .map_err(|e| Error::TokenizerFile { path: vocab.to_path_buf(), message: e.to_string() })?;
+        let (cls, sep) = (self.special_id(&model, "cls_token", vocab)?, self.special_id(&model, "sep_token", vocab)?);
+        let mut tokenizer = Tokenizer::new(model);
+        let lowercase = self.do_lower_case.unwrap_or(true);
+        let chinese = self.tokenize_chinese_chars.unwrap_or(true);
+        tokenizer
+            .with_normalizer(Some(BertNormalizer::new(true, chinese, self.strip_accents, lowercase)))
+            .with_pre_tokenizer(Some(BertPreTokenizer))
+            .with_post_processor(Some(BertProcessing::new(sep, cls)));
+        Ok(tokenizer)
+    }
+
+    /// `RobertaTokenizer`'s byte-level BPE: the merges of merges.txt beside `vocab`, no
+    /// normalizer, GPT-2's byte-level pre-tokenizer, `<s> A </s></s> B </s>`.
+    fn byte_level_bpe(&self, vocab: &Path) -> Result<Tokenizer> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::processors::roberta::RobertaProcessing;
+        let merges = vocab.with_file_name(MERGES_FILE);
+        let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy()).build().map_err(|e| {
+            Error::TokenizerFile { path: vocab.to_path_buf(), message: format!("{e} (with {})", merges.display()) }
+        })?;
+        let (cls, sep) = (self.special_id(&model, "cls_token", vocab)?, self.special_id(&model, "sep_token", vocab)?);
+        let (prefix_space, trim_offsets) = (self.add_prefix_space.unwrap_or(false), self.trim_offsets.unwrap_or(true));
+        let mut tokenizer = Tokenizer::new(model);
+        tokenizer
+            .with_pre_tokenizer(Some(ByteLevel::new(prefix_space, trim_offsets, true)))
+            .with_decoder(Some(ByteLevel::default()))
+            .with_post_processor(Some(
+                RobertaProcessing::new(sep, cls).trim_offsets(trim_offsets).add_prefix_space(prefix_space),
+            ));
         Ok(tokenizer)
     }
 }

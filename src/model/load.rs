@@ -1,9 +1,10 @@
 //! Weights into the model's variables, as transformers loads a checkpoint: names mapped
-//! (a bare encoder's missing `bert.` prefix, old LayerNorm `gamma`/`beta`), shapes checked,
-//! what the checkpoint lacks of the pooler and the classifier reported for initialising, and
-//! tensors the model has no place for reported as unused.
+//! (a bare encoder's missing `bert.`/`roberta.`/`electra.` prefix, old LayerNorm
+//! `gamma`/`beta`), shapes checked, what the checkpoint lacks of the pooler and the head
+//! reported for initialising, and tensors the model has no place for reported as unused.
 
 use super::torch_pickle;
+use super::Family;
 use crate::error::{Error, Result};
 use crate::files::{first_file, is_shard_index, read_shard_index, PICKLE_WEIGHTS_FILE, WEIGHTS_FILE, WEIGHTS_FILES};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -45,9 +46,14 @@ fn read_shards(index: &Path) -> Result<Vec<(String, Tensor)>> {
     }
     Ok(out)
 }
-const CLASSIFIER_PREFIX: &str = "classifier.";
-/// What a checkpoint may lack: transformers initialises these afresh.
-const MAY_BE_MISSING: [&str; 2] = ["bert.pooler.", CLASSIFIER_PREFIX];
+/// The multiple-choice heads' modules, outside the base model's prefix.
+const HEAD_PREFIXES: [&str; 2] = ["classifier.", "sequence_summary."];
+
+/// What a checkpoint may lack: the heads and the pooler, which transformers initialises afresh.
+fn may_be_missing(name: &str, family: Family) -> bool {
+    HEAD_PREFIXES.iter().any(|p| name.starts_with(p))
+        || name.strip_prefix(family.prefix()).is_some_and(|rest| rest.starts_with(".pooler."))
+}
 
 /// The named tensors of a weights file, on the CPU: safetensors, what `torch.save` writes
 /// (`.bin`, `.pt`: a zip archive holding a pickled state dict), or a shard index's shards.
@@ -66,6 +72,8 @@ pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// What a weight load did, for a one-time report.
 #[derive(Debug, Default, PartialEq)]
 pub struct LoadReport {
+    /// The model loaded, by transformers' class name (`RobertaForMultipleChoice`).
+    pub model: &'static str,
     pub loaded: usize,
     /// Model variables absent from the checkpoint and freshly initialised (the classifier,
     /// and the pooler of a masked-LM checkpoint).
@@ -81,8 +89,9 @@ impl LoadReport {
     pub fn log(&self, dir: &Path, training: bool) {
         if !self.initialised.is_empty() {
             let message = format!(
-                "{} tensors of BertForMultipleChoice are not in the checkpoint at {} and were newly initialised: {}",
+                "{} tensors of {} are not in the checkpoint at {} and were newly initialised: {}",
                 self.initialised.len(),
+                self.model,
                 dir.display(),
                 self.initialised.join(", ")
             );
@@ -93,10 +102,10 @@ impl LoadReport {
         }
         if !self.unexpected.is_empty() {
             tracing::info!(
-                "{} tensors of the checkpoint at {} were not used (heads and buffers BertForMultipleChoice has no \
-                 place for): {}",
+                "{} tensors of the checkpoint at {} were not used (heads and buffers {} has no place for): {}",
                 self.unexpected.len(),
                 dir.display(),
+                self.model,
                 abbreviate(&self.unexpected)
             );
         }
@@ -123,9 +132,9 @@ fn abbreviate(names: &[String]) -> String {
     shown.join(", ")
 }
 
-/// Maps a checkpoint name to the model's: adds the `bert.` prefix of a bare encoder and
-/// renames the legacy LayerNorm `gamma`/`beta` as transformers does.
-fn model_name(name: &str) -> String {
+/// Maps a checkpoint name to the model's: adds the family's prefix to a bare encoder's names
+/// and renames the legacy LayerNorm `gamma`/`beta` as transformers does.
+fn model_name(name: &str, family: Family) -> String {
     let name = match name.strip_suffix(".gamma") {
         Some(stem) => format!("{stem}.weight"),
         None => match name.strip_suffix(".beta") {
@@ -133,10 +142,12 @@ fn model_name(name: &str) -> String {
             None => name.to_string(),
         },
     };
-    if name.starts_with("bert.") || name.starts_with(CLASSIFIER_PREFIX) {
+    let prefix = family.prefix();
+    let prefixed = name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'));
+    if prefixed || HEAD_PREFIXES.iter().any(|p| name.starts_with(p)) {
         name
     } else {
-        format!("bert.{name}")
+        format!("{prefix}.{name}")
     }
 }
 
@@ -144,12 +155,13 @@ pub(crate) fn copy_into(
     variables: &HashMap<String, Tensor>,
     tensors: Vec<(String, Tensor)>,
     path: &Path,
+    family: Family,
 ) -> Result<LoadReport> {
     let mut by_name: BTreeMap<String, (String, Tensor)> = BTreeMap::new();
     for (name, tensor) in tensors {
-        by_name.insert(model_name(&name), (name, tensor));
+        by_name.insert(model_name(&name, family), (name, tensor));
     }
-    let mut report = LoadReport::default();
+    let mut report = LoadReport { model: family.class(), ..LoadReport::default() };
     let mut names: Vec<&String> = variables.keys().collect();
     names.sort();
     tch::no_grad(|| -> Result<()> {
@@ -168,7 +180,7 @@ pub(crate) fn copy_into(
                     var.f_copy_(&src)?;
                     report.loaded += 1;
                 }
-                None if MAY_BE_MISSING.iter().any(|p| name.starts_with(p)) => report.initialised.push(name.clone()),
+                None if may_be_missing(name, family) => report.initialised.push(name.clone()),
                 None => {
                     return Err(Error::MissingTensor {
                         path: path.to_path_buf(),
@@ -206,10 +218,20 @@ mod tests {
 
     #[test]
     fn checkpoint_names_map_to_the_model() {
-        assert_eq!(model_name("encoder.layer.0.output.dense.weight"), "bert.encoder.layer.0.output.dense.weight");
-        assert_eq!(model_name("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
-        assert_eq!(model_name("classifier.weight"), "classifier.weight");
-        assert_eq!(model_name("bert.embeddings.LayerNorm.gamma"), "bert.embeddings.LayerNorm.weight");
-        assert_eq!(model_name("embeddings.LayerNorm.beta"), "bert.embeddings.LayerNorm.bias");
+        let bert = |name| model_name(name, Family::Bert);
+        assert_eq!(bert("encoder.layer.0.output.dense.weight"), "bert.encoder.layer.0.output.dense.weight");
+        assert_eq!(bert("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
+        assert_eq!(bert("classifier.weight"), "classifier.weight");
+        assert_eq!(bert("bert.embeddings.LayerNorm.gamma"), "bert.embeddings.LayerNorm.weight");
+        assert_eq!(bert("embeddings.LayerNorm.beta"), "bert.embeddings.LayerNorm.bias");
+        let roberta = |name| model_name(name, Family::Roberta);
+        assert_eq!(roberta("pooler.dense.bias"), "roberta.pooler.dense.bias");
+        assert_eq!(roberta("roberta.embeddings.word_embeddings.weight"), "roberta.embeddings.word_embeddings.weight");
+        assert_eq!(roberta("bert.embeddings.word_embeddings.weight"), "roberta.bert.embeddings.word_embeddings.weight");
+        assert_eq!(model_name("sequence_summary.summary.weight", Family::Electra), "sequence_summary.summary.weight");
+        assert_eq!(model_name("embeddings_project.weight", Family::Electra), "electra.embeddings_project.weight");
+        assert!(may_be_missing("roberta.pooler.dense.weight", Family::Roberta));
+        assert!(!may_be_missing("bert.pooler.dense.weight", Family::Roberta));
+        assert!(may_be_missing("sequence_summary.summary.bias", Family::Electra));
     }
 }

@@ -398,10 +398,16 @@ impl TrainArgs {
     pub fn check(&self, model_dir: Option<&Path>) -> Result<()> {
         let mut problems = self.problems();
         if let (true, Some(dir)) = (problems.is_empty(), model_dir) {
-            let config = crate::model::BertConfig::from_file(&dir.join(crate::files::CONFIG_FILE))?;
-            let positions = config.max_position_embeddings;
+            let config = crate::model::ModelConfig::from_file(&dir.join(crate::files::CONFIG_FILE))?;
+            let positions = config.max_length();
             if self.data.max_length as i64 > positions {
-                let message = format!("must not exceed the model's {positions} positions (max_position_embeddings)");
+                let message = match config.family {
+                    crate::model::Family::Roberta => format!(
+                        "must not exceed the model's {positions} positions (max_position_embeddings less \
+                         pad_token_id + 1, where RoBERTa's positions start)"
+                    ),
+                    _ => format!("must not exceed the model's {positions} positions (max_position_embeddings)"),
+                };
                 problems.push(Problem { arg: flag_id!(data.max_length), message });
             }
         }

@@ -1,6 +1,7 @@
-//! Fine-tuning `BertForMultipleChoice` on a prepared cache with the HF Trainer's semantics:
-//! AdamW with its parameter groups, the HF Trainer's schedules, clipping by global norm,
-//! gradient accumulation, evaluation every N steps and each epoch, early stopping.
+//! Fine-tuning a multiple-choice encoder (BERT, RoBERTa, ELECTRA) on a prepared cache with the
+//! HF Trainer's semantics: AdamW with its parameter groups, the HF Trainer's schedules,
+//! clipping by global norm, gradient accumulation, evaluation every N steps and each epoch,
+//! early stopping.
 
 pub mod amp;
 mod args;

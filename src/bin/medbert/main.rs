@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "medbert", version, about = "Fine-tune BERT-family models on MedMCQA")]
+#[command(name = "medbert", version, about = "Fine-tune BERT-family models (BERT, RoBERTa, ELECTRA) on MedMCQA")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Report libtorch, CUDA, c10d backends and the default model, then run a forward pass.
     Doctor {
-        /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json) or hub id.
+        /// Hugging Face model directory of a BERT, RoBERTa or ELECTRA (config.json, weights, tokenizer) or hub id.
         #[arg(long, value_parser = settings::path, env = settings::MODEL_VAR)]
         model: Option<PathBuf>,
     },

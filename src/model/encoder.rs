@@ -1,17 +1,19 @@
-//! The BERT encoder, read top to bottom as transformers' modeling_bert.py: embeddings, a stack
-//! of layers (self-attention through `scaled_dot_product_attention`, then the feed-forward
-//! block), and the pooler. Variable names are the checkpoint's (`embeddings.word_embeddings.
-//! weight`, `encoder.layer.0.attention.self.query.weight`, ...); variables are allocated
-//! unset and what no checkpoint fills gets transformers' `_init_weights` ([`initialise`]).
+//! The encoder the BERT family shares, read top to bottom as transformers' modeling_bert.py:
+//! embeddings (where RoBERTa and ELECTRA differ: positions, token types, ELECTRA's narrower
+//! tables and their projection), then a stack of layers (self-attention through
+//! `scaled_dot_product_attention`, then the feed-forward block). Variable names are the
+//! checkpoint's (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.
+//! weight`, ...); variables are allocated unset and what no checkpoint fills gets transformers'
+//! `_init_weights` ([`initialise`]).
 //!
 //! Two things differ from transformers in how, never in what, is computed:
 //! - Padding is never computed on. Hidden states hold only the real tokens, packed as
 //!   [tokens, hidden]; they are laid out padded only around attention, which masks padding
 //!   keys. A padding token cannot change a real token's output, so the results are the same.
 //! - The last layer computes its attention output and feed-forward block for the [CLS] tokens
-//!   alone: nothing else reaches the pooler, so the pooled output is the same.
+//!   alone: nothing else reaches a multiple-choice head, so its output is the same.
 
-use super::config::{Activation, BertConfig};
+use super::config::{Activation, Family, ModelConfig};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
@@ -22,10 +24,11 @@ fn param(p: &nn::Path, name: &str, dims: &[i64]) -> Tensor {
     p.add(name, Tensor::empty(dims, (p.kind(), p.device())), true)
 }
 
-/// transformers' `_init_weights` for BERT, by the kind of module `name` belongs to: LayerNorm
-/// weight 1 and bias 0; linear weights and embedding tables N(0, initializer_range), the word
-/// embeddings' padding row 0; every other bias 0.
-pub(crate) fn initialise(name: &str, var: &Tensor, c: &BertConfig) {
+/// transformers' `_init_weights`, by the kind of module `name` belongs to: LayerNorm weight 1
+/// and bias 0; linear weights and embedding tables N(0, initializer_range), the padding row of
+/// a table with a `padding_idx` 0 (the word embeddings', and RoBERTa's positions'); every other
+/// bias 0.
+pub(crate) fn initialise(name: &str, var: &Tensor, c: &ModelConfig) {
     tch::no_grad(|| {
         let mut var = var.shallow_clone();
         if name.ends_with("LayerNorm.weight") {
@@ -34,7 +37,9 @@ pub(crate) fn initialise(name: &str, var: &Tensor, c: &BertConfig) {
             let _ = var.zero_();
         } else {
             let _ = var.normal_(0.0, c.initializer_range);
-            if name.ends_with("word_embeddings.weight") {
+            let padded = name.ends_with("word_embeddings.weight")
+                || (c.family == Family::Roberta && name.ends_with("position_embeddings.weight"));
+            if padded {
                 let _ = var.get(c.pad_token_id).zero_();
             }
         }
@@ -54,9 +59,8 @@ struct LayerNorm {
 }
 
 impl LayerNorm {
-    fn new(p: nn::Path, c: &BertConfig) -> Self {
-        let h = c.hidden_size;
-        LayerNorm { weight: param(&p, "weight", &[h]), bias: param(&p, "bias", &[h]), eps: c.layer_norm_eps }
+    fn new(p: nn::Path, width: i64, c: &ModelConfig) -> Self {
+        LayerNorm { weight: param(&p, "weight", &[width]), bias: param(&p, "bias", &[width]), eps: c.layer_norm_eps }
     }
 }
 
@@ -67,7 +71,7 @@ impl Module for LayerNorm {
     }
 }
 
-/// An embedding table [rows, hidden]; the padding row gets no gradient, as
+/// An embedding table [rows, width]; the padding row gets no gradient, as
 /// `nn.Embedding(padding_idx=...)`.
 #[derive(Debug)]
 struct Embedding {
@@ -76,8 +80,8 @@ struct Embedding {
 }
 
 impl Embedding {
-    fn new(p: nn::Path, c: &BertConfig, rows: i64, padding_idx: Option<i64>) -> Self {
-        Embedding { weight: param(&p, "weight", &[rows, c.hidden_size]), padding_idx: padding_idx.unwrap_or(-1) }
+    fn new(p: nn::Path, rows: i64, width: i64, padding_idx: Option<i64>) -> Self {
+        Embedding { weight: param(&p, "weight", &[rows, width]), padding_idx: padding_idx.unwrap_or(-1) }
     }
 }
 
@@ -143,25 +147,48 @@ pub struct Embeddings {
     token_type_embeddings: Embedding,
     layer_norm: LayerNorm,
     dropout: f64,
+    family: Family,
+    pad_token_id: i64,
 }
 
 impl Embeddings {
-    fn new(p: nn::Path, c: &BertConfig) -> Self {
+    fn new(p: nn::Path, c: &ModelConfig) -> Self {
+        let (width, pad) = (c.embedding_width(), c.pad_token_id);
+        let position_padding = (c.family == Family::Roberta).then_some(pad);
         Embeddings {
-            word_embeddings: Embedding::new(&p / "word_embeddings", c, c.vocab_size, Some(c.pad_token_id)),
-            position_embeddings: Embedding::new(&p / "position_embeddings", c, c.max_position_embeddings, None),
-            token_type_embeddings: Embedding::new(&p / "token_type_embeddings", c, c.type_vocab_size, None),
-            layer_norm: LayerNorm::new(&p / "LayerNorm", c),
+            word_embeddings: Embedding::new(&p / "word_embeddings", c.vocab_size, width, Some(pad)),
+            position_embeddings: Embedding::new(
+                &p / "position_embeddings",
+                c.max_position_embeddings,
+                width,
+                position_padding,
+            ),
+            token_type_embeddings: Embedding::new(&p / "token_type_embeddings", c.type_vocab_size, width, None),
+            layer_norm: LayerNorm::new(&p / "LayerNorm", width, c),
             dropout: c.hidden_dropout_prob,
+            family: c.family,
+            pad_token_id: pad,
         }
     }
 
-    /// The packed tokens' embeddings, [tokens, hidden], from `input_ids` and `token_type_ids`
-    /// on `packing`'s device.
+    /// The packed tokens' embeddings, [tokens, width], from padded `input_ids` and
+    /// `token_type_ids` on `packing`'s device.
     fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, packing: &Packing, train: bool) -> Tensor {
-        let embeddings = self.word_embeddings.forward(&packing.pack(input_ids))
-            + self.token_type_embeddings.forward(&packing.pack(token_type_ids))
-            + self.position_embeddings.forward(&packing.positions());
+        let ids = packing.pack(input_ids);
+        let (positions, token_types) = match self.family {
+            Family::Bert | Family::Electra => (packing.positions(), packing.pack(token_type_ids)),
+            // fairseq's positions, as transformers' `create_position_ids_from_input_ids`: the
+            // count of non-padding ids up to each token, after `pad_token_id`; RoBERTa's
+            // tokenizer gives no token types, so the model's buffer of zeros is used.
+            Family::Roberta => {
+                let counted = input_ids.ne(self.pad_token_id);
+                let positions = counted.cumsum(1, Kind::Int64) * &counted + self.pad_token_id;
+                (packing.pack(&positions), ids.zeros_like())
+            }
+        };
+        let embeddings = self.word_embeddings.forward(&ids)
+            + self.token_type_embeddings.forward(&token_types)
+            + self.position_embeddings.forward(&positions);
         self.layer_norm.forward(&embeddings).dropout(self.dropout, train)
     }
 }
@@ -179,14 +206,14 @@ struct Attention {
 }
 
 impl Attention {
-    fn new(p: nn::Path, c: &BertConfig) -> Self {
+    fn new(p: nn::Path, c: &ModelConfig) -> Self {
         let (s, o, h) = (&p / "self", &p / "output", c.hidden_size);
         Attention {
             query: linear(&s / "query", h, h),
             key: linear(&s / "key", h, h),
             value: linear(&s / "value", h, h),
             dense: linear(&o / "dense", h, h),
-            layer_norm: LayerNorm::new(&o / "LayerNorm", c),
+            layer_norm: LayerNorm::new(&o / "LayerNorm", h, c),
             heads: c.num_attention_heads,
             attention_dropout: c.attention_probs_dropout_prob,
             dropout: c.hidden_dropout_prob,
@@ -247,13 +274,13 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(p: nn::Path, c: &BertConfig) -> Self {
+    fn new(p: nn::Path, c: &ModelConfig) -> Self {
         Layer {
             attention: Attention::new(&p / "attention", c),
             intermediate: linear(&p / "intermediate" / "dense", c.hidden_size, c.intermediate_size),
             activation: c.hidden_act,
             output: linear(&p / "output" / "dense", c.intermediate_size, c.hidden_size),
-            layer_norm: LayerNorm::new(&p / "output" / "LayerNorm", c),
+            layer_norm: LayerNorm::new(&p / "output" / "LayerNorm", c.hidden_size, c),
             dropout: c.hidden_dropout_prob,
         }
     }
@@ -266,43 +293,61 @@ impl Layer {
 }
 
 /// Each activation as one fused kernel.
-fn activate(activation: Activation, x: &Tensor) -> Tensor {
+pub(crate) fn activate(activation: Activation, x: &Tensor) -> Tensor {
     match activation {
         Activation::Gelu => x.gelu("none"),
         Activation::GeluTanh => x.gelu("tanh"),
         Activation::Relu => x.relu(),
         Activation::Silu => x.silu(),
+        Activation::Tanh => x.tanh(),
     }
 }
 
-/// `BertModel`: embeddings, encoder layers and the pooler (dense + tanh on [CLS]).
-pub struct BertModel {
+/// The base model without a pooler (`BertModel`, `RobertaModel`, `ElectraModel` up to their
+/// last layer): embeddings, ELECTRA's `embeddings_project` where the embeddings are narrower
+/// than the hidden size, and the layers.
+pub struct Encoder {
     embeddings: Embeddings,
+    embeddings_project: Option<nn::Linear>,
     layers: Vec<Layer>,
-    pooler: nn::Linear,
 }
 
-impl BertModel {
-    pub fn new(p: nn::Path, c: &BertConfig) -> Self {
-        let encoder = &p / "encoder" / "layer";
-        BertModel {
-            embeddings: Embeddings::new(&p / "embeddings", c),
+impl Encoder {
+    pub fn new(p: &nn::Path, c: &ModelConfig) -> Self {
+        let encoder = p / "encoder" / "layer";
+        let (width, hidden) = (c.embedding_width(), c.hidden_size);
+        Encoder {
+            embeddings: Embeddings::new(p / "embeddings", c),
+            embeddings_project: (width != hidden).then(|| linear(p / "embeddings_project", width, hidden)),
             layers: (0..c.num_hidden_layers).map(|i| Layer::new(&encoder / i, c)).collect(),
-            pooler: linear(&p / "pooler" / "dense", c.hidden_size, c.hidden_size),
         }
     }
 
-    /// The pooled [CLS] representation, [sequences, hidden], on the model's device. Inputs are
-    /// right-padded [sequences, seq] on that device or on the CPU (then moved without
-    /// waiting); `attention_mask` is 1 for tokens and 0 for padding.
-    pub fn pooled(&self, input_ids: &Tensor, attention_mask: &Tensor, token_type_ids: &Tensor, train: bool) -> Tensor {
-        let device = self.pooler.ws.device();
+    pub fn device(&self) -> Device {
+        self.embeddings.word_embeddings.weight.device()
+    }
+
+    /// The last layer's output at each sequence's first token ([CLS], `<s>`), [sequences,
+    /// hidden], on the model's device. Inputs are right-padded [sequences, seq] on that device
+    /// or on the CPU (then moved without waiting); `attention_mask` is 1 for tokens and 0 for
+    /// padding.
+    pub fn first_tokens(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let device = self.device();
         let packing = Packing::new(attention_mask, device);
         let (input_ids, token_type_ids) = (super::upload(input_ids, device), super::upload(token_type_ids, device));
         let mut hidden = self.embeddings.forward(&input_ids, &token_type_ids, &packing, train);
+        if let Some(project) = &self.embeddings_project {
+            hidden = project.forward(&hidden);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(&hidden, &packing, i + 1 == self.layers.len(), train);
         }
-        self.pooler.forward(&hidden).tanh()
+        hidden
     }
 }
