@@ -673,17 +673,24 @@ fn an_elastic_shrink_keeps_the_global_batch_and_trains_the_whole_epoch() {
     let stderr = wait_all(nodes.drain(..1).collect());
     let said =
         ["round 1: 1 node(s), world size 1", "the global batch stays the checkpoint's 8", "2 micro-batch(es) of 4"];
-    for said in said {
-        assert!(stderr[0].contains(said), "{said:?} not said:\n{}", stderr[0]);
-    }
-    let summary = common::summary(&out);
-    assert_eq!((summary["world_size"].as_u64(), summary["steps"].as_u64()), (Some(1), Some(12)));
-    let checkpoint = last_resumed_checkpoint(&stderr[0]);
-    let at: u64 = checkpoint.trim_start_matches("checkpoint-").parse().unwrap();
     // Steps after the checkpoint that the lost node recorded were taken again by the survivor.
-    assert_epoch_once(&out, at, &out, 12, 96);
-
+    let checkpoint = assert_resized_epoch(&out, &stderr[0], &said, 1, 12);
     assert_resumed_by_hand_alike(&out, &checkpoint, "1", ("--gradient-accumulation-steps", "2"));
+}
+
+/// A resized elastic run of one epoch (96 questions) at its end: what its first node said,
+/// its world size and planned steps, every question once from the checkpoint it resumed
+/// (returned) on.
+fn assert_resized_epoch(out: &Path, stderr: &str, said: &[&str], world: u64, steps: u64) -> String {
+    for said in said {
+        assert!(stderr.contains(said), "{said:?} not said:\n{stderr}");
+    }
+    let summary = common::summary(out);
+    assert_eq!((summary["world_size"].as_u64(), summary["steps"].as_u64()), (Some(world), Some(steps)));
+    let checkpoint = last_resumed_checkpoint(stderr);
+    let at: u64 = checkpoint.trim_start_matches("checkpoint-").parse().unwrap();
+    assert_epoch_once(out, at, out, steps, 96);
+    checkpoint
 }
 
 /// The grow: a `--nnodes 1:2` job starts alone (4 questions per step); a second node joins
@@ -702,15 +709,7 @@ fn an_elastic_grow_keeps_the_global_batch_and_trains_the_whole_epoch() {
     let stderr = wait_all(nodes);
     let said =
         ["round 1: 2 node(s), world size 2", "the global batch stays the checkpoint's 4", "1 micro-batch(es) of 2"];
-    for said in said {
-        assert!(stderr[0].contains(said), "{said:?} not said:\n{}", stderr[0]);
-    }
-    let summary = common::summary(&out);
-    assert_eq!((summary["world_size"].as_u64(), summary["steps"].as_u64()), (Some(2), Some(24)));
-    let checkpoint = last_resumed_checkpoint(&stderr[0]);
-    let at: u64 = checkpoint.trim_start_matches("checkpoint-").parse().unwrap();
-    assert_epoch_once(&out, at, &out, 24, 96);
-
+    let checkpoint = assert_resized_epoch(&out, &stderr[0], &said, 2, 24);
     assert_resumed_by_hand_alike(&out, &checkpoint, "2", ("--per-device-train-batch-size", "2"));
 }
 
@@ -736,18 +735,14 @@ fn a_preempted_node_of_an_elastic_job_saves_with_the_others_and_leaves() {
     assert_eq!(leaving.status.code(), Some(75), "{said}");
     let step = preempted_at(&said);
     let stderr = wait_all(nodes);
-    for said in [
+    let said = [
         "the workers stopped at a checkpoint on another node's signal",
         "round 1: 1 node(s), world size 1",
         "the global batch stays the checkpoint's 8",
-    ] {
-        assert!(stderr[0].contains(said), "{said:?} not said:\n{}", stderr[0]);
-    }
-    assert_eq!(last_resumed_checkpoint(&stderr[0]), format!("checkpoint-{step}"));
-    assert_eq!(common::summary(&out)["steps"], 12);
-    assert_epoch_once(&out, step as u64, &out, 12, 96);
-
-    assert_resumed_by_hand_alike(&out, &format!("checkpoint-{step}"), "1", ("--gradient-accumulation-steps", "2"));
+    ];
+    let checkpoint = assert_resized_epoch(&out, &stderr[0], &said, 1, 12);
+    assert_eq!(checkpoint, format!("checkpoint-{step}"));
+    assert_resumed_by_hand_alike(&out, &checkpoint, "1", ("--gradient-accumulation-steps", "2"));
 }
 
 /// Two nodes of a 2:3 job; a third launcher starts mid-epoch and is admitted at the group's

@@ -108,13 +108,20 @@ fn vocab_txt_directories_tokenize_as_transformers_bert_tokenizer() {
     let dir = common::scratch("bert_tokenizer_layouts");
     let vocab = common::default_model().join("vocab.txt");
     common::run_reference("bert_tokenizer_layouts.py", &[&vocab, &data.join("dev.json"), Path::new("41"), &dir]);
+    assert_ids_as_reference(&dir, 5);
+}
+
+/// Each layout directory under `dir` tokenizes every text of the reference script's
+/// reference.json ({"texts", "layouts": {name: ids per text}}) to transformers' ids; `layouts`
+/// directories in all.
+fn assert_ids_as_reference(dir: &Path, layouts: usize) {
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
     let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
     assert!(texts.len() > 400, "sample too small");
-    let layouts = reference["layouts"].as_object().unwrap();
-    assert_eq!(layouts.len(), 5);
-    for (name, expected) in layouts {
+    let expected_layouts = reference["layouts"].as_object().unwrap();
+    assert_eq!(expected_layouts.len(), layouts);
+    for (name, expected) in expected_layouts {
         let tokenizer = medbert::encode::load_tokenizer(&dir.join(name), 512).unwrap();
         for (k, text) in texts.iter().enumerate() {
             let ours: Vec<u64> = tokenizer.encode(*text, true).unwrap().get_ids().iter().map(|&i| i.into()).collect();
@@ -135,20 +142,7 @@ fn vocab_json_directories_tokenize_as_transformers_roberta_tokenizer() {
     let data = common::medmcqa_dir();
     let dir = common::scratch("bpe_tokenizer_layouts");
     common::run_reference("bpe_tokenizer_layouts.py", &[&data.join("dev.json"), Path::new("41"), &dir]);
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
-    let texts: Vec<&str> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-    assert!(texts.len() > 400, "sample too small");
-    let layouts = reference["layouts"].as_object().unwrap();
-    assert_eq!(layouts.len(), 3);
-    for (name, expected) in layouts {
-        let tokenizer = medbert::encode::load_tokenizer(&dir.join(name), 512).unwrap();
-        for (k, text) in texts.iter().enumerate() {
-            let ours: Vec<u64> = tokenizer.encode(*text, true).unwrap().get_ids().iter().map(|&i| i.into()).collect();
-            let theirs: Vec<u64> = expected[k].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-            assert_eq!(ours, theirs, "layout {name}, text {k}: {text:?}");
-        }
-    }
+    assert_ids_as_reference(&dir, 3);
 }
 
 const GOOD: &str = r#"{"id": "q1", "question": "Which vitamin deficiency causes scurvy?", "opa": "A", "opb": "B12", "opc": "C", "opd": "D", "cop": 3}
