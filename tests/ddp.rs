@@ -943,7 +943,6 @@ fn position_file(pid: i32) -> PathBuf {
 /// running.
 #[test]
 fn a_hung_worker_is_named_with_its_phase_and_the_group_comes_down() {
-    use medbert::dist::position::{Phase, Position};
     let out = common::scratch("hang-stopped");
     let flags = with_flag(epoch_flags(&out), "--num-train-epochs", "5");
     let mut launch = vec!["--standalone", "--nproc-per-node", "3", "--hang-timeout", "3"];
@@ -960,19 +959,7 @@ fn a_hung_worker_is_named_with_its_phase_and_the_group_comes_down() {
         std::thread::sleep(Duration::from_millis(10));
     };
     let (victim, file) = (workers[1], position_file(workers[1]));
-    // Stopped in its forward pass of a step after the first.
-    loop {
-        assert!(Instant::now() < deadline, "rank 1 never seen in forward");
-        let at = Position::read(&file);
-        if at.is_some_and(|p| p.phase == Phase::Forward && p.step >= 2) {
-            signal(victim, nix::sys::signal::Signal::SIGSTOP);
-            if Position::read(&file) == at {
-                break;
-            }
-            signal(victim, nix::sys::signal::Signal::SIGCONT);
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    stop_in_forward(victim, &file, deadline);
     let stopped = Instant::now();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1054,10 +1041,27 @@ fn a_signal_to_every_process_at_once_is_one_warning() {
 /// Two nodes, a worker of the second stopped mid-forward: the first node's launcher, whose
 /// own worker only waits, prints the whole job's table (the rows the second shares through
 /// the store) and names the stopped rank on the other node.
+/// Stops rank 1's worker `victim` (SIGSTOP) in its forward pass of a step after the first, as
+/// its position file shows it, before `deadline`.
+fn stop_in_forward(victim: i32, file: &Path, deadline: Instant) {
+    use medbert::dist::position::{Phase, Position};
+    loop {
+        assert!(Instant::now() < deadline, "rank 1 never seen in forward");
+        let at = Position::read(file);
+        if at.is_some_and(|p| p.phase == Phase::Forward && p.step >= 2) {
+            signal(victim, nix::sys::signal::Signal::SIGSTOP);
+            if Position::read(file) == at {
+                break;
+            }
+            signal(victim, nix::sys::signal::Signal::SIGCONT);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
 #[test]
 fn the_hang_table_covers_every_node_of_the_job() {
-    use medbert::dist::position::{Phase, Position};
     let hosts = common::Hosts::create(2);
     let out = common::scratch("hang-two-nodes");
     let nodes = start_two_nodes(&hosts, &out, &["--hang-timeout", "3"]);
@@ -1070,18 +1074,7 @@ fn the_hang_table_covers_every_node_of_the_job() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let file = position_file(victim);
-    loop {
-        assert!(Instant::now() < deadline, "rank 1 never seen in forward");
-        let at = Position::read(&file);
-        if at.is_some_and(|p| p.phase == Phase::Forward && p.step >= 2) {
-            signal(victim, nix::sys::signal::Signal::SIGSTOP);
-            if Position::read(&file) == at {
-                break;
-            }
-            signal(victim, nix::sys::signal::Signal::SIGCONT);
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    stop_in_forward(victim, &file, deadline);
     let outputs: Vec<Output> = nodes.into_iter().map(|n| n.wait_with_output().unwrap()).collect();
     let stderr = String::from_utf8_lossy(&outputs[0].stderr);
     assert_eq!(outputs[0].status.code(), Some(1), "{stderr}");
