@@ -82,6 +82,14 @@ cleanup() {
 trap cleanup EXIT
 
 . scripts/lib.sh
+# Run niced (scripts/test.sh runs this check beside the other tests at nice 19), the builds'
+# containers take the same low priority: nice does not reach them, each RUN step being in a
+# cgroup of its own, so they get the CPU weight the kernel gives that niceness (19: 15 of 1024).
+build_weight=()
+niceness=$(nice)
+if [ "$niceness" -gt 0 ]; then
+  build_weight=(--cpu-shares "$(awk -v n="$niceness" 'BEGIN { w = int(1024 / 1.25 ^ n + 0.5); print (w < 2 ? 2 : w) }')")
+fi
 fail() { echo "docker-check: $*" >&2; exit 1; }
 command -v podman-compose >/dev/null || fail "podman-compose not found: scripts/setup.sh --test installs it"
 # A stand-in is built only when no image is tagged with the digest of what it is made from.
@@ -128,7 +136,7 @@ else
   # The toolchain without its documentation (share/), as the official image's minimal profile.
   mkdir -p "$work/rust/toolchain"
   cp -a "$sysroot"/bin "$sysroot"/lib "$sysroot"/libexec "$sysroot"/etc "$work/rust/toolchain/"
-  podman build --quiet -t "$RUST" "$work/rust" >/dev/null
+  podman build ${build_weight[@]+"${build_weight[@]}"} --quiet -t "$RUST" "$work/rust" >/dev/null
 fi
 rm -rf "$work/rust"
 
@@ -148,11 +156,11 @@ RUNTIME=$REPO/cuda:13.0.2-base-ubuntu24.04-$(digest < "$work/runtime/Containerfi
 if have "$RUNTIME"; then
   echo "kept from an earlier run: $RUNTIME"
 else
-  podman build --quiet -t "$RUNTIME" "$work/runtime" >/dev/null
+  podman build ${build_weight[@]+"${build_weight[@]}"} --quiet -t "$RUNTIME" "$work/runtime" >/dev/null
 fi
 
 step "podman build -f docker/Dockerfile (unchanged; the two bases passed as build args)"
-podman build --ignorefile docker/Dockerfile.dockerignore -f docker/Dockerfile \
+podman build ${build_weight[@]+"${build_weight[@]}"} --ignorefile docker/Dockerfile.dockerignore -f docker/Dockerfile \
   --build-arg RUST_IMAGE="$RUST" --build-arg RUNTIME_IMAGE="$RUNTIME" -t "$IMAGE" . > "$work/build.log" 2>&1 \
   || { tail -40 "$work/build.log" >&2; fail "the image did not build (log above)"; }
 grep '^==> \[' "$work/build.log" | sed 's/^/  set-up in the build: /'
