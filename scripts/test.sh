@@ -14,7 +14,7 @@ cargo test --release --no-run
 # it would otherwise disturb, and to the image build whenever they leave a core idle.
 image_check=the_image_builds_on_stand_in_bases_and_runs
 image_log=$(mktemp "${TMPDIR:-/tmp}/medbert-image-check.XXXXXX")
-nice -n 19 cargo test --release --test docker -- --exact "$image_check" > "$image_log" 2>&1 &
+nice -n 19 cargo test --release --test docker -- --exact "$image_check" --nocapture > "$image_log" 2>&1 &
 image_pid=$!
 trap 'kill "$image_pid" 2>/dev/null || true; rm -f "$image_log"' EXIT
 step "cargo test --release (all but $image_check, which runs beside them)"
