@@ -23,4 +23,6 @@ cargo test --release -- --skip "$image_check" || status=$?
 step "cargo test --release --test docker $image_check (started beside the tests)"
 wait "$image_pid" || status=1
 cat "$image_log"
+# A renamed test would match nothing here (and run among the others, unskipped): say so.
+grep -q '^running 1 test$' "$image_log" || { echo "test.sh: tests/docker.rs has no test $image_check" >&2; status=1; }
 exit "$status"
