@@ -1038,9 +1038,6 @@ fn a_signal_to_every_process_at_once_is_one_warning() {
     assert!(out.join(format!("checkpoint-{step}/trainer_state.json")).is_file(), "{stderr}");
 }
 
-/// Two nodes, a worker of the second stopped mid-forward: the first node's launcher, whose
-/// own worker only waits, prints the whole job's table (the rows the second shares through
-/// the store) and names the stopped rank on the other node.
 /// Stops rank 1's worker `victim` (SIGSTOP) in its forward pass of a step after the first, as
 /// its position file shows it, before `deadline`.
 fn stop_in_forward(victim: i32, file: &Path, deadline: Instant) {
@@ -1059,6 +1056,9 @@ fn stop_in_forward(victim: i32, file: &Path, deadline: Instant) {
     }
 }
 
+/// Two nodes, a worker of the second stopped mid-forward: the first node's launcher, whose
+/// own worker only waits, prints the whole job's table (the rows the second shares through
+/// the store) and names the stopped rank on the other node.
 #[cfg_attr(not(as_root), ignore = "needs root for network namespaces (CI runs as root)")]
 #[test]
 fn the_hang_table_covers_every_node_of_the_job() {
